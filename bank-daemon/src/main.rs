@@ -1,0 +1,6 @@
+//! `payme-bank`: not built yet. It says so and exits non-zero rather than pretend to work.
+
+fn main() -> std::process::ExitCode {
+    eprintln!("payme-bank: not implemented yet in this version of payme (see README.md, Status)");
+    std::process::ExitCode::from(2)
+}

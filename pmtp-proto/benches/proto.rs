@@ -1,0 +1,82 @@
+//! Protocol-level costs: coin sign and verify, sealing and opening a pay_coins body, frame
+//! encode and decode, nonce check. `cargo bench -p pmtp-proto`; figures in docs/BENCHMARKS.md.
+
+#![allow(clippy::unwrap_used)] // a benchmark that fails should stop loudly
+
+use bytes::BytesMut;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use pmtp_proto::testing::samples::{self, NOW};
+use pmtp_proto::*;
+use std::hint::black_box;
+
+fn coins(c: &mut Criterion) {
+    let p = samples::parties();
+    let mut rng = testing::TestRng(1);
+    let coin = samples::coin(&p.bank, &mut rng, 8, NOW + 86_400);
+    let body = coin.body().clone();
+    let key = p.bank.signing.verifying_key().clone();
+    let bank = coin.body().bank_id.clone();
+    c.bench_function("coin_sign_rsa2048", |b| b.iter(|| Coin::mint(black_box(body.clone()), &p.bank.signing).unwrap()));
+    c.bench_function("coin_verify_rsa2048", |b| b.iter(|| black_box(&coin).verify(&bank, &key, NOW).unwrap()));
+}
+
+fn sealing(c: &mut Criterion) {
+    let p = samples::parties();
+    let frames = samples::frames();
+    let (_, plain, pay_frame) = frames.iter().find(|(id, _, _)| *id == PayCoinsRequest::ID).unwrap().clone();
+    let pay: PayCoinsRequest = pay_frame.open_sealed(&p.merchant.x25519).unwrap();
+    let to = p.merchant.public().parse().unwrap().x25519;
+    let mut g = c.benchmark_group("pay_coins_body");
+    g.throughput(Throughput::Bytes(plain.len() as u64));
+    let mut rng = rng::os();
+    g.bench_function("seal", |b| b.iter(|| Frame::seal_to(&mut rng, &to, black_box(&pay)).unwrap()));
+    g.bench_function("open", |b| {
+        b.iter(|| black_box(&pay_frame).open_sealed::<PayCoinsRequest>(&p.merchant.x25519).unwrap())
+    });
+    g.finish();
+}
+
+fn framing(c: &mut Criterion) {
+    let frames = samples::frames();
+    let (_, _, f) = frames.iter().find(|(id, _, _)| *id == WithdrawCoinsResponse::ID).unwrap().clone();
+    let bytes = f.to_bytes().unwrap();
+    let mut g = c.benchmark_group("frame");
+    g.throughput(Throughput::Bytes(bytes.len() as u64));
+    g.bench_function("encode", |b| {
+        let mut dst = BytesMut::with_capacity(bytes.len());
+        b.iter(|| {
+            dst.clear();
+            black_box(&f).encode(&mut dst).unwrap();
+        })
+    });
+    g.bench_function("decode", |b| {
+        b.iter_batched(
+            || BytesMut::from(&bytes[..]),
+            |mut buf| FrameDecoder::default().decode(&mut buf).unwrap().unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn nonces(c: &mut Criterion) {
+    let peer = samples::BUYER_ADDR;
+    let mut checker = NonceChecker::new(NonceConfig::default());
+    let mut rng = rng::os();
+    let mut t = NOW;
+    let mut i = 0u64;
+    c.bench_function("nonce_check", |b| {
+        b.iter(|| {
+            i += 1;
+            // Advance the clock so the cache stays at a steady state instead of filling.
+            if i.is_multiple_of(10_000) {
+                t += 1;
+            }
+            let n = Nonce::new(&mut rng, peer, t);
+            checker.check(black_box(&n), peer, t).unwrap();
+        })
+    });
+}
+
+criterion_group!(benches, coins, sealing, framing, nonces);
+criterion_main!(benches);
