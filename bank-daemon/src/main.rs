@@ -1,6 +1,256 @@
-//! `payme-bank`: not built yet. It says so and exits non-zero rather than pretend to work.
+//! `payme-bank`: parses the command line and calls into the library.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("payme-bank: not implemented yet in this version of payme (see README.md, Status)");
-    std::process::ExitCode::from(2)
+use anyhow::Context;
+use bank_daemon::admin::{self, InitOptions};
+use bank_daemon::config::Config;
+use bank_daemon::DataDir;
+use clap::{Parser, Subcommand};
+use pmtp_proto::{AccountId, Amount};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "payme-bank", version, about = "The payme bank: mints coins and keeps the serials in circulation")]
+struct Cli {
+    /// The bank's data directory (keys, config.toml, database).
+    #[arg(long, global = true, env = "PAYME_BANK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a bank: keys under a passphrase, a commented config file, the database.
+    Init {
+        /// This bank's identifier, written into every coin.
+        #[arg(long, default_value = "bank")]
+        bank_id: String,
+        /// host:port where wallets reach this bank (written into coins).
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        public_addr: String,
+        /// Address `serve` listens on.
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: SocketAddr,
+        /// RSA key size: 2048 (default), 3072 or 4096.
+        #[arg(long, default_value_t = 2048)]
+        rsa_bits: usize,
+        /// Read the key passphrase from this file (else PAYME_BANK_PASSPHRASE, else a prompt).
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Account administration.
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Check minted - redeemed - expired = circulating, and that ledgers sum to balances.
+    Audit {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print this bank's public identity (give it to wallets).
+    PublicKey,
+    /// Serve PMTP requests until SIGINT or SIGTERM.
+    Serve {
+        /// Listen address (overrides config.toml).
+        #[arg(long, env = "PAYME_BANK_LISTEN")]
+        listen: Option<SocketAddr>,
+        /// Read the key passphrase from this file (else PAYME_BANK_PASSPHRASE, else a prompt).
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        /// Use this config file instead of DATA_DIR/config.toml.
+        #[arg(long, env = "PAYME_BANK_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Open an account; prints its id.
+    Open {
+        #[arg(long)]
+        name: String,
+        /// The owner's public identity file (from `payme-wallet init`).
+        #[arg(long)]
+        public_key: PathBuf,
+        /// Read the password from this file (else PAYME_ACCOUNT_PASSWORD, else a prompt).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// List accounts.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record money paid in at the counter.
+    Credit {
+        id: u64,
+        amount: Amount,
+        #[arg(long, default_value = "paid in at the counter")]
+        memo: String,
+    },
+    /// Record money paid out at the counter.
+    Debit {
+        id: u64,
+        amount: Amount,
+        #[arg(long, default_value = "paid out at the counter")]
+        memo: String,
+    },
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("payme-bank");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/payme-bank")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("payme-bank: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let dir = DataDir(cli.data_dir.unwrap_or_else(default_data_dir));
+    match cli.command {
+        Command::Init { bank_id, public_addr, listen, rsa_bits, passphrase_file } => {
+            let pass = bank_daemon::read_secret(
+                passphrase_file.as_deref(),
+                "PAYME_BANK_PASSPHRASE",
+                "New bank key passphrase: ",
+            )?;
+            if pass.len() < 8 {
+                anyhow::bail!("the passphrase must be at least 8 characters");
+            }
+            let opts = InitOptions { bank_id, public_addr, listen, rsa_bits, kdf: Default::default() };
+            let public = admin::init(&dir, &pass, &opts)?;
+            println!("created bank {} in {}", public.name, dir.0.display());
+            println!("public key: {} (fingerprint {})", dir.public().display(), public.fingerprint());
+        }
+        Command::Account(cmd) => account(&dir, cmd)?,
+        Command::Audit { json } => {
+            let report = admin::audit(&dir)?;
+            if json {
+                let c = &report.counters;
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "holds": report.holds(),
+                        "minted": c.minted_value.minor_units(), "minted_coins": c.minted_count,
+                        "redeemed": c.redeemed_value.minor_units(), "redeemed_coins": c.redeemed_count,
+                        "expired": c.expired_value.minor_units(), "expired_coins": c.expired_count,
+                        "circulating": report.circulation.value.minor_units(), "circulating_coins": report.circulation.count,
+                        "total_balances": report.total_balances.to_string(),
+                        "ledger_mismatches": report.ledger_mismatches.len(),
+                    })
+                );
+            } else {
+                print!("{}", report.describe());
+            }
+            if !report.holds() {
+                return Ok(ExitCode::from(3));
+            }
+        }
+        Command::PublicKey => {
+            let text =
+                std::fs::read_to_string(dir.public()).with_context(|| format!("no bank in {}", dir.0.display()))?;
+            print!("{text}");
+        }
+        Command::Serve { listen, passphrase_file, config } => {
+            let path = config.unwrap_or_else(|| dir.config());
+            let mut cfg = Config::load(&path)?;
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            let pass =
+                bank_daemon::read_secret(passphrase_file.as_deref(), "PAYME_BANK_PASSPHRASE", "Bank key passphrase: ")?;
+            serve(&dir, cfg, &pass)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn account(dir: &DataDir, cmd: AccountCommand) -> anyhow::Result<()> {
+    match cmd {
+        AccountCommand::Open { name, public_key, password_file } => {
+            let pw =
+                bank_daemon::read_secret(password_file.as_deref(), "PAYME_ACCOUNT_PASSWORD", "Account password: ")?;
+            let id = admin::account_open(dir, &name, &public_key, &pw)?;
+            println!("{id}");
+        }
+        AccountCommand::List { json } => {
+            let accounts = admin::account_list(dir)?;
+            if json {
+                let v: Vec<_> = accounts
+                    .iter()
+                    .map(|a| serde_json::json!({"id": a.id.0, "name": a.name, "balance": a.balance.minor_units()}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                println!("{:>8}  {:>14}  name", "id", "balance");
+                for a in accounts {
+                    println!("{:>8}  {:>14}  {}", a.id, a.balance, pmtp_proto::text::escape_control(&a.name));
+                }
+            }
+        }
+        AccountCommand::Credit { id, amount, memo } => {
+            let b = admin::account_adjust(dir, AccountId(id), amount, true, &memo)?;
+            println!("account {id} credited {amount}; balance {b}");
+        }
+        AccountCommand::Debit { id, amount, memo } => {
+            let b = admin::account_adjust(dir, AccountId(id), amount, false, &memo)?;
+            println!("account {id} debited {amount}; balance {b}");
+        }
+    }
+    Ok(())
+}
+
+fn serve(dir: &DataDir, cfg: Config, passphrase: &str) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let listen = cfg.listen;
+        let (bank, writer_thread, _lock) = admin::open_bank(dir, cfg, passphrase)?;
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(addr = %local, bank = %bank.bank_id, "serving");
+        // Tests and scripts read this line to learn the port when listening on port 0.
+        println!("payme-bank listening on {local}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        bank_daemon::server::serve(bank, listener, shutdown_signal()).await;
+        // The last Bank handle is gone once serve returns; the writer drains and stops.
+        tokio::task::spawn_blocking(move || writer_thread.join()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -1,0 +1,243 @@
+//! Administrative commands: `init`, accounts, `audit`, and assembling a [`Bank`] to serve.
+//!
+//! Admin commands open the database directly; SQLite's own locking lets them run while
+//! `serve` is running (the daemon keeps no balances in memory), waiting briefly for the
+//! writer if it is mid-commit.
+
+use crate::config::Config;
+use crate::store::{sqlite::SqliteStore, Circulation, Counters, Store, StoreError};
+use crate::{Bank, DataDir};
+use anyhow::{bail, Context};
+use pmtp_proto::bank_statement::EntryKind;
+use pmtp_proto::keyfile::{self, KdfParams};
+use pmtp_proto::keys::{Identity, PublicIdentity};
+use pmtp_proto::text::Name;
+use pmtp_proto::{AccountId, Amount};
+use std::path::Path;
+
+fn now() -> u64 {
+    crate::handlers::now()
+}
+
+/// Options for `init`.
+pub struct InitOptions {
+    pub bank_id: String,
+    pub public_addr: String,
+    pub listen: std::net::SocketAddr,
+    pub rsa_bits: usize,
+    pub kdf: KdfParams,
+}
+
+/// Creates a bank: keys under the passphrase, a commented config file, the database.
+/// Refuses to touch a directory that already holds a bank key.
+pub fn init(dir: &DataDir, passphrase: &str, opts: &InitOptions) -> anyhow::Result<PublicIdentity> {
+    if dir.key().exists() {
+        bail!("{} already holds a bank key; refusing to overwrite it", dir.0.display());
+    }
+    std::fs::create_dir_all(&dir.0).with_context(|| format!("cannot create {}", dir.0.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let config = Config {
+        bank_id: opts.bank_id.clone(),
+        public_addr: opts.public_addr.clone(),
+        listen: opts.listen,
+        ..Config::default()
+    };
+    config.validate()?;
+    let mut rng = pmtp_proto::rng::os();
+    let name = Name::new(opts.bank_id.clone())?;
+    let identity = Identity::generate(name, &mut rng, opts.rsa_bits)?;
+    let sealed = keyfile::seal_identity(&mut rng, &identity, passphrase.as_bytes(), opts.kdf)?;
+    keyfile::fs::write_private(&dir.key(), &sealed)?;
+    let public = identity.public();
+    std::fs::write(dir.public(), format!("{}\n", public.to_text()))?;
+    if !dir.config().exists() {
+        std::fs::write(dir.config(), config.commented_toml())?;
+    }
+    let mut store = SqliteStore::open(&dir.database())?;
+    let mut tx = store.begin()?;
+    tx.audit_event(now(), "init", &format!("bank {} key {}", opts.bank_id, identity.signing.verifying_key().key_id()))?;
+    tx.commit()?;
+    Ok(public)
+}
+
+/// Loads the bank's identity from its encrypted key file.
+pub fn load_identity(dir: &DataDir, passphrase: &str) -> anyhow::Result<Identity> {
+    let bytes = keyfile::fs::read_private(&dir.key())?;
+    keyfile::open_identity(&bytes, passphrase.as_bytes()).map_err(|e| anyhow::anyhow!("{}: {e}", dir.key().display()))
+}
+
+/// Opens the data directory for serving: lock, config, key, store, writer, readers.
+pub fn open_bank(
+    dir: &DataDir,
+    config: Config,
+    passphrase: &str,
+) -> anyhow::Result<(std::sync::Arc<Bank>, crate::writer::WriterThread, std::fs::File)> {
+    let lock = dir.lock()?;
+    let identity = load_identity(dir, passphrase)?;
+    if identity.name.as_str() != config.bank_id {
+        bail!(
+            "the key in {} is for bank {:?}, but config.toml says {:?}",
+            dir.key().display(),
+            identity.name.as_str(),
+            config.bank_id
+        );
+    }
+    let store = SqliteStore::open(&dir.database())?;
+    let (writer, thread) = crate::writer::Writer::start(Box::new(store), config.limits.commit_batch, 4096);
+    let db = dir.database();
+    let readers = crate::writer::Readers::new(Box::new(move || {
+        SqliteStore::open_reader(&db).map(|s| Box::new(s) as Box<dyn Store>)
+    }));
+    let bank = Bank::new(config, identity, writer, readers)?;
+    Ok((std::sync::Arc::new(bank), thread, lock))
+}
+
+fn open_store(dir: &DataDir) -> anyhow::Result<SqliteStore> {
+    if !dir.database().exists() {
+        bail!("no bank in {} (run `payme-bank init --data-dir {}` first)", dir.0.display(), dir.0.display());
+    }
+    Ok(SqliteStore::open(&dir.database())?)
+}
+
+/// Hashes an account password with Argon2id and a random salt.
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    use argon2::password_hash::PasswordHasher;
+    let salt: [u8; 16] = pmtp_proto::rng::bytes(&mut pmtp_proto::rng::os());
+    let hash = argon2::Argon2::default()
+        .hash_password_with_salt(password.as_bytes(), &salt)
+        .map_err(|e| anyhow::anyhow!("hashing the password failed: {e}"))?;
+    Ok(hash.to_string())
+}
+
+/// Opens an account for the owner whose public identity is in `public_key_file`.
+pub fn account_open(dir: &DataDir, name: &str, public_key_file: &Path, password: &str) -> anyhow::Result<AccountId> {
+    if Name::new(name).is_err() || name.is_empty() {
+        bail!("account name must be 1 to 128 bytes");
+    }
+    if password.len() < 8 {
+        bail!("the account password must be at least 8 characters");
+    }
+    let text = std::fs::read_to_string(public_key_file)
+        .with_context(|| format!("cannot read {}", public_key_file.display()))?;
+    let identity = PublicIdentity::from_text(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not a payme public key: {e}", public_key_file.display()))?;
+    identity.parse().map_err(|e| anyhow::anyhow!("{}: {e}", public_key_file.display()))?;
+    let hash = hash_password(password)?;
+    let mut store = open_store(dir)?;
+    let mut tx = store.begin()?;
+    let id = tx.create_account(name, &bincode::serialize(&identity)?, &hash, now())?;
+    tx.audit_event(now(), "account_open", &format!("account {id} name {name:?} key {}", identity.fingerprint()))?;
+    tx.commit()?;
+    Ok(id)
+}
+
+pub fn account_list(dir: &DataDir) -> anyhow::Result<Vec<crate::store::AccountRow>> {
+    let mut store = open_store(dir)?;
+    let mut tx = store.begin_read()?;
+    Ok(tx.accounts()?)
+}
+
+/// Money paid in (positive) or out (negative) at the counter, with a ledger entry.
+pub fn account_adjust(
+    dir: &DataDir,
+    id: AccountId,
+    amount: Amount,
+    credit: bool,
+    memo: &str,
+) -> anyhow::Result<Amount> {
+    if amount.is_zero() || amount > Amount::MAX {
+        bail!("amount must be positive and at most 2^62");
+    }
+    let mut store = open_store(dir)?;
+    let mut tx = store.begin()?;
+    let acct = tx.account(id)?.ok_or_else(|| anyhow::anyhow!("no account {id}"))?;
+    let (balance, kind) = if credit {
+        (acct.balance.checked_add(amount)?, EntryKind::CounterCredit)
+    } else {
+        (
+            acct.balance
+                .checked_sub(amount)
+                .map_err(|_| anyhow::anyhow!("balance {} is less than {amount}", acct.balance))?,
+            EntryKind::CounterDebit,
+        )
+    };
+    tx.set_balance(id, balance)?;
+    tx.add_ledger_entry(id, now(), kind, amount, balance, memo)?;
+    tx.audit_event(now(), if credit { "credit" } else { "debit" }, &format!("account {id} amount {amount}"))?;
+    tx.commit()?;
+    Ok(balance)
+}
+
+/// What `audit` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditReport {
+    pub counters: Counters,
+    pub circulation: Circulation,
+    /// Accounts whose ledger does not sum to their balance: (id, balance, ledger sum).
+    pub ledger_mismatches: Vec<(AccountId, Amount, i128)>,
+    pub total_balances: u128,
+}
+
+impl AuditReport {
+    pub fn holds(&self) -> bool {
+        self.counters.expected_circulation() == Some(self.circulation.value) && self.ledger_mismatches.is_empty()
+    }
+
+    pub fn describe(&self) -> String {
+        let c = &self.counters;
+        let mut s = format!(
+            "minted {} ({} coins) - redeemed {} ({} coins) - expired {} ({} coins) = {}; in circulation {} ({} serials)\n",
+            c.minted_value,
+            c.minted_count,
+            c.redeemed_value,
+            c.redeemed_count,
+            c.expired_value,
+            c.expired_count,
+            c.expected_circulation().map(|a| a.to_string()).unwrap_or_else(|| "NEGATIVE".into()),
+            self.circulation.value,
+            self.circulation.count
+        );
+        match c.expected_circulation() {
+            Some(e) if e == self.circulation.value => s.push_str("circulation: OK\n"),
+            Some(e) => s.push_str(&format!(
+                "circulation: VIOLATION: difference {}\n",
+                e.minor_units() as i128 - self.circulation.value.minor_units() as i128
+            )),
+            None => s.push_str("circulation: VIOLATION: counters go negative\n"),
+        }
+        s.push_str(&format!("account balances total {}\n", self.total_balances));
+        if self.ledger_mismatches.is_empty() {
+            s.push_str("ledger: OK (every account's entries sum to its balance)\n");
+        }
+        for (id, bal, sum) in &self.ledger_mismatches {
+            s.push_str(&format!("ledger: VIOLATION: account {id} balance {bal} but entries sum to {sum}\n"));
+        }
+        s
+    }
+}
+
+/// Checks minted - redeemed - expired = circulating, and ledger sums = balances.
+pub fn audit(dir: &DataDir) -> anyhow::Result<AuditReport> {
+    let mut store = open_store(dir)?;
+    audit_store(&mut store).map_err(Into::into)
+}
+
+pub fn audit_store(store: &mut dyn Store) -> Result<AuditReport, StoreError> {
+    let mut tx = store.begin_read()?;
+    let counters = tx.counters()?;
+    let circulation = tx.circulation()?;
+    let sums: std::collections::HashMap<AccountId, i128> = tx.ledger_sums()?.into_iter().collect();
+    let mut ledger_mismatches = Vec::new();
+    let mut total_balances = 0u128;
+    for a in tx.accounts()? {
+        total_balances += a.balance.minor_units() as u128;
+        let sum = sums.get(&a.id).copied().unwrap_or(0);
+        if sum != a.balance.minor_units() as i128 {
+            ledger_mismatches.push((a.id, a.balance, sum));
+        }
+    }
+    Ok(AuditReport { counters, circulation, ledger_mismatches, total_balances })
+}

@@ -1,0 +1,232 @@
+//! A PMTP client for banks: withdraw, deposit, exchange and statement over TCP.
+//!
+//! Used by wallets, by peer banks (clearing) and by tests. One request per call on a fresh
+//! connection; the request's nonce names this side's address on that connection. Replies
+//! are checked: coins must be minted by the bank, signed, unexpired and add up; deposit
+//! acknowledgements must carry the bank's signature and name the coins deposited.
+
+use futures::{SinkExt, StreamExt};
+use pmtp_proto::codec::PmtpCodec;
+use pmtp_proto::coin::coins_hash;
+use pmtp_proto::keys::{Identity, PeerKeys, Signed};
+use pmtp_proto::message::Request;
+use pmtp_proto::refusal::PlainRefusal;
+use pmtp_proto::text::{BankId, Name, Password};
+use pmtp_proto::*;
+use std::net::IpAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the bank at {addr}: {message}")]
+    Connect { addr: String, message: String },
+    #[error("connection to the bank failed: {0}")]
+    Io(String),
+    #[error("the bank did not answer in time; the outcome is unknown")]
+    Timeout,
+    #[error("the bank refused: {} ({})", .0.text, .0.code)]
+    Refused(Refusal),
+    #[error("the bank could not read the request: {} ({})", .0.text, .0.code)]
+    PlainRefused(PlainRefusal),
+    #[error("protocol error: {0}")]
+    Proto(#[from] ProtoError),
+    #[error("the bank closed the connection without answering; the outcome is unknown")]
+    Closed,
+    #[error("the bank's answer is invalid: {0}")]
+    BadAnswer(String),
+}
+
+impl ClientError {
+    /// True when the bank judged and rejected the request (authenticated refusal with a
+    /// definitive code): retrying it unchanged will fail the same way.
+    pub fn is_definitive(&self) -> bool {
+        matches!(self, ClientError::Refused(r) if r.code.is_definitive())
+    }
+    pub fn code(&self) -> Option<ReasonCode> {
+        match self {
+            ClientError::Refused(r) => Some(r.code),
+            ClientError::PlainRefused(p) => Some(p.code),
+            _ => None,
+        }
+    }
+}
+
+/// Where a bank is and its keys.
+#[derive(Clone, Debug)]
+pub struct BankClient {
+    pub addr: String,
+    pub bank_id: BankId,
+    pub keys: PeerKeys,
+    pub timeout: Duration,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl BankClient {
+    pub fn new(addr: impl Into<String>, bank: &PublicIdentity) -> Result<Self, ClientError> {
+        let keys = bank.parse().map_err(|e| ClientError::BadAnswer(format!("bank key: {e}")))?;
+        let bank_id = BankId::new(keys.name.as_str()).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+        Ok(BankClient { addr: addr.into(), bank_id, keys, timeout: Duration::from_secs(15) })
+    }
+
+    /// Sends one request built by `build` (given this side's address) and returns the
+    /// bank's response, or its refusal as an error.
+    pub async fn call<Q, F>(&self, build: F) -> Result<Q::Response, ClientError>
+    where
+        Q: Request,
+        F: FnOnce(IpAddr, u64) -> Result<Q, ClientError>,
+    {
+        let stream = tokio::time::timeout(self.timeout, TcpStream::connect(&self.addr))
+            .await
+            .map_err(|_| ClientError::Connect { addr: self.addr.clone(), message: "timed out".into() })?
+            .map_err(|e| ClientError::Connect { addr: self.addr.clone(), message: e.to_string() })?;
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().map_err(|e| ClientError::Io(e.to_string()))?.ip();
+        let request = build(local, now())?;
+        let frame = Frame::seal_to(&mut rng::os(), &self.keys.x25519, &request)?;
+        let mut framed = Framed::new(stream, PmtpCodec::default());
+        let exchange = async {
+            framed.send(frame).await.map_err(|e| ClientError::Io(e.to_string()))?;
+            match framed.next().await {
+                Some(Ok(f)) => Ok(f),
+                Some(Err(e)) => Err(ClientError::Io(e.to_string())),
+                None => Err(ClientError::Closed),
+            }
+        };
+        let reply = tokio::time::timeout(self.timeout, exchange).await.map_err(|_| ClientError::Timeout)??;
+        match reply.open_reply::<Q>(request.session_key())? {
+            Reply::Response(r) => Ok(r),
+            Reply::Refused(r) => Err(ClientError::Refused(r)),
+            Reply::PlainRefused(p) => Err(ClientError::PlainRefused(p)),
+        }
+    }
+
+    /// Checks coins from this bank: signed by it, unexpired, summing to `expected`.
+    pub fn check_coins(&self, coins: &[Coin], expected: Amount) -> Result<(), ClientError> {
+        let now = now();
+        let mut total = Amount::ZERO;
+        for c in coins {
+            let v = c
+                .verify(&self.bank_id, &self.keys.verifying, now)
+                .map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+            total = total.checked_add(v.value()).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+        }
+        if total != expected {
+            return Err(ClientError::BadAnswer(format!("coins total {total}, expected {expected}")));
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn withdraw(
+        &self,
+        owner: &Identity,
+        account: AccountId,
+        name: &str,
+        password: &str,
+        amount: Amount,
+        denominations: Vec<Denomination>,
+    ) -> Result<WithdrawCoinsResponse, ClientError> {
+        let name = Name::new(name).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+        let password = Password::new(password).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+        let resp = self
+            .call::<WithdrawCoinsRequest, _>(|ip, now| {
+                let mut rng = rng::os();
+                let body = WithdrawCoins {
+                    account,
+                    name,
+                    password,
+                    amount,
+                    denominations,
+                    session_key: SessionKey::generate(&mut rng),
+                    nonce: Nonce::new(&mut rng, ip, now),
+                };
+                Signed::sign(body, &owner.signing).map_err(|e| ClientError::BadAnswer(e.to_string()))
+            })
+            .await?;
+        self.check_coins(&resp.coins, amount)?;
+        Ok(resp)
+    }
+
+    pub async fn deposit(
+        &self,
+        owner: &Identity,
+        account: AccountId,
+        name: &str,
+        request_id: [u8; 16],
+        coins: Vec<Coin>,
+    ) -> Result<DepositCoinsResponse, ClientError> {
+        let name = Name::new(name).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+        let hash = coins_hash(coins.iter().map(|c| &c.0.body.serial));
+        let resp = self
+            .call::<DepositCoinsRequest, _>(|ip, now| {
+                let mut rng = rng::os();
+                let body = DepositCoins {
+                    account,
+                    name,
+                    request_id,
+                    coins,
+                    session_key: SessionKey::generate(&mut rng),
+                    nonce: Nonce::new(&mut rng, ip, now),
+                };
+                Signed::sign(body, &owner.signing).map_err(|e| ClientError::BadAnswer(e.to_string()))
+            })
+            .await?;
+        let ack = resp
+            .ack
+            .verify(&self.keys.verifying)
+            .map_err(|_| ClientError::BadAnswer("acknowledgement not signed by the bank".into()))?;
+        if ack.coins_hash != hash || ack.request_id != request_id || ack.account != account {
+            return Err(ClientError::BadAnswer("acknowledgement is for another deposit".into()));
+        }
+        Ok(resp)
+    }
+
+    pub async fn exchange(
+        &self,
+        coins: Vec<Coin>,
+        denominations: Vec<Denomination>,
+    ) -> Result<ExchangeCoinsResponse, ClientError> {
+        let total =
+            Amount::checked_sum(coins.iter().map(|c| c.value())).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+        let resp = self
+            .call::<ExchangeCoinsRequest, _>(|ip, now| {
+                let mut rng = rng::os();
+                Ok(ExchangeCoinsRequest {
+                    coins,
+                    denominations,
+                    session_key: SessionKey::generate(&mut rng),
+                    nonce: Nonce::new(&mut rng, ip, now),
+                })
+            })
+            .await?;
+        self.check_coins(&resp.coins, total)?;
+        Ok(resp)
+    }
+
+    pub async fn statement(
+        &self,
+        owner: &Identity,
+        account: AccountId,
+        name: &str,
+        since: Option<u64>,
+    ) -> Result<BankStatementResponse, ClientError> {
+        let name = Name::new(name).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+        self.call::<BankStatementRequest, _>(|ip, now| {
+            let mut rng = rng::os();
+            let body = BankStatement {
+                account,
+                name,
+                since,
+                session_key: SessionKey::generate(&mut rng),
+                nonce: Nonce::new(&mut rng, ip, now),
+            };
+            Signed::sign(body, &owner.signing).map_err(|e| ClientError::BadAnswer(e.to_string()))
+        })
+        .await
+    }
+}

@@ -1,0 +1,252 @@
+//! Bank configuration: defaults, then `config.toml` in the data directory, then
+//! environment variables and command-line flags (which `main.rs` applies on top).
+//!
+//! Every limit a peer can push against is here, with its default.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::Path;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This bank's identifier, written into every coin.
+    pub bank_id: String,
+    /// Where wallets reach this bank (`host:port`), written into every coin.
+    pub public_addr: String,
+    /// The address `serve` listens on.
+    pub listen: SocketAddr,
+    /// ISO 4217 code or any short name of the currency.
+    pub currency: String,
+    /// Minor units per major unit, as a power of ten (2: cents).
+    pub minor_unit_digits: u8,
+    /// Largest coin: 2^max_denomination_exponent minor units.
+    pub max_denomination_exponent: u8,
+    /// Seconds a new coin stays valid.
+    pub coin_lifetime_secs: u64,
+    /// Refuse exchange_coins (for coins that must stay traceable).
+    pub exchange_enabled: bool,
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Connections served at once; further ones wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Largest frame body accepted, bytes (at most 1 MiB).
+    pub max_frame_bytes: usize,
+    /// A connection idle this long between requests is closed.
+    pub idle_timeout_secs: u64,
+    /// A request not answered in this time gets a `timeout` refusal.
+    pub request_timeout_secs: u64,
+    /// Most coins in one withdraw, deposit or exchange.
+    pub max_coins_per_request: usize,
+    /// Largest single withdrawal, minor units.
+    pub max_withdraw_amount: u64,
+    /// Nonce timestamps may differ from this bank's clock by this much, each way.
+    pub nonce_window_secs: u64,
+    /// Most nonces remembered in memory.
+    pub nonce_cache_capacity: usize,
+    /// Require the nonce's address to be the connection's peer address.
+    pub nonce_check_address: bool,
+    /// Most requests committed in one database transaction.
+    pub commit_batch: usize,
+    /// Wrong passwords tolerated before back-off starts.
+    pub password_failures_free: u32,
+    /// Seconds between purges of expired serials and nonces.
+    pub purge_interval_secs: u64,
+    /// Rows removed per purge transaction.
+    pub purge_batch: usize,
+    /// Ledger entries in one statement.
+    pub statement_max_entries: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bank_id: "bank".into(),
+            public_addr: "127.0.0.1:8000".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            currency: "EUR".into(),
+            minor_unit_digits: 2,
+            max_denomination_exponent: 20,
+            coin_lifetime_secs: 365 * 86_400,
+            exchange_enabled: true,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            max_frame_bytes: pmtp_proto::frame::DEFAULT_MAX_BODY,
+            idle_timeout_secs: 30,
+            request_timeout_secs: 10,
+            max_coins_per_request: 1024,
+            max_withdraw_amount: 1 << 40,
+            nonce_window_secs: 30,
+            nonce_cache_capacity: 1_000_000,
+            nonce_check_address: true,
+            commit_batch: 256,
+            password_failures_free: 3,
+            purge_interval_secs: 60,
+            purge_batch: 10_000,
+            statement_max_entries: 1000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    Read { path: String, message: String },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { path: path.display().to_string(), message: e.to_string() })?;
+        let cfg: Config = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if pmtp_proto::text::BankId::new(self.bank_id.clone()).is_err() || self.bank_id.is_empty() {
+            return bad("bank_id must be 1 to 64 bytes".into());
+        }
+        if pmtp_proto::text::HostPort::new(self.public_addr.clone()).is_err() || !self.public_addr.contains(':') {
+            return bad(format!("public_addr {:?} must be host:port", self.public_addr));
+        }
+        if self.max_denomination_exponent > pmtp_proto::denomination::MAX_EXPONENT {
+            return bad("max_denomination_exponent must be at most 62".into());
+        }
+        if self.limits.max_frame_bytes == 0 || self.limits.max_frame_bytes > pmtp_proto::frame::DEFAULT_MAX_BODY {
+            return bad("limits.max_frame_bytes must be 1 to 1048576".into());
+        }
+        if self.limits.max_connections == 0 || self.limits.commit_batch == 0 || self.limits.max_coins_per_request == 0 {
+            return bad("limits.max_connections, commit_batch and max_coins_per_request must be positive".into());
+        }
+        if self.coin_lifetime_secs == 0 {
+            return bad("coin_lifetime_secs must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The config file `init` writes: every setting, with a comment saying what it does.
+    pub fn commented_toml(&self) -> String {
+        let l = &self.limits;
+        format!(
+            r#"# payme-bank configuration. Environment variables and flags override these
+# (see `payme-bank serve --help`).
+
+# This bank's identifier, written into every coin it mints. Wallets know the bank by it.
+bank_id = {bank_id:?}
+# host:port where wallets reach this bank; written into every coin (exchanges go there).
+public_addr = {public_addr:?}
+# Address `payme-bank serve` listens on (PMTP over TCP; the paper's port is 8000).
+listen = "{listen}"
+# Currency name, and how many decimal digits its minor unit has (2: amounts are cents).
+currency = {currency:?}
+minor_unit_digits = {minor_unit_digits}
+# Coins are powers of two minor units, from 1 up to 2^max_denomination_exponent.
+max_denomination_exponent = {max_exp}
+# Seconds a coin stays valid after minting; expired coins are refused and purged.
+coin_lifetime_secs = {lifetime}
+# false refuses exchange_coins (coins that must stay traceable, e.g. CPU time).
+exchange_enabled = {exchange}
+
+[limits]
+# Connections served at once.
+max_connections = {max_connections}
+# Largest frame body accepted, in bytes (at most 1048576).
+max_frame_bytes = {max_frame_bytes}
+# Close a connection idle this many seconds between requests.
+idle_timeout_secs = {idle}
+# Answer `timeout` to a request not done in this many seconds.
+request_timeout_secs = {request}
+# Most coins in one withdraw, deposit or exchange.
+max_coins_per_request = {max_coins}
+# Largest single withdrawal, in minor units.
+max_withdraw_amount = {max_withdraw}
+# Nonce clock window each way, in seconds, and how many nonces are remembered in memory.
+nonce_window_secs = {window}
+nonce_cache_capacity = {cap}
+# Require a request's nonce address to equal the connection's address (turn off only
+# when clients sit behind NAT).
+nonce_check_address = {check_addr}
+# Most requests committed together in one durable transaction.
+commit_batch = {batch}
+# Wrong passwords allowed before an account backs off (doubling delay, up to 15 min).
+password_failures_free = {free}
+# Seconds between purges of expired serials and nonces, and rows per purge transaction.
+purge_interval_secs = {purge_interval}
+purge_batch = {purge_batch}
+# Most ledger entries in one bank statement.
+statement_max_entries = {stmt}
+"#,
+            bank_id = self.bank_id,
+            public_addr = self.public_addr,
+            listen = self.listen,
+            currency = self.currency,
+            minor_unit_digits = self.minor_unit_digits,
+            max_exp = self.max_denomination_exponent,
+            lifetime = self.coin_lifetime_secs,
+            exchange = self.exchange_enabled,
+            max_connections = l.max_connections,
+            max_frame_bytes = l.max_frame_bytes,
+            idle = l.idle_timeout_secs,
+            request = l.request_timeout_secs,
+            max_coins = l.max_coins_per_request,
+            max_withdraw = l.max_withdraw_amount,
+            window = l.nonce_window_secs,
+            cap = l.nonce_cache_capacity,
+            check_addr = l.nonce_check_address,
+            batch = l.commit_batch,
+            free = l.password_failures_free,
+            purge_interval = l.purge_interval_secs,
+            purge_batch = l.purge_batch,
+            stmt = l.statement_max_entries,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commented_file_round_trips_every_setting() {
+        let c = Config {
+            bank_id: "bank \"quoted\"".into(),
+            exchange_enabled: false,
+            limits: Limits { commit_batch: 7, ..Limits::default() },
+            ..Config::default()
+        };
+        let back: Config = toml::from_str(&c.commented_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn shipped_example_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("example.config.toml");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c, Config::default(), "the example documents the defaults");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(toml::from_str::<Config>("bank_idd = \"x\"").is_err());
+        let c = Config { max_denomination_exponent: 63, ..Config::default() };
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,81 @@
+//! deposit_coins: take coins out of circulation and credit an account.
+//!
+//! All or nothing: every serial is removed in one transaction (sorted, so concurrent
+//! deposits take row locks in one order), and if any is missing the savepoint is rolled
+//! back, nothing is removed, and the refusal names that coin. A retried deposit (same
+//! request id, same coins, same account; a fresh nonce) gets the original answer, so a
+//! depositor who lost the reply can ask again without being credited twice.
+
+use super::{verify_coins, Refuse};
+use crate::store::{CounterDelta, DepositRow};
+use crate::Bank;
+use pmtp_proto::bank_statement::EntryKind;
+use pmtp_proto::coin::coins_hash;
+use pmtp_proto::keys::Signed;
+use pmtp_proto::{DepositAck, DepositCoinsRequest, DepositCoinsResponse, Nonce, ReasonCode};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub async fn handle(
+    bank: Arc<Bank>,
+    req: Arc<DepositCoinsRequest>,
+    peer: IpAddr,
+    now: u64,
+) -> Result<DepositCoinsResponse, Refuse> {
+    let body = &req.body;
+    let account = bank.authenticate(&body.account, body.name.as_str(), req.clone(), now).await?;
+    let (coins, total) = verify_coins(&bank, body.coins.clone(), now).await?;
+    let mut serials: Vec<_> = coins.iter().map(|c| c.serial()).collect();
+    serials.sort_unstable();
+    let hash = coins_hash(serials.iter());
+    let (id, request_id, nonce_random) = (account.id, body.request_id, body.nonce.random);
+    let nonce_expiry = bank.nonce_expiry(&body.nonce);
+    let row = bank
+        .writer
+        .run(move |tx| {
+            if !tx.insert_nonce(&nonce_random, nonce_expiry)? {
+                return Err(Refuse::new(ReasonCode::NONCE_REPLAY, "this request was already received"));
+            }
+            if let Some(previous) = tx.deposit(&request_id)? {
+                if previous.account == id && previous.coins_hash == hash {
+                    return Ok(previous);
+                }
+                return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another deposit"));
+            }
+            for s in &serials {
+                if tx.remove_serial(s)?.is_none() {
+                    return Err(Refuse::new(
+                        ReasonCode::COIN_NOT_IN_CIRCULATION,
+                        format!("coin {s} is not in circulation (already spent); nothing was deposited"),
+                    ));
+                }
+            }
+            let acct = tx.account(id)?.ok_or_else(|| Refuse::new(ReasonCode::UNKNOWN_ACCOUNT, "account closed"))?;
+            let balance = acct
+                .balance
+                .checked_add(total)
+                .map_err(|_| Refuse::new(ReasonCode::INVALID_AMOUNT, "balance would overflow"))?;
+            tx.set_balance(id, balance)?;
+            tx.add_ledger_entry(id, now, EntryKind::Deposit, total, balance, "coins deposited")?;
+            tx.add_counters(&CounterDelta { redeemed: (total, serials.len() as u64), ..Default::default() })?;
+            let row = DepositRow { request_id, account: id, amount: total, coins_hash: hash, balance, time: now };
+            tx.insert_deposit(&row)?;
+            Ok(row)
+        })
+        .await??;
+    tracing::info!(account = %id, amount = %row.amount, coins = coins.len(), "deposit");
+    let ack = DepositAck {
+        bank_id: bank.bank_id.clone(),
+        account: row.account,
+        request_id: row.request_id,
+        amount: row.amount,
+        coins_hash: row.coins_hash,
+        balance: row.balance,
+        time: row.time,
+    };
+    let b = bank.clone();
+    let ack = super::cpu(move || Signed::sign(ack, &b.identity.signing))
+        .await?
+        .map_err(|e| Refuse::new(ReasonCode::INTERNAL, format!("deposit done, acknowledgement not signed: {e}")))?;
+    Ok(DepositCoinsResponse { ack, nonce: Nonce::new(&mut pmtp_proto::rng::os(), bank.local_ip(peer), now) })
+}

@@ -1,0 +1,60 @@
+//! exchange_coins: valid coins in, new coins of the same total out. No account, no
+//! identity (the bank learns only the network address). The old serials' removal and the
+//! new serials' insertion are one transaction.
+
+use super::{mint, plan_denominations, verify_coins, Refuse};
+use crate::store::{CounterDelta, SerialRow};
+use crate::Bank;
+use pmtp_proto::{ExchangeCoinsRequest, ExchangeCoinsResponse, Nonce, ReasonCode};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub async fn handle(
+    bank: Arc<Bank>,
+    req: Arc<ExchangeCoinsRequest>,
+    peer: IpAddr,
+    now: u64,
+) -> Result<ExchangeCoinsResponse, Refuse> {
+    if !bank.config.exchange_enabled {
+        return Err(Refuse::new(
+            ReasonCode::EXCHANGE_DISABLED,
+            "this bank does not exchange coins; deposit them instead",
+        ));
+    }
+    let (coins, total) = verify_coins(&bank, req.coins.clone(), now).await?;
+    let plan = plan_denominations(&bank, total, &req.denominations)?;
+    let fresh = mint(&bank, plan, now).await?;
+    let mut old: Vec<_> = coins.iter().map(|c| c.serial()).collect();
+    old.sort_unstable();
+    let new_rows: Vec<SerialRow> = fresh
+        .iter()
+        .map(|c| SerialRow { serial: c.serial(), value: c.value(), expiry: c.body().expiry, key_id: c.body().key_id })
+        .collect();
+    let nonce_random = req.nonce.random;
+    let nonce_expiry = bank.nonce_expiry(&req.nonce);
+    let (n_old, n_new) = (old.len() as u64, new_rows.len() as u64);
+    bank.writer
+        .run(move |tx| {
+            if !tx.insert_nonce(&nonce_random, nonce_expiry)? {
+                return Err(Refuse::new(ReasonCode::NONCE_REPLAY, "this request was already received"));
+            }
+            for s in &old {
+                if tx.remove_serial(s)?.is_none() {
+                    return Err(Refuse::new(
+                        ReasonCode::COIN_NOT_IN_CIRCULATION,
+                        format!("coin {s} is not in circulation (already spent); nothing was exchanged"),
+                    ));
+                }
+            }
+            for r in &new_rows {
+                if !tx.insert_serial(r)? {
+                    return Err(Refuse::new(ReasonCode::INTERNAL, "serial collision; try again"));
+                }
+            }
+            tx.add_counters(&CounterDelta { minted: (total, n_new), redeemed: (total, n_old), ..Default::default() })?;
+            Ok::<(), Refuse>(())
+        })
+        .await??;
+    tracing::info!(amount = %total, coins_in = n_old, coins_out = n_new, "exchange");
+    Ok(ExchangeCoinsResponse { coins: fresh, nonce: Nonce::new(&mut pmtp_proto::rng::os(), bank.local_ip(peer), now) })
+}

@@ -1,0 +1,246 @@
+//! PMTP request handlers, one file per message type, and what they share: opening the
+//! sealed request, the in-memory nonce check, sealing the reply, and the one place where
+//! internal errors become refusal codes.
+
+pub mod bank_statement;
+pub mod deposit_coins;
+pub mod exchange_coins;
+pub mod withdraw_coins;
+
+use crate::store::StoreError;
+use crate::writer::{cpu, CpuJobFailed, WriteError};
+use crate::Bank;
+use pmtp_proto::coin::{Coin, CoinBody, Serial};
+use pmtp_proto::frame::{Frame, ProtoError};
+use pmtp_proto::message::{Kind, Message, MessageType, Request};
+use pmtp_proto::refusal::reason_text;
+use pmtp_proto::{Amount, Denomination, Nonce, ReasonCode, Refusal, VerifiedCoin};
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// A refusal decided by a handler: a code and the text the requester will see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refuse {
+    pub code: ReasonCode,
+    pub text: String,
+}
+
+impl Refuse {
+    pub fn new(code: ReasonCode, text: impl Into<String>) -> Self {
+        Refuse { code, text: text.into() }
+    }
+}
+
+// The one place internal failures become refusal codes.
+impl From<StoreError> for Refuse {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store error");
+        Refuse::new(ReasonCode::INTERNAL, "the bank's database failed; try again")
+    }
+}
+impl From<WriteError> for Refuse {
+    fn from(e: WriteError) -> Self {
+        tracing::error!(error = %e, "write failed");
+        Refuse::new(ReasonCode::INTERNAL, "the bank could not commit the request; nothing was done; try again")
+    }
+}
+impl From<CpuJobFailed> for Refuse {
+    fn from(_: CpuJobFailed) -> Self {
+        Refuse::new(ReasonCode::INTERNAL, "internal error; try again")
+    }
+}
+impl From<pmtp_proto::coin::CoinError> for Refuse {
+    fn from(e: pmtp_proto::coin::CoinError) -> Self {
+        let code = ReasonCode::from(&e);
+        let text = match &e {
+            pmtp_proto::coin::CoinError::ForeignBank { .. } => {
+                format!("{e}; deposit or exchange it at the bank that minted it")
+            }
+            _ => e.to_string(),
+        };
+        Refuse::new(code, text)
+    }
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Answers one frame. `None` means close the connection without a reply (the frame was
+/// not a request this bank serves and no refusal identifier fits).
+pub async fn dispatch(bank: &Arc<Bank>, frame: Frame, peer: IpAddr) -> Option<Frame> {
+    use pmtp_proto::{BankStatementRequest, DepositCoinsRequest, ExchangeCoinsRequest, WithdrawCoinsRequest};
+    let id = frame.id;
+    match id {
+        _ if id == WithdrawCoinsRequest::ID => {
+            Some(serve::<WithdrawCoinsRequest, _, _>(bank, frame, peer, withdraw_coins::handle).await)
+        }
+        _ if id == DepositCoinsRequest::ID => {
+            Some(serve::<DepositCoinsRequest, _, _>(bank, frame, peer, deposit_coins::handle).await)
+        }
+        _ if id == ExchangeCoinsRequest::ID => {
+            Some(serve::<ExchangeCoinsRequest, _, _>(bank, frame, peer, exchange_coins::handle).await)
+        }
+        _ if id == BankStatementRequest::ID => {
+            Some(serve::<BankStatementRequest, _, _>(bank, frame, peer, bank_statement::handle).await)
+        }
+        _ if id.kind() == Kind::Request => {
+            let refusal = id.message_type().id(Kind::Refusal);
+            Frame::plain_refusal(refusal, ReasonCode::UNEXPECTED_MESSAGE, &format!("a bank does not serve {id}")).ok()
+        }
+        _ => Frame::plain_refusal(
+            MessageType::WithdrawCoins.id(Kind::Refusal),
+            ReasonCode::UNEXPECTED_MESSAGE,
+            &format!("{id} is not a request"),
+        )
+        .ok(),
+    }
+}
+
+/// Opens request `Q`, checks its nonce, runs `work`, and seals what it returns.
+async fn serve<Q, F, Fut>(bank: &Arc<Bank>, frame: Frame, peer: IpAddr, work: F) -> Frame
+where
+    Q: Request + Send + Sync + 'static,
+    Q::Response: Send + 'static,
+    F: FnOnce(Arc<Bank>, Arc<Q>, IpAddr, u64) -> Fut,
+    Fut: std::future::Future<Output = Result<Q::Response, Refuse>>,
+{
+    let refusal_id = Q::Refusal::ID;
+    let b = bank.clone();
+    let opened = cpu(move || frame.open_sealed::<Q>(&b.identity.x25519)).await;
+    let req = match opened {
+        Ok(Ok(q)) => Arc::new(q),
+        Ok(Err(e)) => return plain(refusal_id, &e),
+        Err(_) => return plain(refusal_id, &ProtoError::Body("internal".into())),
+    };
+    let now = now();
+    let checked = match bank.nonces.lock() {
+        Ok(mut n) => n.check(req.nonce(), peer, now).map_err(|e| Refuse::new(ReasonCode::from(e), e.to_string())),
+        Err(_) => Err(Refuse::new(ReasonCode::INTERNAL, "internal error")),
+    };
+    let result = match checked {
+        Ok(()) => work(bank.clone(), req.clone(), peer, now).await,
+        Err(r) => Err(r),
+    };
+    let reply_nonce = Nonce::new(&mut pmtp_proto::rng::os(), bank.local_ip(peer), now);
+    let key = req.session_key().clone();
+    let sealed = cpu(move || match result {
+        Ok(resp) => Frame::seal_session(&mut pmtp_proto::rng::os(), &key, &resp),
+        Err(r) => {
+            tracing::info!(code = %r.code, reason = %r.text, request = %Q::ID, "refused");
+            let refusal: Q::Refusal = Refusal { code: r.code, text: reason_text(&r.text), nonce: reply_nonce }.into();
+            Frame::seal_session(&mut pmtp_proto::rng::os(), &key, &refusal)
+        }
+    })
+    .await;
+    match sealed {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => plain(refusal_id, &e),
+        Err(_) => plain(refusal_id, &ProtoError::Body("internal".into())),
+    }
+}
+
+fn plain(refusal_id: pmtp_proto::MessageId, e: &ProtoError) -> Frame {
+    let code = ReasonCode::from(e);
+    tracing::info!(code = %code, error = %e, "refused unopened request");
+    // A refusal identifier always takes a Plain envelope, so this cannot fail; if it ever
+    // did, an empty refusal body still ends the exchange rather than panicking.
+    Frame::plain_refusal(refusal_id, code, &e.to_string())
+        .unwrap_or(Frame { id: refusal_id, body: bytes::Bytes::new() })
+}
+
+/// Checks the coins a request hands in: at least one, at most the limit, no serial twice,
+/// each minted by this bank with its key and unexpired. Runs on the CPU pool.
+pub async fn verify_coins(bank: &Arc<Bank>, coins: Vec<Coin>, now: u64) -> Result<(Vec<VerifiedCoin>, Amount), Refuse> {
+    let max = bank.config.limits.max_coins_per_request;
+    if coins.is_empty() {
+        return Err(Refuse::new(ReasonCode::INVALID_AMOUNT, "no coins in the request"));
+    }
+    if coins.len() > max {
+        return Err(Refuse::new(
+            ReasonCode::TOO_MANY_COINS,
+            format!("{} coins is more than the {max} allowed", coins.len()),
+        ));
+    }
+    let mut seen = HashSet::with_capacity(coins.len());
+    for c in &coins {
+        if !seen.insert(c.serial()) {
+            return Err(Refuse::new(ReasonCode::DUPLICATE_COIN, format!("coin {} appears twice", c.serial())));
+        }
+    }
+    let b = bank.clone();
+    cpu(move || {
+        use rayon::prelude::*;
+        let verified: Result<Vec<_>, _> =
+            coins.par_iter().map(|c| c.verify(&b.bank_id, b.identity.signing.verifying_key(), now)).collect();
+        let verified = verified?;
+        let total = Amount::checked_sum(verified.iter().map(|c| c.value()))
+            .map_err(|_| Refuse::new(ReasonCode::INVALID_AMOUNT, "coin total overflows"))?;
+        Ok((verified, total))
+    })
+    .await?
+}
+
+/// The coin values to mint for `amount`: those asked for (checked), or the fewest coins.
+pub fn plan_denominations(bank: &Bank, amount: Amount, asked: &[Denomination]) -> Result<Vec<Denomination>, Refuse> {
+    let max_exp = bank.config.max_denomination_exponent;
+    let limit = bank.config.limits.max_coins_per_request;
+    let plan = if asked.is_empty() {
+        // Config validation keeps the exponent within range.
+        let largest = Denomination::from_exponent(max_exp)
+            .ok_or_else(|| Refuse::new(ReasonCode::INTERNAL, "max_denomination_exponent out of range"))?;
+        let big = amount.minor_units() / largest.value().minor_units();
+        if big > limit as u64 {
+            return Err(Refuse::new(ReasonCode::TOO_MANY_COINS, "amount needs more coins than one request may carry"));
+        }
+        let rest = Amount::new(amount.minor_units() % largest.value().minor_units());
+        let mut v = vec![largest; big as usize];
+        v.extend(Denomination::split(rest).map_err(|e| Refuse::new(ReasonCode::INVALID_AMOUNT, e.to_string()))?);
+        v
+    } else {
+        if let Some(d) = asked.iter().find(|d| d.exponent() > max_exp) {
+            return Err(Refuse::new(
+                ReasonCode::INVALID_AMOUNT,
+                format!("this bank mints coins up to {}, not {d}", 1u64 << max_exp),
+            ));
+        }
+        let sum = Amount::checked_sum(asked.iter().map(|d| d.value()))
+            .map_err(|_| Refuse::new(ReasonCode::INVALID_AMOUNT, "denominations overflow"))?;
+        if sum != amount {
+            return Err(Refuse::new(ReasonCode::AMOUNT_MISMATCH, format!("denominations sum to {sum}, not {amount}")));
+        }
+        asked.to_vec()
+    };
+    if plan.len() > limit {
+        return Err(Refuse::new(
+            ReasonCode::TOO_MANY_COINS,
+            format!("{} coins is more than the {limit} allowed", plan.len()),
+        ));
+    }
+    Ok(plan)
+}
+
+/// Signs new coins for `plan` on all cores. Their serials are not yet in circulation: the
+/// caller inserts them in the same transaction as the debit, or throws the coins away.
+pub async fn mint(bank: &Arc<Bank>, plan: Vec<Denomination>, now: u64) -> Result<Vec<Coin>, Refuse> {
+    let b = bank.clone();
+    let expiry = now.saturating_add(bank.config.coin_lifetime_secs);
+    cpu(move || {
+        use rayon::prelude::*;
+        plan.par_iter()
+            .map(|d| {
+                let body = CoinBody {
+                    value: *d,
+                    serial: Serial::random(&mut pmtp_proto::rng::os()),
+                    bank_id: b.bank_id.clone(),
+                    bank_addr: b.public_addr.clone(),
+                    expiry,
+                    key_id: b.identity.signing.verifying_key().key_id(),
+                };
+                Coin::mint(body, &b.identity.signing).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))
+            })
+            .collect()
+    })
+    .await?
+}

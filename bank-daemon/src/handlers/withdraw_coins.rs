@@ -1,0 +1,84 @@
+//! withdraw_coins: debit an account and hand out new coins.
+//!
+//! Order: the owner's signature (no password oracle without the private key), then the
+//! password (with back-off after repeated failures), then minting on all cores, then one
+//! transaction that records the nonce, re-checks and debits the balance, writes the ledger
+//! and inserts the new serials. Coins leave the bank only after that commit; if it fails,
+//! the signed coins are dropped and, their serials never inserted, are worthless.
+
+use super::{cpu, mint, plan_denominations, Refuse};
+use crate::store::{CounterDelta, SerialRow};
+use crate::Bank;
+use pmtp_proto::bank_statement::EntryKind;
+use pmtp_proto::{Amount, Nonce, ReasonCode, WithdrawCoinsRequest, WithdrawCoinsResponse};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub async fn handle(
+    bank: Arc<Bank>,
+    req: Arc<WithdrawCoinsRequest>,
+    peer: IpAddr,
+    now: u64,
+) -> Result<WithdrawCoinsResponse, Refuse> {
+    let body = &req.body;
+    if body.amount.is_zero() || body.amount.minor_units() > bank.config.limits.max_withdraw_amount {
+        return Err(Refuse::new(
+            ReasonCode::INVALID_AMOUNT,
+            format!("amount must be 1 to {}", bank.config.limits.max_withdraw_amount),
+        ));
+    }
+    let plan = plan_denominations(&bank, body.amount, &body.denominations)?;
+    let account = bank.authenticate(&req.body.account, body.name.as_str(), req.clone(), now).await?;
+    bank.check_password(&account, body.password.expose(), now).await?;
+
+    let coins = mint(&bank, plan, now).await?;
+    let rows: Vec<SerialRow> = coins
+        .iter()
+        .map(|c| SerialRow { serial: c.serial(), value: c.value(), expiry: c.body().expiry, key_id: c.body().key_id })
+        .collect();
+    let (id, amount, nonce_random) = (account.id, body.amount, body.nonce.random);
+    let nonce_expiry = bank.nonce_expiry(&body.nonce);
+    let count = rows.len() as u64;
+    let reset_failures = account.failed_attempts > 0;
+    let balance = bank
+        .writer
+        .run(move |tx| {
+            if !tx.insert_nonce(&nonce_random, nonce_expiry)? {
+                return Err(Refuse::new(ReasonCode::NONCE_REPLAY, "this request was already received"));
+            }
+            let acct = tx.account(id)?.ok_or_else(|| Refuse::new(ReasonCode::UNKNOWN_ACCOUNT, "account closed"))?;
+            let balance = acct.balance.checked_sub(amount).map_err(|_| {
+                Refuse::new(ReasonCode::INSUFFICIENT_FUNDS, format!("balance {} is less than {amount}", acct.balance))
+            })?;
+            tx.set_balance(id, balance)?;
+            tx.add_ledger_entry(id, now, EntryKind::Withdrawal, amount, balance, "coins withdrawn")?;
+            for r in &rows {
+                if !tx.insert_serial(r)? {
+                    return Err(Refuse::new(ReasonCode::INTERNAL, "serial collision; try again"));
+                }
+            }
+            tx.add_counters(&CounterDelta { minted: (amount, count), ..Default::default() })?;
+            if reset_failures {
+                tx.set_login_failures(id, 0, 0)?;
+            }
+            Ok::<Amount, Refuse>(balance)
+        })
+        .await??;
+    tracing::info!(account = %id, amount = %amount, coins = count, "withdrawal");
+    Ok(WithdrawCoinsResponse {
+        coins,
+        balance,
+        nonce: Nonce::new(&mut pmtp_proto::rng::os(), bank.local_ip(peer), now),
+    })
+}
+
+/// Checks an Argon2id password hash (CPU pool).
+pub(crate) async fn verify_password(hash: String, password: String) -> Result<bool, Refuse> {
+    Ok(cpu(move || {
+        use argon2::password_hash::PasswordVerifier;
+        // A malformed stored hash verifies nothing: the account cannot withdraw until an
+        // administrator resets its password.
+        argon2::Argon2::default().verify_password(password.as_bytes(), hash.as_str()).is_ok()
+    })
+    .await?)
+}

@@ -1,0 +1,242 @@
+//! # payme-bank
+//!
+//! The bank daemon: mints coins, keeps the serials in circulation, accounts and a ledger,
+//! and serves withdraw_coins, deposit_coins, exchange_coins and bank_statement over PMTP.
+//!
+//! - [`store`]: durable state behind a transaction trait (SQLite by default).
+//! - [`writer`]: the single database-writer thread with group commit, read connections,
+//!   and the CPU pool for RSA, X25519 and Argon2.
+//! - [`handlers`]: one file per message type.
+//! - [`server`]: accept loop, connection limits, deadlines, graceful shutdown.
+//! - [`admin`]: `init`, accounts, `audit`.
+//! - [`client`]: a PMTP client for banks, used by wallets, peer banks and tests.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod client;
+pub mod config;
+pub mod handlers;
+pub mod server;
+pub mod store;
+pub mod writer;
+
+use handlers::Refuse;
+use pmtp_proto::keys::{Identity, PublicIdentity, Signable, Signed};
+use pmtp_proto::text::{BankId, HostPort};
+use pmtp_proto::{AccountId, Nonce, NonceChecker, NonceConfig, ReasonCode};
+use serde::de::DeserializeOwned;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use store::AccountRow;
+
+/// File names inside a bank's data directory.
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    pub fn config(&self) -> PathBuf {
+        self.0.join("config.toml")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.0.join("bank.key")
+    }
+    pub fn public(&self) -> PathBuf {
+        self.0.join("bank.pub")
+    }
+    pub fn database(&self) -> PathBuf {
+        self.0.join("bank.db")
+    }
+    pub fn lock_file(&self) -> PathBuf {
+        self.0.join("serve.lock")
+    }
+
+    /// Takes the exclusive lock that stops a second `serve` on this directory. Held until
+    /// the returned file is dropped (the OS releases it if the process dies).
+    pub fn lock(&self) -> Result<std::fs::File, store::StoreError> {
+        let path = self.lock_file();
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| store::StoreError::Locked(format!("{}: {e}", path.display())))?;
+        f.try_lock().map_err(|_| store::StoreError::Locked(path.display().to_string()))?;
+        Ok(f)
+    }
+}
+
+/// Everything a running bank shares between connections.
+pub struct Bank {
+    pub config: config::Config,
+    pub identity: Identity,
+    pub bank_id: BankId,
+    pub public_addr: HostPort,
+    pub nonces: Mutex<NonceChecker>,
+    pub writer: writer::Writer,
+    pub readers: Arc<writer::Readers>,
+}
+
+impl Bank {
+    pub fn new(
+        config: config::Config,
+        identity: Identity,
+        writer: writer::Writer,
+        readers: writer::Readers,
+    ) -> Result<Bank, config::ConfigError> {
+        config.validate()?;
+        let bank_id = BankId::new(config.bank_id.clone()).map_err(|e| config::ConfigError::Invalid(e.to_string()))?;
+        let public_addr =
+            HostPort::new(config.public_addr.clone()).map_err(|e| config::ConfigError::Invalid(e.to_string()))?;
+        let nonces = NonceChecker::new(NonceConfig {
+            window_secs: config.limits.nonce_window_secs,
+            capacity: config.limits.nonce_cache_capacity,
+            check_address: config.limits.nonce_check_address,
+        });
+        Ok(Bank {
+            config,
+            identity,
+            bank_id,
+            public_addr,
+            nonces: Mutex::new(nonces),
+            writer,
+            readers: Arc::new(readers),
+        })
+    }
+
+    /// Until when a nonce must be remembered durably: after that the window refuses it.
+    pub fn nonce_expiry(&self, nonce: &Nonce) -> u64 {
+        nonce.timestamp.saturating_add(self.config.limits.nonce_window_secs)
+    }
+
+    /// The address this bank's reply nonces name.
+    pub fn local_ip(&self, peer: IpAddr) -> IpAddr {
+        let ip = self.config.listen.ip();
+        if ip.is_unspecified() && peer.is_loopback() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            ip
+        }
+    }
+
+    /// Finds the account, checks the name, and verifies the owner's signature on `req`.
+    pub async fn authenticate<T>(
+        self: &Arc<Self>,
+        id: &AccountId,
+        name: &str,
+        req: Arc<Signed<T>>,
+        _now: u64,
+    ) -> Result<AccountRow, Refuse>
+    where
+        T: Signable + DeserializeOwned + Send + Sync + 'static,
+    {
+        let id = *id;
+        let account = self
+            .readers
+            .read(move |tx| tx.account(id))
+            .await?
+            .ok_or_else(|| Refuse::new(ReasonCode::UNKNOWN_ACCOUNT, format!("no account {id} at this bank")))?;
+        if account.name != name {
+            return Err(Refuse::new(ReasonCode::NAME_MISMATCH, format!("account {id} is not in that name")));
+        }
+        let owner: PublicIdentity = bincode::deserialize(&account.owner_identity)
+            .map_err(|_| Refuse::new(ReasonCode::INTERNAL, "stored owner key is damaged"))?;
+        let keys = owner.parse().map_err(|_| Refuse::new(ReasonCode::INTERNAL, "stored owner key is damaged"))?;
+        let ok = writer::cpu(move || req.verify(&keys.verifying).is_ok()).await?;
+        if !ok {
+            return Err(Refuse::new(ReasonCode::BAD_SIGNATURE, "the request is not signed by the account owner's key"));
+        }
+        Ok(account)
+    }
+
+    /// Checks the account password, with back-off: after `password_failures_free` wrong
+    /// passwords, each further one locks the account for a doubling delay (at most 15
+    /// minutes); a right password resets the count (in the withdrawal's transaction).
+    pub async fn check_password(
+        self: &Arc<Self>,
+        account: &AccountRow,
+        password: &str,
+        now: u64,
+    ) -> Result<(), Refuse> {
+        if account.locked_until > now {
+            return Err(Refuse::new(
+                ReasonCode::TOO_MANY_ATTEMPTS,
+                format!("too many wrong passwords; try again in {} s", account.locked_until - now),
+            ));
+        }
+        if handlers::withdraw_coins::verify_password(account.password_hash.clone(), password.to_owned()).await? {
+            return Ok(());
+        }
+        let (id, free) = (account.id, self.config.limits.password_failures_free);
+        let locked = self
+            .writer
+            .run(move |tx| {
+                let failures = tx.account(id)?.map(|a| a.failed_attempts).unwrap_or(0).saturating_add(1);
+                let locked_until = if failures > free {
+                    let delay = 1u64 << (failures - free).min(10);
+                    now + delay.min(900)
+                } else {
+                    0
+                };
+                tx.set_login_failures(id, failures, locked_until)?;
+                Ok::<u64, store::StoreError>(locked_until)
+            })
+            .await??;
+        tracing::warn!(account = %id, "wrong password");
+        let text = if locked > now {
+            format!("wrong password; the account is locked for {} s", locked - now)
+        } else {
+            "wrong password".to_owned()
+        };
+        Err(Refuse::new(ReasonCode::WRONG_PASSWORD, text))
+    }
+
+    /// One purge round: expired serials (counted for the audit) and expired nonces, in
+    /// bounded batches, each its own transaction. Returns how many serials were purged.
+    pub async fn purge_expired(&self, now: u64) -> Result<u64, Refuse> {
+        let batch = self.config.limits.purge_batch;
+        let mut total = 0u64;
+        // Bounded: at most 1000 batches per round; the next round continues.
+        for _ in 0..1000 {
+            let (serials, nonces) = self
+                .writer
+                .run(move |tx| {
+                    let purged = tx.purge_expired_serials(now, batch)?;
+                    if purged.count > 0 {
+                        tx.add_counters(&store::CounterDelta {
+                            expired: (purged.value, purged.count),
+                            ..Default::default()
+                        })?;
+                    }
+                    let nonces = tx.purge_nonces(now, batch)?;
+                    Ok::<_, store::StoreError>((purged.count, nonces))
+                })
+                .await??;
+            total += serials;
+            if (serials as usize) < batch && (nonces as usize) < batch {
+                break;
+            }
+        }
+        if total > 0 {
+            tracing::info!(serials = total, "purged expired coins");
+        }
+        Ok(total)
+    }
+}
+
+/// Reads a secret: from a file (first line), else an environment variable, else a prompt
+/// on the terminal. Fails with a one-line message saying how to provide it.
+pub fn read_secret(file: Option<&Path>, env_var: &str, prompt: &str) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        return Ok(zeroize::Zeroizing::new(text.lines().next().unwrap_or("").to_owned()));
+    }
+    if let Ok(v) = std::env::var(env_var) {
+        return Ok(zeroize::Zeroizing::new(v));
+    }
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("no secret given: use the --*-file flag or set {env_var}");
+    }
+    Ok(zeroize::Zeroizing::new(rpassword::prompt_password(prompt)?))
+}

@@ -1,0 +1,131 @@
+//! The accept loop and per-connection loop.
+//!
+//! A connection permit is taken before `accept`, so at most `max_connections` are served;
+//! further clients wait in the kernel's backlog. Each connection reads one frame at a time
+//! with an idle deadline, answers it within the request deadline, and stops between
+//! requests when shutdown begins: in-flight requests always finish. A frame the codec
+//! refuses (bad header, oversize) gets a plain refusal where one fits, then the
+//! connection is closed; the daemon keeps serving everyone else.
+
+use crate::handlers::dispatch;
+use crate::Bank;
+use futures::{SinkExt, StreamExt};
+use pmtp_proto::codec::{CodecError, PmtpCodec};
+use pmtp_proto::frame::Frame;
+use pmtp_proto::ReasonCode;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Serves until `shutdown` completes, then waits for in-flight requests to finish.
+pub async fn serve(bank: Arc<Bank>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let limits = &bank.config.limits;
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    // Expired serials and nonces are purged in the background.
+    {
+        let (bank, token) = (bank.clone(), token.clone());
+        let every = Duration::from_secs(bank.config.limits.purge_interval_secs.max(1));
+        tracker.spawn(async move {
+            loop {
+                if let Err(e) = bank.purge_expired(crate::handlers::now()).await {
+                    tracing::warn!(reason = %e.text, "purge failed; will retry");
+                }
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        });
+    }
+
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (bank, token) = (bank.clone(), token.clone());
+        tracker.spawn(async move {
+            let _permit = permit;
+            connection(bank, stream, token).await;
+            tracing::debug!(%peer, "connection closed");
+        });
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+    token.cancel();
+    tracker.close();
+    tracker.wait().await;
+}
+
+async fn connection(bank: Arc<Bank>, stream: TcpStream, token: CancellationToken) {
+    let peer = match stream.peer_addr() {
+        Ok(a) => a.ip(),
+        Err(_) => return,
+    };
+    let _ = stream.set_nodelay(true);
+    let limits = &bank.config.limits;
+    let idle = Duration::from_secs(limits.idle_timeout_secs.max(1));
+    let deadline = Duration::from_secs(limits.request_timeout_secs.max(1));
+    let mut framed = Framed::new(stream, PmtpCodec::new(limits.max_frame_bytes));
+    loop {
+        let next = tokio::select! {
+            _ = token.cancelled() => return,
+            n = tokio::time::timeout(idle, framed.next()) => n,
+        };
+        let frame = match next {
+            Err(_) | Ok(None) => return,
+            Ok(Some(Ok(f))) => f,
+            Ok(Some(Err(CodecError::Frame(e)))) => {
+                tracing::info!(%peer, error = %e, "bad frame; closing");
+                if let Some(id) = e.refusal_id() {
+                    let code = ReasonCode::from(&pmtp_proto::frame::ProtoError::Frame(e.clone()));
+                    if let Ok(f) = Frame::plain_refusal(id, code, &e.to_string()) {
+                        let _ = tokio::time::timeout(idle, framed.send(f)).await;
+                    }
+                }
+                return;
+            }
+            Ok(Some(Err(CodecError::Io(_)))) => return,
+        };
+        let request = frame.id;
+        let reply = match tokio::time::timeout(deadline, dispatch(&bank, frame, peer)).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(_) => {
+                tracing::warn!(%peer, %request, "request timed out");
+                let id = request.message_type().id(pmtp_proto::message::Kind::Refusal);
+                match Frame::plain_refusal(
+                    id,
+                    ReasonCode::TIMEOUT,
+                    "the bank did not finish in time; the outcome is unknown",
+                ) {
+                    Ok(f) => f,
+                    Err(_) => return,
+                }
+            }
+        };
+        if tokio::time::timeout(idle, framed.send(reply)).await.map(|r| r.is_err()).unwrap_or(true) {
+            return;
+        }
+    }
+}

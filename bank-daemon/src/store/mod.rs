@@ -1,0 +1,185 @@
+//! The bank's durable state, behind one transaction trait.
+//!
+//! A [`Store`] hands out transactions; a [`Tx`] is consumed by `commit` or `rollback`, so it
+//! cannot be used after either. Savepoints let the group-commit writer run many requests in
+//! one transaction while each request still succeeds or fails on its own. Every query a
+//! request makes uses a primary key or an index (see the schema in `sqlite.rs`).
+//!
+//! Backends: SQLite (`sqlite.rs`, the embedded default). The conformance tests in
+//! `tests.rs` are written once against these traits and stamped per backend, so a
+//! PostgreSQL store can be added without touching the handlers.
+
+pub mod sqlite;
+#[cfg(test)]
+mod tests;
+
+use pmtp_proto::bank_statement::{EntryKind, LedgerEntry};
+use pmtp_proto::keys::KeyId;
+use pmtp_proto::{AccountId, Amount, Serial};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(String),
+    #[error("stored value out of range: {0}")]
+    Range(&'static str),
+    #[error("the data directory is in use by another payme-bank ({0})")]
+    Locked(String),
+    #[error("database schema version {found} is newer than this program knows ({known})")]
+    NewerSchema { found: i64, known: i64 },
+}
+
+/// An account as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountRow {
+    pub id: AccountId,
+    pub name: String,
+    /// The owner's public identity (bincode of `PublicIdentity`).
+    pub owner_identity: Vec<u8>,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    pub balance: Amount,
+    pub failed_attempts: u32,
+    pub locked_until: u64,
+    pub created_at: u64,
+}
+
+/// A serial in circulation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SerialRow {
+    pub serial: Serial,
+    pub value: Amount,
+    pub expiry: u64,
+    pub key_id: KeyId,
+}
+
+/// The running totals the audit checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub minted_value: Amount,
+    pub minted_count: u64,
+    pub redeemed_value: Amount,
+    pub redeemed_count: u64,
+    pub expired_value: Amount,
+    pub expired_count: u64,
+}
+
+/// A change to the counters, applied with checked arithmetic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterDelta {
+    pub minted: (Amount, u64),
+    pub redeemed: (Amount, u64),
+    pub expired: (Amount, u64),
+}
+
+/// A recorded deposit, so a retried deposit (same request id) gets the same answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DepositRow {
+    pub request_id: [u8; 16],
+    pub account: AccountId,
+    pub amount: Amount,
+    pub coins_hash: [u8; 32],
+    pub balance: Amount,
+    pub time: u64,
+}
+
+/// What the serials table holds in total.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Circulation {
+    pub count: u64,
+    pub value: Amount,
+}
+
+/// One database transaction. Dropping it without `commit` rolls it back.
+pub trait Tx {
+    fn commit(self: Box<Self>) -> Result<(), StoreError>;
+    fn rollback(self: Box<Self>) -> Result<(), StoreError>;
+
+    /// Marks a point that [`Tx::rollback_to_savepoint`] returns to; [`Tx::release_savepoint`]
+    /// keeps the work since. One level is enough for the writer.
+    fn savepoint(&mut self) -> Result<(), StoreError>;
+    fn release_savepoint(&mut self) -> Result<(), StoreError>;
+    fn rollback_to_savepoint(&mut self) -> Result<(), StoreError>;
+
+    fn create_account(
+        &mut self,
+        name: &str,
+        owner_identity: &[u8],
+        password_hash: &str,
+        now: u64,
+    ) -> Result<AccountId, StoreError>;
+    fn account(&mut self, id: AccountId) -> Result<Option<AccountRow>, StoreError>;
+    fn accounts(&mut self) -> Result<Vec<AccountRow>, StoreError>;
+    fn set_balance(&mut self, id: AccountId, balance: Amount) -> Result<(), StoreError>;
+    fn set_login_failures(&mut self, id: AccountId, failed_attempts: u32, locked_until: u64) -> Result<(), StoreError>;
+    #[allow(clippy::too_many_arguments)]
+    fn add_ledger_entry(
+        &mut self,
+        account: AccountId,
+        time: u64,
+        kind: EntryKind,
+        amount: Amount,
+        balance_after: Amount,
+        memo: &str,
+    ) -> Result<u64, StoreError>;
+    /// Entries at or after `since`, oldest first, at most `limit`.
+    fn ledger(&mut self, account: AccountId, since: u64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError>;
+    /// Per account: credits minus debits over the whole ledger (for the audit).
+    fn ledger_sums(&mut self) -> Result<Vec<(AccountId, i128)>, StoreError>;
+
+    /// Adds a serial; false if it was already present (a collision, astronomically unlikely).
+    fn insert_serial(&mut self, row: &SerialRow) -> Result<bool, StoreError>;
+    /// Removes a serial, returning its row if it was in circulation.
+    fn remove_serial(&mut self, serial: &Serial) -> Result<Option<SerialRow>, StoreError>;
+    fn circulation(&mut self) -> Result<Circulation, StoreError>;
+    /// Removes up to `limit` serials that expired before `now`; returns what was removed.
+    fn purge_expired_serials(&mut self, now: u64, limit: usize) -> Result<Circulation, StoreError>;
+
+    /// Records a nonce until `expiry`; false if it is already recorded (a replay).
+    fn insert_nonce(&mut self, random: &[u8; 16], expiry: u64) -> Result<bool, StoreError>;
+    fn purge_nonces(&mut self, now: u64, limit: usize) -> Result<u64, StoreError>;
+
+    fn counters(&mut self) -> Result<Counters, StoreError>;
+    fn add_counters(&mut self, delta: &CounterDelta) -> Result<(), StoreError>;
+
+    fn deposit(&mut self, request_id: &[u8; 16]) -> Result<Option<DepositRow>, StoreError>;
+    fn insert_deposit(&mut self, row: &DepositRow) -> Result<(), StoreError>;
+
+    /// Appends to the durable audit log (administrative events).
+    fn audit_event(&mut self, time: u64, event: &str, detail: &str) -> Result<(), StoreError>;
+}
+
+/// A backend that hands out transactions on one connection.
+pub trait Store: Send {
+    /// A read-write transaction that holds the write lock from its start.
+    fn begin(&mut self) -> Result<Box<dyn Tx + '_>, StoreError>;
+    /// A transaction for reading a consistent snapshot (writes in it may fail).
+    fn begin_read(&mut self) -> Result<Box<dyn Tx + '_>, StoreError>;
+}
+
+impl Counters {
+    /// `minted - redeemed - expired`: what the serials table should hold, or `None` if the
+    /// counters are inconsistent enough to go negative.
+    pub fn expected_circulation(&self) -> Option<Amount> {
+        self.minted_value.checked_sub(self.redeemed_value).ok()?.checked_sub(self.expired_value).ok()
+    }
+}
+
+pub(crate) fn kind_code(kind: EntryKind) -> i64 {
+    match kind {
+        EntryKind::CounterCredit => 0,
+        EntryKind::Withdrawal => 1,
+        EntryKind::Deposit => 2,
+        EntryKind::CounterDebit => 3,
+    }
+}
+
+pub(crate) fn kind_from_code(code: i64) -> Result<EntryKind, StoreError> {
+    Ok(match code {
+        0 => EntryKind::CounterCredit,
+        1 => EntryKind::Withdrawal,
+        2 => EntryKind::Deposit,
+        3 => EntryKind::CounterDebit,
+        _ => return Err(StoreError::Range("ledger kind")),
+    })
+}

@@ -1,0 +1,511 @@
+//! The embedded store: SQLite in WAL mode with `synchronous=FULL`, so a committed
+//! transaction survives power loss (NORMAL could un-spend a coin: never for money).
+//!
+//! Schema changes are numbered migrations recorded in `schema_migrations`; opening a
+//! database written by a newer version is refused. Integers that hold money are `u64` in
+//! Rust and `INTEGER` (i64) here; every conversion is checked.
+
+use super::*;
+use pmtp_proto::bank_statement::LedgerEntry;
+use pmtp_proto::text::BoundedString;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::Path;
+
+/// Schema migrations, applied in order; never edit one that has shipped.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "
+    CREATE TABLE serials (
+        serial BLOB PRIMARY KEY,
+        value INTEGER NOT NULL,
+        expiry INTEGER NOT NULL,
+        key_id BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX serials_expiry ON serials(expiry);
+    CREATE TABLE accounts (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        owner_identity BLOB NOT NULL,
+        password_hash TEXT NOT NULL,
+        balance INTEGER NOT NULL CHECK (balance >= 0),
+        failed_attempts INTEGER NOT NULL DEFAULT 0,
+        locked_until INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE ledger (
+        id INTEGER PRIMARY KEY,
+        account INTEGER NOT NULL REFERENCES accounts(id),
+        time INTEGER NOT NULL,
+        kind INTEGER NOT NULL,
+        amount INTEGER NOT NULL CHECK (amount >= 0),
+        balance_after INTEGER NOT NULL,
+        memo TEXT NOT NULL
+    );
+    CREATE INDEX ledger_account_time ON ledger(account, time, id);
+    CREATE TABLE nonces (
+        random BLOB PRIMARY KEY,
+        expiry INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX nonces_expiry ON nonces(expiry);
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO counters(name, value) VALUES
+        ('minted_value', 0), ('minted_count', 0),
+        ('redeemed_value', 0), ('redeemed_count', 0),
+        ('expired_value', 0), ('expired_count', 0);
+    CREATE TABLE deposits (
+        request_id BLOB PRIMARY KEY,
+        account INTEGER NOT NULL REFERENCES accounts(id),
+        amount INTEGER NOT NULL,
+        coins_hash BLOB NOT NULL,
+        balance INTEGER NOT NULL,
+        time INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        time INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    ",
+)];
+
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+fn i(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Range("value over i64"))
+}
+
+fn u(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Range("negative value"))
+}
+
+fn arr<const N: usize>(v: Vec<u8>) -> Result<[u8; N], StoreError> {
+    v.try_into().map_err(|_| StoreError::Range("blob length"))
+}
+
+/// The SQLite store: one connection, used by one thread at a time.
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` for writing, and migrates it.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db)?;
+        let mut s = SqliteStore { conn };
+        s.migrate()?;
+        Ok(s)
+    }
+
+    /// A read-only connection for queries that change nothing (statements, audit).
+    pub fn open_reader(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db)?;
+        Ok(SqliteStore { conn })
+    }
+
+    /// An in-memory database (tests).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let mut s = SqliteStore { conn: Connection::open_in_memory().map_err(db)? };
+        s.migrate()?;
+        Ok(s)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+        )
+        .map_err(db)?;
+        let current: i64 =
+            tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0)).map_err(db)?;
+        let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+        if current > known {
+            return Err(StoreError::NewerSchema { found: current, known });
+        }
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+            tx.execute_batch(sql).map_err(db)?;
+            tx.execute("INSERT INTO schema_migrations(version, applied_at) VALUES (?1, ?2)", params![version, now])
+                .map_err(db)?;
+        }
+        tx.commit().map_err(db)
+    }
+
+    /// The schema version in force.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0)).map_err(db)
+    }
+}
+
+impl Store for SqliteStore {
+    fn begin(&mut self) -> Result<Box<dyn Tx + '_>, StoreError> {
+        // IMMEDIATE takes the write lock at once, so a transaction never fails half-way
+        // with SQLITE_BUSY when it first writes.
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+        Ok(Box::new(SqliteTx { tx }))
+    }
+
+    fn begin_read(&mut self) -> Result<Box<dyn Tx + '_>, StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Deferred).map_err(db)?;
+        Ok(Box::new(SqliteTx { tx }))
+    }
+}
+
+struct SqliteTx<'c> {
+    tx: rusqlite::Transaction<'c>,
+}
+
+/// An account row's columns as SQLite returns them, before range checks.
+type RawAccount = (i64, String, Vec<u8>, String, i64, i64, i64, i64);
+
+fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawAccount> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+}
+
+fn to_account(t: RawAccount) -> Result<AccountRow, StoreError> {
+    Ok(AccountRow {
+        id: AccountId(u(t.0)?),
+        name: t.1,
+        owner_identity: t.2,
+        password_hash: t.3,
+        balance: Amount::new(u(t.4)?),
+        failed_attempts: u32::try_from(t.5).map_err(|_| StoreError::Range("failed_attempts"))?,
+        locked_until: u(t.6)?,
+        created_at: u(t.7)?,
+    })
+}
+
+const ACCOUNT_COLS: &str =
+    "id, name, owner_identity, password_hash, balance, failed_attempts, locked_until, created_at";
+
+impl Tx for SqliteTx<'_> {
+    fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.commit().map_err(db)
+    }
+    fn rollback(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.rollback().map_err(db)
+    }
+    fn savepoint(&mut self) -> Result<(), StoreError> {
+        self.tx.execute_batch("SAVEPOINT request").map_err(db)
+    }
+    fn release_savepoint(&mut self) -> Result<(), StoreError> {
+        self.tx.execute_batch("RELEASE request").map_err(db)
+    }
+    fn rollback_to_savepoint(&mut self) -> Result<(), StoreError> {
+        self.tx.execute_batch("ROLLBACK TO request; RELEASE request").map_err(db)
+    }
+
+    fn create_account(
+        &mut self,
+        name: &str,
+        owner_identity: &[u8],
+        password_hash: &str,
+        now: u64,
+    ) -> Result<AccountId, StoreError> {
+        // Account numbers start at 1001 so that they never look like small counts.
+        let next: i64 =
+            self.tx.query_row("SELECT COALESCE(MAX(id), 1000) + 1 FROM accounts", [], |r| r.get(0)).map_err(db)?;
+        self.tx
+            .execute(
+                "INSERT INTO accounts(id, name, owner_identity, password_hash, balance, created_at) VALUES (?1, ?2, ?3, ?4, 0, ?5)",
+                params![next, name, owner_identity, password_hash, i(now)?],
+            )
+            .map_err(db)?;
+        Ok(AccountId(u(next)?))
+    }
+
+    fn account(&mut self, id: AccountId) -> Result<Option<AccountRow>, StoreError> {
+        let sql = format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = ?1");
+        let mut st = self.tx.prepare_cached(&sql).map_err(db)?;
+        let row = st.query_row(params![i(id.0)?], account_row).optional().map_err(db)?;
+        row.map(to_account).transpose()
+    }
+
+    fn accounts(&mut self) -> Result<Vec<AccountRow>, StoreError> {
+        let sql = format!("SELECT {ACCOUNT_COLS} FROM accounts ORDER BY id");
+        let mut st = self.tx.prepare_cached(&sql).map_err(db)?;
+        let rows = st.query_map([], account_row).map_err(db)?;
+        rows.map(|r| r.map_err(db).and_then(to_account)).collect()
+    }
+
+    fn set_balance(&mut self, id: AccountId, balance: Amount) -> Result<(), StoreError> {
+        let mut st = self.tx.prepare_cached("UPDATE accounts SET balance = ?2 WHERE id = ?1").map_err(db)?;
+        let n = st.execute(params![i(id.0)?, i(balance.minor_units())?]).map_err(db)?;
+        if n != 1 {
+            return Err(StoreError::Db(format!("account {id} not found")));
+        }
+        Ok(())
+    }
+
+    fn set_login_failures(&mut self, id: AccountId, failed_attempts: u32, locked_until: u64) -> Result<(), StoreError> {
+        let mut st = self
+            .tx
+            .prepare_cached("UPDATE accounts SET failed_attempts = ?2, locked_until = ?3 WHERE id = ?1")
+            .map_err(db)?;
+        st.execute(params![i(id.0)?, failed_attempts, i(locked_until)?]).map_err(db)?;
+        Ok(())
+    }
+
+    fn add_ledger_entry(
+        &mut self,
+        account: AccountId,
+        time: u64,
+        kind: EntryKind,
+        amount: Amount,
+        balance_after: Amount,
+        memo: &str,
+    ) -> Result<u64, StoreError> {
+        let mut st = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO ledger(account, time, kind, amount, balance_after, memo) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(db)?;
+        st.execute(params![
+            i(account.0)?,
+            i(time)?,
+            kind_code(kind),
+            i(amount.minor_units())?,
+            i(balance_after.minor_units())?,
+            memo
+        ])
+        .map_err(db)?;
+        u(self.tx.last_insert_rowid())
+    }
+
+    fn ledger(&mut self, account: AccountId, since: u64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+        let mut st = self
+            .tx
+            .prepare_cached(
+                "SELECT id, time, kind, amount, balance_after, memo FROM ledger
+                 WHERE account = ?1 AND time >= ?2 ORDER BY time, id LIMIT ?3",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map(params![i(account.0)?, i(since)?, i(limit as u64)?], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })
+            .map_err(db)?;
+        rows.map(|r| {
+            let (id, time, kind, amount, after, memo) = r.map_err(db)?;
+            Ok(LedgerEntry {
+                id: u(id)?,
+                time: u(time)?,
+                kind: kind_from_code(kind)?,
+                amount: Amount::new(u(amount)?),
+                balance_after: Amount::new(u(after)?),
+                memo: BoundedString::truncated(&memo),
+            })
+        })
+        .collect()
+    }
+
+    fn ledger_sums(&mut self) -> Result<Vec<(AccountId, i128)>, StoreError> {
+        // Summed in Rust with i128: SQLite's SUM would overflow i64 silently into a float.
+        let mut st = self.tx.prepare_cached("SELECT account, kind, amount FROM ledger ORDER BY account").map_err(db)?;
+        let rows =
+            st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))).map_err(db)?;
+        let mut out: Vec<(AccountId, i128)> = Vec::new();
+        for r in rows {
+            let (acct, kind, amount) = r.map_err(db)?;
+            let signed = if kind_from_code(kind)?.is_credit() { amount as i128 } else { -(amount as i128) };
+            let acct = AccountId(u(acct)?);
+            match out.last_mut() {
+                Some((a, sum)) if *a == acct => *sum += signed,
+                _ => out.push((acct, signed)),
+            }
+        }
+        Ok(out)
+    }
+
+    fn insert_serial(&mut self, row: &SerialRow) -> Result<bool, StoreError> {
+        let mut st = self
+            .tx
+            .prepare_cached("INSERT OR IGNORE INTO serials(serial, value, expiry, key_id) VALUES (?1, ?2, ?3, ?4)")
+            .map_err(db)?;
+        let n = st
+            .execute(params![&row.serial.0[..], i(row.value.minor_units())?, i(row.expiry)?, &row.key_id.0[..]])
+            .map_err(db)?;
+        Ok(n == 1)
+    }
+
+    fn remove_serial(&mut self, serial: &Serial) -> Result<Option<SerialRow>, StoreError> {
+        let mut st = self
+            .tx
+            .prepare_cached("DELETE FROM serials WHERE serial = ?1 RETURNING value, expiry, key_id")
+            .map_err(db)?;
+        let row = st
+            .query_row(params![&serial.0[..]], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?))
+            })
+            .optional()
+            .map_err(db)?;
+        row.map(|(value, expiry, key_id)| {
+            Ok(SerialRow {
+                serial: *serial,
+                value: Amount::new(u(value)?),
+                expiry: u(expiry)?,
+                key_id: KeyId(arr(key_id)?),
+            })
+        })
+        .transpose()
+    }
+
+    fn circulation(&mut self) -> Result<Circulation, StoreError> {
+        let mut st = self.tx.prepare_cached("SELECT value FROM serials").map_err(db)?;
+        let rows = st.query_map([], |r| r.get::<_, i64>(0)).map_err(db)?;
+        let mut c = Circulation::default();
+        for v in rows {
+            c.count += 1;
+            c.value = c.value.checked_add(Amount::new(u(v.map_err(db)?)?)).map_err(|_| StoreError::Range("total"))?;
+        }
+        Ok(c)
+    }
+
+    fn purge_expired_serials(&mut self, now: u64, limit: usize) -> Result<Circulation, StoreError> {
+        let mut st = self
+            .tx
+            .prepare_cached(
+                "DELETE FROM serials WHERE serial IN
+                   (SELECT serial FROM serials WHERE expiry < ?1 ORDER BY expiry LIMIT ?2)
+                 RETURNING value",
+            )
+            .map_err(db)?;
+        let rows = st.query_map(params![i(now)?, i(limit as u64)?], |r| r.get::<_, i64>(0)).map_err(db)?;
+        let mut c = Circulation::default();
+        for v in rows {
+            c.count += 1;
+            c.value = c.value.checked_add(Amount::new(u(v.map_err(db)?)?)).map_err(|_| StoreError::Range("total"))?;
+        }
+        Ok(c)
+    }
+
+    fn insert_nonce(&mut self, random: &[u8; 16], expiry: u64) -> Result<bool, StoreError> {
+        let mut st =
+            self.tx.prepare_cached("INSERT OR IGNORE INTO nonces(random, expiry) VALUES (?1, ?2)").map_err(db)?;
+        Ok(st.execute(params![&random[..], i(expiry)?]).map_err(db)? == 1)
+    }
+
+    fn purge_nonces(&mut self, now: u64, limit: usize) -> Result<u64, StoreError> {
+        let mut st = self
+            .tx
+            .prepare_cached(
+                "DELETE FROM nonces WHERE random IN (SELECT random FROM nonces WHERE expiry < ?1 ORDER BY expiry LIMIT ?2)",
+            )
+            .map_err(db)?;
+        Ok(st.execute(params![i(now)?, i(limit as u64)?]).map_err(db)? as u64)
+    }
+
+    fn counters(&mut self) -> Result<Counters, StoreError> {
+        let mut st = self.tx.prepare_cached("SELECT name, value FROM counters").map_err(db)?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(db)?;
+        let mut c = Counters::default();
+        for row in rows {
+            let (name, v) = row.map_err(db)?;
+            let v = u(v)?;
+            match name.as_str() {
+                "minted_value" => c.minted_value = Amount::new(v),
+                "minted_count" => c.minted_count = v,
+                "redeemed_value" => c.redeemed_value = Amount::new(v),
+                "redeemed_count" => c.redeemed_count = v,
+                "expired_value" => c.expired_value = Amount::new(v),
+                "expired_count" => c.expired_count = v,
+                _ => {}
+            }
+        }
+        Ok(c)
+    }
+
+    fn add_counters(&mut self, d: &CounterDelta) -> Result<(), StoreError> {
+        let c = self.counters()?;
+        let add = |a: Amount, b: Amount| a.checked_add(b).map_err(|_| StoreError::Range("counter overflow"));
+        let addn = |a: u64, b: u64| a.checked_add(b).ok_or(StoreError::Range("counter overflow"));
+        let updates = [
+            ("minted_value", add(c.minted_value, d.minted.0)?.minor_units()),
+            ("minted_count", addn(c.minted_count, d.minted.1)?),
+            ("redeemed_value", add(c.redeemed_value, d.redeemed.0)?.minor_units()),
+            ("redeemed_count", addn(c.redeemed_count, d.redeemed.1)?),
+            ("expired_value", add(c.expired_value, d.expired.0)?.minor_units()),
+            ("expired_count", addn(c.expired_count, d.expired.1)?),
+        ];
+        let mut st = self.tx.prepare_cached("UPDATE counters SET value = ?2 WHERE name = ?1").map_err(db)?;
+        for (name, v) in updates {
+            st.execute(params![name, i(v)?]).map_err(db)?;
+        }
+        Ok(())
+    }
+
+    fn deposit(&mut self, request_id: &[u8; 16]) -> Result<Option<DepositRow>, StoreError> {
+        let mut st = self
+            .tx
+            .prepare_cached("SELECT account, amount, coins_hash, balance, time FROM deposits WHERE request_id = ?1")
+            .map_err(db)?;
+        let row = st
+            .query_row(params![&request_id[..]], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .optional()
+            .map_err(db)?;
+        row.map(|(a, amt, h, bal, t)| {
+            Ok(DepositRow {
+                request_id: *request_id,
+                account: AccountId(u(a)?),
+                amount: Amount::new(u(amt)?),
+                coins_hash: arr(h)?,
+                balance: Amount::new(u(bal)?),
+                time: u(t)?,
+            })
+        })
+        .transpose()
+    }
+
+    fn insert_deposit(&mut self, row: &DepositRow) -> Result<(), StoreError> {
+        let mut st = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO deposits(request_id, account, amount, coins_hash, balance, time) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(db)?;
+        st.execute(params![
+            &row.request_id[..],
+            i(row.account.0)?,
+            i(row.amount.minor_units())?,
+            &row.coins_hash[..],
+            i(row.balance.minor_units())?,
+            i(row.time)?
+        ])
+        .map_err(db)?;
+        Ok(())
+    }
+
+    fn audit_event(&mut self, time: u64, event: &str, detail: &str) -> Result<(), StoreError> {
+        let mut st =
+            self.tx.prepare_cached("INSERT INTO audit_log(time, event, detail) VALUES (?1, ?2, ?3)").map_err(db)?;
+        st.execute(params![i(time)?, event, detail]).map_err(db)?;
+        Ok(())
+    }
+}
