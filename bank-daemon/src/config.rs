@@ -152,6 +152,7 @@ impl Config {
 # This bank's identifier, written into every coin it mints. Wallets know the bank by it.
 bank_id = {bank_id:?}
 # host:port where wallets reach this bank; written into every coin (exchanges go there).
+# Port 0 means the address `serve` actually listens on.
 public_addr = {public_addr:?}
 # Address `payme-bank serve` listens on (PMTP over TCP; the paper's port is 8000).
 listen = "{listen}"

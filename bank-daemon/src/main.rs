@@ -222,17 +222,23 @@ fn account(dir: &DataDir, cmd: AccountCommand) -> anyhow::Result<()> {
 fn serve(dir: &DataDir, cfg: Config, passphrase: &str) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
+        let shutdown = shutdown_signal()?;
+        let mut cfg = cfg;
         let listen = cfg.listen;
-        let (bank, writer_thread, _lock) = admin::open_bank(dir, cfg, passphrase)?;
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let local = listener.local_addr()?;
+        // A public address with port 0 means "where we actually listen" (tests, ephemeral ports).
+        if cfg.public_addr.ends_with(":0") {
+            cfg.public_addr = local.to_string();
+        }
+        let (bank, writer_thread, _lock) = admin::open_bank(dir, cfg, passphrase)?;
         tracing::info!(addr = %local, bank = %bank.bank_id, "serving");
         // Tests and scripts read this line to learn the port when listening on port 0.
         println!("payme-bank listening on {local}");
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        bank_daemon::server::serve(bank, listener, shutdown_signal()).await;
+        bank_daemon::server::serve(bank, listener, shutdown).await;
         // The last Bank handle is gone once serve returns; the writer drains and stops.
         tokio::task::spawn_blocking(move || writer_thread.join()).await?;
         tracing::info!("stopped");
@@ -240,17 +246,17 @@ fn serve(dir: &DataDir, cfg: Config, passphrase: &str) -> anyhow::Result<()> {
     })
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGINT and SIGTERM handlers now (before the daemon says it is ready, so
+/// a signal sent right after that line is never missed) and returns the future that
+/// completes on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    })
 }

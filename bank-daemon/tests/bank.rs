@@ -1,0 +1,352 @@
+//! End-to-end tests of the real `payme-bank` binary on 127.0.0.1, driven by the PMTP client.
+//! The bank's audit (minted - redeemed - expired = circulating; ledgers = balances) is
+//! checked after each.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use bank_daemon::client::ClientError;
+use common::*;
+use futures::{SinkExt, StreamExt};
+use pmtp_proto::codec::PmtpCodec;
+use pmtp_proto::keys::Signed;
+use pmtp_proto::text::{Name, Password};
+use pmtp_proto::*;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::codec::Framed;
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn code(e: &ClientError) -> ReasonCode {
+    e.code().unwrap_or_else(|| panic!("expected a refusal, got {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withdraw_then_deposit() {
+    let bank = TestBank::start();
+    let alice = bank.holder(1, "alice", 1000);
+    let shop = bank.holder(2, "shop", 0);
+    let c = bank.client();
+    let w = c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, Amount::new(300), vec![]).await.unwrap();
+    assert_eq!(w.balance, Amount::new(700));
+    assert_eq!(w.coins.len(), 4, "300 = 256 + 32 + 8 + 4: the fewest powers of two");
+    let total: u64 = w.coins.iter().map(|c| c.value().minor_units()).sum();
+    assert_eq!(total, 300);
+    // The coins name the bank's real address (public_addr port 0 = bound address).
+    assert_eq!(w.coins[0].body().bank_addr.as_str(), bank.addr);
+    let d = c.deposit(&shop.identity, shop.account, "shop", [1; 16], w.coins.clone()).await.unwrap();
+    let ack = d.ack.verify(&c.keys.verifying).unwrap();
+    assert_eq!((ack.amount, ack.balance), (Amount::new(300), Amount::new(300)));
+    assert_eq!(bank.balance(&shop).await, Amount::new(300));
+    let s = c.statement(&alice.identity, alice.account, "alice", None).await.unwrap();
+    assert_eq!(s.entries.len(), 2);
+    assert_eq!(s.entries[1].kind, bank_statement::EntryKind::Withdrawal);
+    let text = bank.assert_audit();
+    assert!(text.contains("in circulation 0 (0 serials)"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withdraw_exchange_deposit_and_double_spends() {
+    let bank = TestBank::start();
+    let alice = bank.holder(1, "alice", 1000);
+    let shop = bank.holder(2, "shop", 0);
+    let c = bank.client();
+    let w = c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, Amount::new(16), vec![]).await.unwrap();
+    assert_eq!(w.coins.len(), 1);
+    // Break a 16 into 8 + 4 + 2 + 1 + 1.
+    let want: Vec<_> = [8u64, 4, 2, 1, 1].iter().map(|v| Denomination::try_from(*v).unwrap()).collect();
+    let x = c.exchange(w.coins.clone(), want).await.unwrap();
+    assert_eq!(x.coins.len(), 5);
+    // The old coin is spent: exchanging or depositing it again is refused.
+    let again = c.exchange(w.coins.clone(), vec![]).await.unwrap_err();
+    assert_eq!(code(&again), ReasonCode::COIN_NOT_IN_CIRCULATION);
+    assert!(again.is_definitive());
+    // A wrong split is refused and spends nothing.
+    let bad = c.exchange(x.coins.clone(), vec![Denomination::try_from(8u64).unwrap()]).await.unwrap_err();
+    assert_eq!(code(&bad), ReasonCode::AMOUNT_MISMATCH);
+    c.deposit(&shop.identity, shop.account, "shop", [2; 16], x.coins[..2].to_vec()).await.unwrap();
+    // All or nothing: one spent coin among fresh ones removes none of them.
+    let mixed = vec![x.coins[0].clone(), x.coins[2].clone(), x.coins[3].clone()];
+    let err = c.deposit(&shop.identity, shop.account, "shop", [3; 16], mixed).await.unwrap_err();
+    assert_eq!(code(&err), ReasonCode::COIN_NOT_IN_CIRCULATION);
+    assert!(err.to_string().contains(&x.coins[0].serial().to_string()), "refusal names the coin: {err}");
+    c.deposit(&shop.identity, shop.account, "shop", [4; 16], x.coins[2..].to_vec()).await.unwrap();
+    assert_eq!(bank.balance(&shop).await, Amount::new(16));
+    // The same coin twice in one request.
+    let w2 = c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, Amount::new(1), vec![]).await.unwrap();
+    let dup = vec![w2.coins[0].clone(), w2.coins[0].clone()];
+    assert_eq!(code(&c.exchange(dup, vec![]).await.unwrap_err()), ReasonCode::DUPLICATE_COIN);
+    bank.assert_audit();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_deposit_is_idempotent() {
+    let bank = TestBank::start();
+    let alice = bank.holder(1, "alice", 100);
+    let c = bank.client();
+    let w = c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, Amount::new(40), vec![]).await.unwrap();
+    let first = c.deposit(&alice.identity, alice.account, "alice", [7; 16], w.coins.clone()).await.unwrap();
+    // The reply was "lost": the same deposit again (fresh nonce) gets the same answer, once.
+    let second = c.deposit(&alice.identity, alice.account, "alice", [7; 16], w.coins.clone()).await.unwrap();
+    assert_eq!(first.ack.body, second.ack.body);
+    assert_eq!(bank.balance(&alice).await, Amount::new(100));
+    bank.assert_audit();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_name_signature_and_funds() {
+    let bank = TestBank::start();
+    let alice = bank.holder(1, "alice", 50);
+    let c = bank.client();
+    let id = &alice.identity;
+    let e = c.withdraw(id, alice.account, "alice", "not the password", Amount::new(5), vec![]).await.unwrap_err();
+    assert_eq!(code(&e), ReasonCode::WRONG_PASSWORD);
+    let e = c.withdraw(id, alice.account, "mallory", PASSWORD, Amount::new(5), vec![]).await.unwrap_err();
+    assert_eq!(code(&e), ReasonCode::NAME_MISMATCH);
+    let e = c.withdraw(id, AccountId(999_999), "alice", PASSWORD, Amount::new(5), vec![]).await.unwrap_err();
+    assert_eq!(code(&e), ReasonCode::UNKNOWN_ACCOUNT);
+    let other = pmtp_proto::testing::identity(3);
+    let e = c.withdraw(&other, alice.account, "alice", PASSWORD, Amount::new(5), vec![]).await.unwrap_err();
+    assert_eq!(code(&e), ReasonCode::BAD_SIGNATURE);
+    let e = c.withdraw(id, alice.account, "alice", PASSWORD, Amount::new(51), vec![]).await.unwrap_err();
+    assert_eq!(code(&e), ReasonCode::INSUFFICIENT_FUNDS);
+    let e = c.withdraw(id, alice.account, "alice", PASSWORD, Amount::new(0), vec![]).await.unwrap_err();
+    assert_eq!(code(&e), ReasonCode::INVALID_AMOUNT);
+    // Back-off: after three wrong passwords the account locks, even for the right one.
+    for _ in 0..3 {
+        let _ = c.withdraw(id, alice.account, "alice", "guess", Amount::new(5), vec![]).await.unwrap_err();
+    }
+    let e = c.withdraw(id, alice.account, "alice", PASSWORD, Amount::new(5), vec![]).await.unwrap_err();
+    assert_eq!(code(&e), ReasonCode::TOO_MANY_ATTEMPTS, "{e}");
+    assert!(!e.is_definitive(), "a lock is temporary");
+    assert_eq!(bank.balance(&alice).await, Amount::new(50), "nothing moved");
+    bank.assert_audit();
+}
+
+/// Builds a withdraw request frame by hand so it can be sent more than once.
+fn withdraw_frame(bank: &TestBank, h: &Holder, amount: u64) -> (Frame, SessionKey) {
+    let mut rng = rng::os();
+    let sk = SessionKey::generate(&mut rng);
+    let body = WithdrawCoins {
+        account: h.account,
+        name: Name::new(h.name.clone()).unwrap(),
+        password: Password::new(PASSWORD).unwrap(),
+        amount: Amount::new(amount),
+        denominations: vec![],
+        session_key: sk.clone(),
+        nonce: Nonce::new(&mut rng, "127.0.0.1".parse().unwrap(), now()),
+    };
+    let req = Signed::sign(body, &h.identity.signing).unwrap();
+    let frame = Frame::seal_to(&mut rng, &bank.public.parse().unwrap().x25519, &req).unwrap();
+    (frame, sk)
+}
+
+async fn send(addr: &str, frame: Frame) -> Frame {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut framed = Framed::new(stream, PmtpCodec::default());
+    framed.send(frame).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), framed.next()).await.unwrap().unwrap().unwrap()
+}
+
+fn refusal_code(reply: &Frame, sk: &SessionKey) -> Option<ReasonCode> {
+    match reply.open_reply::<WithdrawCoinsRequest>(sk).unwrap() {
+        Reply::Response(_) => None,
+        Reply::Refused(r) => Some(r.code),
+        Reply::PlainRefused(p) => Some(p.code),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_request_is_refused_also_after_restart() {
+    let mut bank = TestBank::start();
+    let alice = bank.holder(1, "alice", 100);
+    let (frame, sk) = withdraw_frame(&bank, &alice, 10);
+    assert_eq!(refusal_code(&send(&bank.addr, frame.clone()).await, &sk), None, "first is served");
+    assert_eq!(refusal_code(&send(&bank.addr, frame.clone()).await, &sk), Some(ReasonCode::NONCE_REPLAY));
+    // A restart empties the in-memory cache; the durable nonce table still refuses it.
+    bank.stop();
+    bank.restart();
+    assert_eq!(refusal_code(&send(&bank.addr, frame.clone()).await, &sk), Some(ReasonCode::NONCE_REPLAY));
+    assert_eq!(bank.balance(&alice).await, Amount::new(90), "debited once");
+    bank.assert_audit();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_coins_are_refused_and_purged() {
+    let bank = TestBank::start_with("bank-a", |c| {
+        c.replace("coin_lifetime_secs = 31536000", "coin_lifetime_secs = 1")
+            .replace("purge_interval_secs = 60", "purge_interval_secs = 1")
+    });
+    let alice = bank.holder(1, "alice", 100);
+    let c = bank.client();
+    let w = c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, Amount::new(12), vec![]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let e = c.deposit(&alice.identity, alice.account, "alice", [1; 16], w.coins.clone()).await.unwrap_err();
+    assert_eq!(code(&e), ReasonCode::COIN_EXPIRED);
+    // The purge task removes the expired serials within a few intervals (bounded wait).
+    let mut purged = false;
+    for _ in 0..50 {
+        let text = bank.assert_audit();
+        if text.contains("expired 12 (2 coins)") && text.contains("in circulation 0 (0 serials)") {
+            purged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(purged, "expired serials were not purged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_get_refusals_and_the_bank_keeps_serving() {
+    let bank = TestBank::start();
+    let alice = bank.holder(1, "alice", 100);
+    // Oversize length: a plain refusal, then the connection closes; nothing is allocated.
+    let mut s = tokio::net::TcpStream::connect(&bank.addr).await.unwrap();
+    s.write_all(b"PMTP\x01\x11\x00\x20\x00\x00").await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await.unwrap().unwrap();
+    let f = Frame::decode_exact(&buf, 1 << 20).unwrap();
+    assert_eq!(f.id, DepositCoinsRefusal::ID);
+    match f.envelope().unwrap() {
+        frame::Envelope::Plain(p) => assert_eq!(p.code, ReasonCode::FRAME_TOO_LARGE),
+        other => panic!("{other:?}"),
+    }
+    // Unknown version and garbage: the connection is closed (with a refusal where one fits).
+    for bytes in [&b"PMTP\x09\x01\x00\x00\x00\x00"[..], b"GET / HTTP/1.1\r\n\r\n"] {
+        let mut s = tokio::net::TcpStream::connect(&bank.addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await.unwrap().unwrap();
+        if bytes.starts_with(b"PMTP") {
+            let f = Frame::decode_exact(&buf, 1 << 20).unwrap();
+            assert!(
+                matches!(f.envelope().unwrap(), frame::Envelope::Plain(p) if p.code == ReasonCode::UNSUPPORTED_VERSION)
+            );
+        } else {
+            assert!(buf.is_empty(), "no reply to non-PMTP bytes");
+        }
+    }
+    // A valid header with a body that does not open: a plain `malformed` refusal.
+    let s = tokio::net::TcpStream::connect(&bank.addr).await.unwrap();
+    let mut framed = Framed::new(s, PmtpCodec::default());
+    framed.send(Frame { id: ExchangeCoinsRequest::ID, body: bytes::Bytes::from_static(b"abc") }).await.unwrap();
+    let f = framed.next().await.unwrap().unwrap();
+    assert!(matches!(f.envelope().unwrap(), frame::Envelope::Plain(p) if p.code == ReasonCode::MALFORMED));
+    // A request sent to the bank that a bank does not serve.
+    let mut s = tokio::net::TcpStream::connect(&bank.addr).await.unwrap();
+    s.write_all(b"PMTP\x01\x51\x00\x00\x00\x00").await.unwrap();
+    let mut framed = Framed::new(s, PmtpCodec::default());
+    let f = framed.next().await.unwrap().unwrap();
+    assert_eq!(f.id, PayCoinsRefusal::ID);
+    // Still serving real clients.
+    let c = bank.client();
+    c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, Amount::new(1), vec![]).await.unwrap();
+    bank.assert_audit();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_coins_are_refused() {
+    let bank_a = TestBank::start_with("bank-a", |c| c);
+    let bank_b = TestBank::start_with("bank-b", |c| c);
+    let alice = bank_b.holder(1, "alice", 100);
+    let w = bank_b
+        .client()
+        .withdraw(&alice.identity, alice.account, "alice", PASSWORD, Amount::new(8), vec![])
+        .await
+        .unwrap();
+    let shop = bank_a.holder(2, "shop", 0);
+    let e = bank_a.client().deposit(&shop.identity, shop.account, "shop", [1; 16], w.coins.clone()).await.unwrap_err();
+    assert_eq!(code(&e), ReasonCode::COIN_FOREIGN_BANK);
+    assert!(e.to_string().contains("bank-b"), "{e}");
+    bank_a.assert_audit();
+    bank_b.assert_audit();
+}
+
+/// 64 concurrent spends of the same coin over separate connections: exactly one wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_concurrent_spends_of_one_coin() {
+    let bank = TestBank::start();
+    let alice = bank.holder(1, "alice", 1000);
+    let shop = std::sync::Arc::new(bank.holder(2, "shop", 0));
+    let c = bank.client();
+    for round in 0..2u8 {
+        let w = c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, Amount::new(4), vec![]).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..64u8 {
+            let (c, coins, shop) = (bank.client(), w.coins.clone(), shop.clone());
+            tasks.push(tokio::spawn(async move {
+                if i % 2 == 0 {
+                    c.deposit(
+                        &shop.identity,
+                        shop.account,
+                        "shop",
+                        [round, i, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                        coins,
+                    )
+                    .await
+                    .map(|_| ())
+                } else {
+                    c.exchange(coins, vec![]).await.map(|_| ())
+                }
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(()) => ok += 1,
+                Err(e) => assert_eq!(code(&e), ReasonCode::COIN_NOT_IN_CIRCULATION, "{e}"),
+            }
+        }
+        assert_eq!(ok, 1, "round {round}: exactly one spend succeeds");
+    }
+    bank.assert_audit();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_can_be_switched_off() {
+    let bank = TestBank::start_with("cpu-bank", |c| c.replace("exchange_enabled = true", "exchange_enabled = false"));
+    let alice = bank.holder(1, "alice", 10);
+    let c = bank.client();
+    let w = c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, Amount::new(2), vec![]).await.unwrap();
+    let e = c.exchange(w.coins.clone(), vec![]).await.unwrap_err();
+    assert_eq!(code(&e), ReasonCode::EXCHANGE_DISABLED);
+    c.deposit(&alice.identity, alice.account, "alice", [1; 16], w.coins).await.unwrap();
+    bank.assert_audit();
+}
+
+#[test]
+fn second_daemon_on_one_data_dir_is_refused_and_sigterm_stops_cleanly() {
+    let mut bank = TestBank::start();
+    let out = std::process::Command::new(bin())
+        .arg("--data-dir")
+        .arg(bank.data_dir())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("PAYME_BANK_PASSPHRASE", PASSPHRASE)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another payme-bank"), "{err}");
+    bank.stop();
+}
+
+#[test]
+fn wrong_passphrase_is_a_clear_error() {
+    let mut bank = TestBank::start();
+    bank.stop();
+    let out = std::process::Command::new(bin())
+        .arg("--data-dir")
+        .arg(bank.data_dir())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("PAYME_BANK_PASSPHRASE", "not it")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("wrong passphrase"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+}

@@ -1,0 +1,155 @@
+//! Runs the real `payme-bank` binary on 127.0.0.1, port 0, in a temporary data directory.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use bank_daemon::client::BankClient;
+use pmtp_proto::keys::{Identity, PublicIdentity};
+use pmtp_proto::{AccountId, Amount};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const PASSPHRASE: &str = "bank passphrase for tests";
+pub const PASSWORD: &str = "account password";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_payme-bank")
+}
+
+pub fn payme_bank(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin())
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env("PAYME_BANK_PASSPHRASE", PASSPHRASE)
+        .env("PAYME_ACCOUNT_PASSWORD", PASSWORD)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("payme-bank runs")
+}
+
+pub struct TestBank {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub addr: String,
+    pub public: PublicIdentity,
+}
+
+/// An account holder: their keys and account number.
+pub struct Holder {
+    pub identity: Identity,
+    pub account: AccountId,
+    pub name: String,
+}
+
+impl TestBank {
+    /// `init` a bank named `bank_id`, apply `edit` to its config.toml, and start it.
+    pub fn start_with(bank_id: &str, edit: impl FnOnce(String) -> String) -> TestBank {
+        let dir = tempfile::tempdir().unwrap();
+        let out = payme_bank(
+            dir.path(),
+            &["init", "--bank-id", bank_id, "--public-addr", "127.0.0.1:0", "--listen", "127.0.0.1:0"],
+        );
+        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let cfg_path = dir.path().join("config.toml");
+        let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+        std::fs::write(&cfg_path, edit(cfg)).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("bank.pub")).unwrap();
+        let public = PublicIdentity::from_text(&text).unwrap();
+        let mut bank = TestBank { dir, child: None, addr: String::new(), public };
+        bank.restart();
+        bank
+    }
+
+    pub fn start() -> TestBank {
+        Self::start_with("bank-a", |c| c)
+    }
+
+    /// Starts `serve` (after a stop) and waits for its "listening on" line.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let mut child = Command::new(bin())
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .arg("serve")
+            .env("PAYME_BANK_PASSPHRASE", PASSPHRASE)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("payme-bank serve starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("payme-bank prints its address");
+        self.addr = line.rsplit(' ').next().unwrap().to_owned();
+        self.child = Some(child);
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        for _ in 0..300 {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "payme-bank exited with {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("payme-bank did not stop within 15 s of SIGTERM");
+    }
+
+    pub fn client(&self) -> BankClient {
+        BankClient::new(self.addr.clone(), &self.public).unwrap()
+    }
+
+    /// Opens an account for test identity `key` and pays `funds` in at the counter.
+    pub fn holder(&self, key: usize, name: &str, funds: u64) -> Holder {
+        let identity = pmtp_proto::testing::named_identity(key, name);
+        let pubfile = self.dir.path().join(format!("{name}.pub"));
+        std::fs::write(&pubfile, identity.public().to_text()).unwrap();
+        let out = payme_bank(
+            self.dir.path(),
+            &["account", "open", "--name", name, "--public-key", pubfile.to_str().unwrap()],
+        );
+        assert!(out.status.success(), "account open: {}", String::from_utf8_lossy(&out.stderr));
+        let account = AccountId(String::from_utf8(out.stdout).unwrap().trim().parse().unwrap());
+        if funds > 0 {
+            let out = payme_bank(self.dir.path(), &["account", "credit", &account.0.to_string(), &funds.to_string()]);
+            assert!(out.status.success(), "credit: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Holder { identity, account, name: name.to_owned() }
+    }
+
+    /// Runs `payme-bank audit` and asserts the invariants hold.
+    pub fn assert_audit(&self) -> String {
+        let out = payme_bank(self.dir.path(), &["audit"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "audit failed:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+        text
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    pub async fn balance(&self, h: &Holder) -> Amount {
+        self.client().statement(&h.identity, h.account, &h.name, None).await.unwrap().balance
+    }
+}
+
+impl Drop for TestBank {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
