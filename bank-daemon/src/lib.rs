@@ -75,6 +75,12 @@ pub struct Bank {
     pub nonces: Mutex<NonceChecker>,
     pub writer: writer::Writer,
     pub readers: Arc<writer::Readers>,
+    /// Accounts whose password was verified with Argon2 since start, by a keyed digest of
+    /// (account, stored hash, password). Lets a right password skip the deliberately slow
+    /// Argon2 on later withdrawals; a wrong one still pays it in full and counts toward
+    /// back-off. Memory only: the key is random per process.
+    password_cache: dashmap::DashMap<AccountId, [u8; 32]>,
+    password_cache_key: [u8; 32],
 }
 
 impl Bank {
@@ -101,6 +107,8 @@ impl Bank {
             nonces: Mutex::new(nonces),
             writer,
             readers: Arc::new(readers),
+            password_cache: dashmap::DashMap::new(),
+            password_cache_key: pmtp_proto::rng::bytes(&mut pmtp_proto::rng::os()),
         })
     }
 
@@ -164,7 +172,21 @@ impl Bank {
                 format!("too many wrong passwords; try again in {} s", account.locked_until - now),
             ));
         }
+        let tag = {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            h.update(self.password_cache_key);
+            h.update(account.id.0.to_le_bytes());
+            h.update((account.password_hash.len() as u64).to_le_bytes());
+            h.update(account.password_hash.as_bytes());
+            h.update(password.as_bytes());
+            <[u8; 32]>::from(h.finalize())
+        };
+        if self.password_cache.get(&account.id).is_some_and(|t| *t == tag) {
+            return Ok(());
+        }
         if handlers::withdraw_coins::verify_password(account.password_hash.clone(), password.to_owned()).await? {
+            self.password_cache.insert(account.id, tag);
             return Ok(());
         }
         let (id, free) = (account.id, self.config.limits.password_failures_free);
