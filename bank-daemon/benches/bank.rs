@@ -130,6 +130,7 @@ fn bank_ops(c: &mut Criterion) {
                     account: s.account,
                     name: Name::new("bench").unwrap(),
                     password: Password::new(PASSWORD).unwrap(),
+                    request_id: rng::bytes(&mut r),
                     amount: Amount::new(255),
                     denominations: eight(),
                     session_key: sk.clone(),
@@ -174,6 +175,7 @@ fn bank_ops(c: &mut Criterion) {
                 let mut r = rng::os();
                 let sk = SessionKey::generate(&mut r);
                 let req = ExchangeCoinsRequest {
+                    request_id: rng::bytes(&mut r),
                     coins: coins_in_circulation(&s, 1).remove(0),
                     denominations: eight(),
                     session_key: sk.clone(),

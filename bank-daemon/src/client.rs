@@ -60,6 +60,26 @@ pub struct BankClient {
     pub bank_id: BankId,
     pub keys: PeerKeys,
     pub timeout: Duration,
+    /// Connect from this local address (a host with several addresses, or tests on
+    /// 127.0.0.x); `None` lets the kernel choose.
+    pub bind_ip: Option<IpAddr>,
+}
+
+/// Connects to `addr` (`host:port`), from `bind_ip` when given.
+pub async fn connect(addr: &str, bind_ip: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(ip) = bind_ip else { return TcpStream::connect(addr).await };
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, format!("{addr} resolves to no address"));
+    for target in tokio::net::lookup_host(addr).await? {
+        let socket = if target.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        if socket.bind(std::net::SocketAddr::new(ip, 0)).is_err() {
+            continue;
+        }
+        match socket.connect(target).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 fn now() -> u64 {
@@ -70,7 +90,7 @@ impl BankClient {
     pub fn new(addr: impl Into<String>, bank: &PublicIdentity) -> Result<Self, ClientError> {
         let keys = bank.parse().map_err(|e| ClientError::BadAnswer(format!("bank key: {e}")))?;
         let bank_id = BankId::new(keys.name.as_str()).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
-        Ok(BankClient { addr: addr.into(), bank_id, keys, timeout: Duration::from_secs(15) })
+        Ok(BankClient { addr: addr.into(), bank_id, keys, timeout: Duration::from_secs(15), bind_ip: None })
     }
 
     /// Sends one request built by `build` (given this side's address) and returns the
@@ -80,7 +100,7 @@ impl BankClient {
         Q: Request,
         F: FnOnce(IpAddr, u64) -> Result<Q, ClientError>,
     {
-        let stream = tokio::time::timeout(self.timeout, TcpStream::connect(&self.addr))
+        let stream = tokio::time::timeout(self.timeout, connect(&self.addr, self.bind_ip))
             .await
             .map_err(|_| ClientError::Connect { addr: self.addr.clone(), message: "timed out".into() })?
             .map_err(|e| ClientError::Connect { addr: self.addr.clone(), message: e.to_string() })?;
@@ -128,6 +148,7 @@ impl BankClient {
         account: AccountId,
         name: &str,
         password: &str,
+        request_id: [u8; 16],
         amount: Amount,
         denominations: Vec<Denomination>,
     ) -> Result<WithdrawCoinsResponse, ClientError> {
@@ -140,6 +161,7 @@ impl BankClient {
                     account,
                     name,
                     password,
+                    request_id,
                     amount,
                     denominations,
                     session_key: SessionKey::generate(&mut rng),
@@ -188,6 +210,7 @@ impl BankClient {
 
     pub async fn exchange(
         &self,
+        request_id: [u8; 16],
         coins: Vec<Coin>,
         denominations: Vec<Denomination>,
     ) -> Result<ExchangeCoinsResponse, ClientError> {
@@ -197,6 +220,7 @@ impl BankClient {
             .call::<ExchangeCoinsRequest, _>(|ip, now| {
                 let mut rng = rng::os();
                 Ok(ExchangeCoinsRequest {
+                    request_id,
                     coins,
                     denominations,
                     session_key: SessionKey::generate(&mut rng),

@@ -60,6 +60,9 @@ pub struct Limits {
     pub purge_batch: usize,
     /// Ledger entries in one statement.
     pub statement_max_entries: usize,
+    /// Seconds the bank remembers a withdrawal, exchange or deposit by its request id, so
+    /// that a retry returns the original answer.
+    pub request_retention_secs: u64,
 }
 
 impl Default for Config {
@@ -95,6 +98,7 @@ impl Default for Limits {
             purge_interval_secs: 60,
             purge_batch: 10_000,
             statement_max_entries: 1000,
+            request_retention_secs: 7 * 86_400,
         }
     }
 }
@@ -194,6 +198,9 @@ purge_interval_secs = {purge_interval}
 purge_batch = {purge_batch}
 # Most ledger entries in one bank statement.
 statement_max_entries = {stmt}
+# Seconds a withdrawal, exchange or deposit is remembered by its request id, so that a
+# client retrying after a lost reply gets the original answer instead of a second one.
+request_retention_secs = {retention}
 "#,
             bank_id = self.bank_id,
             public_addr = self.public_addr,
@@ -217,6 +224,7 @@ statement_max_entries = {stmt}
             purge_interval = l.purge_interval_secs,
             purge_batch = l.purge_batch,
             stmt = l.statement_max_entries,
+            retention = l.request_retention_secs,
         )
     }
 }

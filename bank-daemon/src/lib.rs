@@ -217,6 +217,7 @@ impl Bank {
     /// bounded batches, each its own transaction. Returns how many serials were purged.
     pub async fn purge_expired(&self, now: u64) -> Result<u64, Refuse> {
         let batch = self.config.limits.purge_batch;
+        let retention = self.config.limits.request_retention_secs;
         let mut total = 0u64;
         // Bounded: at most 1000 batches per round; the next round continues.
         for _ in 0..1000 {
@@ -231,7 +232,8 @@ impl Bank {
                         })?;
                     }
                     let nonces = tx.purge_nonces(now, batch)?;
-                    Ok::<_, store::StoreError>((purged.count, nonces))
+                    let old = tx.purge_requests(now.saturating_sub(retention), batch)?;
+                    Ok::<_, store::StoreError>((purged.count, nonces.max(old)))
                 })
                 .await??;
             total += serials;

@@ -21,6 +21,10 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
+fn rid() -> [u8; 16] {
+    rng::bytes(&mut rng::os())
+}
+
 fn code(e: &ClientError) -> ReasonCode {
     e.code().unwrap_or_else(|| panic!("expected a refusal, got {e}"))
 }
@@ -31,7 +35,8 @@ async fn withdraw_then_deposit() {
     let alice = bank.holder(1, "alice", 1000);
     let shop = bank.holder(2, "shop", 0);
     let c = bank.client();
-    let w = c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, Amount::new(300), vec![]).await.unwrap();
+    let w =
+        c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, rid(), Amount::new(300), vec![]).await.unwrap();
     assert_eq!(w.balance, Amount::new(700));
     assert_eq!(w.coins.len(), 4, "300 = 256 + 32 + 8 + 4: the fewest powers of two");
     let total: u64 = w.coins.iter().map(|c| c.value().minor_units()).sum();
@@ -55,18 +60,19 @@ async fn withdraw_exchange_deposit_and_double_spends() {
     let alice = bank.holder(1, "alice", 1000);
     let shop = bank.holder(2, "shop", 0);
     let c = bank.client();
-    let w = c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, Amount::new(16), vec![]).await.unwrap();
+    let w =
+        c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, rid(), Amount::new(16), vec![]).await.unwrap();
     assert_eq!(w.coins.len(), 1);
     // Break a 16 into 8 + 4 + 2 + 1 + 1.
     let want: Vec<_> = [8u64, 4, 2, 1, 1].iter().map(|v| Denomination::try_from(*v).unwrap()).collect();
-    let x = c.exchange(w.coins.clone(), want).await.unwrap();
+    let x = c.exchange(rid(), w.coins.clone(), want).await.unwrap();
     assert_eq!(x.coins.len(), 5);
     // The old coin is spent: exchanging or depositing it again is refused.
-    let again = c.exchange(w.coins.clone(), vec![]).await.unwrap_err();
+    let again = c.exchange(rid(), w.coins.clone(), vec![]).await.unwrap_err();
     assert_eq!(code(&again), ReasonCode::COIN_NOT_IN_CIRCULATION);
     assert!(again.is_definitive());
     // A wrong split is refused and spends nothing.
-    let bad = c.exchange(x.coins.clone(), vec![Denomination::try_from(8u64).unwrap()]).await.unwrap_err();
+    let bad = c.exchange(rid(), x.coins.clone(), vec![Denomination::try_from(8u64).unwrap()]).await.unwrap_err();
     assert_eq!(code(&bad), ReasonCode::AMOUNT_MISMATCH);
     c.deposit(&shop.identity, shop.account, "shop", [2; 16], x.coins[..2].to_vec()).await.unwrap();
     // All or nothing: one spent coin among fresh ones removes none of them.
@@ -77,9 +83,10 @@ async fn withdraw_exchange_deposit_and_double_spends() {
     c.deposit(&shop.identity, shop.account, "shop", [4; 16], x.coins[2..].to_vec()).await.unwrap();
     assert_eq!(bank.balance(&shop).await, Amount::new(16));
     // The same coin twice in one request.
-    let w2 = c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, Amount::new(1), vec![]).await.unwrap();
+    let w2 =
+        c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, rid(), Amount::new(1), vec![]).await.unwrap();
     let dup = vec![w2.coins[0].clone(), w2.coins[0].clone()];
-    assert_eq!(code(&c.exchange(dup, vec![]).await.unwrap_err()), ReasonCode::DUPLICATE_COIN);
+    assert_eq!(code(&c.exchange(rid(), dup, vec![]).await.unwrap_err()), ReasonCode::DUPLICATE_COIN);
     bank.assert_audit();
 }
 
@@ -88,7 +95,8 @@ async fn retried_deposit_is_idempotent() {
     let bank = TestBank::start();
     let alice = bank.holder(1, "alice", 100);
     let c = bank.client();
-    let w = c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, Amount::new(40), vec![]).await.unwrap();
+    let w =
+        c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, rid(), Amount::new(40), vec![]).await.unwrap();
     let first = c.deposit(&alice.identity, alice.account, "alice", [7; 16], w.coins.clone()).await.unwrap();
     // The reply was "lost": the same deposit again (fresh nonce) gets the same answer, once.
     let second = c.deposit(&alice.identity, alice.account, "alice", [7; 16], w.coins.clone()).await.unwrap();
@@ -97,30 +105,60 @@ async fn retried_deposit_is_idempotent() {
     bank.assert_audit();
 }
 
+/// A client that lost the reply retries with the same request id: the same coins come
+/// back, and the account is debited (or the old coins spent) once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_withdraw_and_exchange_return_the_same_coins() {
+    let bank = TestBank::start();
+    let alice = bank.holder(1, "alice", 100);
+    let c = bank.client();
+    let id = [5; 16];
+    let first =
+        c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, id, Amount::new(30), vec![]).await.unwrap();
+    let again =
+        c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, id, Amount::new(30), vec![]).await.unwrap();
+    assert_eq!(first.coins, again.coins);
+    assert_eq!(again.balance, Amount::new(70));
+    assert_eq!(bank.balance(&alice).await, Amount::new(70), "debited once");
+    // The same id for a different request is refused.
+    let e =
+        c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, id, Amount::new(31), vec![]).await.unwrap_err();
+    assert_eq!(code(&e), ReasonCode::MALFORMED);
+    let x1 = c.exchange([6; 16], first.coins.clone(), vec![]).await.unwrap();
+    let x2 = c.exchange([6; 16], first.coins.clone(), vec![]).await.unwrap();
+    assert_eq!(x1.coins, x2.coins);
+    // A fresh id for the spent coins is a double spend.
+    let e = c.exchange([7; 16], first.coins.clone(), vec![]).await.unwrap_err();
+    assert_eq!(code(&e), ReasonCode::COIN_NOT_IN_CIRCULATION);
+    let text = bank.assert_audit();
+    assert!(text.contains("in circulation 30"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_name_signature_and_funds() {
     let bank = TestBank::start();
     let alice = bank.holder(1, "alice", 50);
     let c = bank.client();
     let id = &alice.identity;
-    let e = c.withdraw(id, alice.account, "alice", "not the password", Amount::new(5), vec![]).await.unwrap_err();
+    let e =
+        c.withdraw(id, alice.account, "alice", "not the password", rid(), Amount::new(5), vec![]).await.unwrap_err();
     assert_eq!(code(&e), ReasonCode::WRONG_PASSWORD);
-    let e = c.withdraw(id, alice.account, "mallory", PASSWORD, Amount::new(5), vec![]).await.unwrap_err();
+    let e = c.withdraw(id, alice.account, "mallory", PASSWORD, rid(), Amount::new(5), vec![]).await.unwrap_err();
     assert_eq!(code(&e), ReasonCode::NAME_MISMATCH);
-    let e = c.withdraw(id, AccountId(999_999), "alice", PASSWORD, Amount::new(5), vec![]).await.unwrap_err();
+    let e = c.withdraw(id, AccountId(999_999), "alice", PASSWORD, rid(), Amount::new(5), vec![]).await.unwrap_err();
     assert_eq!(code(&e), ReasonCode::UNKNOWN_ACCOUNT);
     let other = pmtp_proto::testing::identity(3);
-    let e = c.withdraw(&other, alice.account, "alice", PASSWORD, Amount::new(5), vec![]).await.unwrap_err();
+    let e = c.withdraw(&other, alice.account, "alice", PASSWORD, rid(), Amount::new(5), vec![]).await.unwrap_err();
     assert_eq!(code(&e), ReasonCode::BAD_SIGNATURE);
-    let e = c.withdraw(id, alice.account, "alice", PASSWORD, Amount::new(51), vec![]).await.unwrap_err();
+    let e = c.withdraw(id, alice.account, "alice", PASSWORD, rid(), Amount::new(51), vec![]).await.unwrap_err();
     assert_eq!(code(&e), ReasonCode::INSUFFICIENT_FUNDS);
-    let e = c.withdraw(id, alice.account, "alice", PASSWORD, Amount::new(0), vec![]).await.unwrap_err();
+    let e = c.withdraw(id, alice.account, "alice", PASSWORD, rid(), Amount::new(0), vec![]).await.unwrap_err();
     assert_eq!(code(&e), ReasonCode::INVALID_AMOUNT);
     // Back-off: after three wrong passwords the account locks, even for the right one.
     for _ in 0..3 {
-        let _ = c.withdraw(id, alice.account, "alice", "guess", Amount::new(5), vec![]).await.unwrap_err();
+        let _ = c.withdraw(id, alice.account, "alice", "guess", rid(), Amount::new(5), vec![]).await.unwrap_err();
     }
-    let e = c.withdraw(id, alice.account, "alice", PASSWORD, Amount::new(5), vec![]).await.unwrap_err();
+    let e = c.withdraw(id, alice.account, "alice", PASSWORD, rid(), Amount::new(5), vec![]).await.unwrap_err();
     assert_eq!(code(&e), ReasonCode::TOO_MANY_ATTEMPTS, "{e}");
     assert!(!e.is_definitive(), "a lock is temporary");
     assert_eq!(bank.balance(&alice).await, Amount::new(50), "nothing moved");
@@ -135,6 +173,7 @@ fn withdraw_frame(bank: &TestBank, h: &Holder, amount: u64) -> (Frame, SessionKe
         account: h.account,
         name: Name::new(h.name.clone()).unwrap(),
         password: Password::new(PASSWORD).unwrap(),
+        request_id: rid(),
         amount: Amount::new(amount),
         denominations: vec![],
         session_key: sk.clone(),
@@ -183,7 +222,8 @@ async fn expired_coins_are_refused_and_purged() {
     });
     let alice = bank.holder(1, "alice", 100);
     let c = bank.client();
-    let w = c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, Amount::new(12), vec![]).await.unwrap();
+    let w =
+        c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, rid(), Amount::new(12), vec![]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let e = c.deposit(&alice.identity, alice.account, "alice", [1; 16], w.coins.clone()).await.unwrap_err();
     assert_eq!(code(&e), ReasonCode::COIN_EXPIRED);
@@ -244,7 +284,7 @@ async fn hostile_frames_get_refusals_and_the_bank_keeps_serving() {
     assert_eq!(f.id, PayCoinsRefusal::ID);
     // Still serving real clients.
     let c = bank.client();
-    c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, Amount::new(1), vec![]).await.unwrap();
+    c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, rid(), Amount::new(1), vec![]).await.unwrap();
     bank.assert_audit();
 }
 
@@ -255,7 +295,7 @@ async fn foreign_coins_are_refused() {
     let alice = bank_b.holder(1, "alice", 100);
     let w = bank_b
         .client()
-        .withdraw(&alice.identity, alice.account, "alice", PASSWORD, Amount::new(8), vec![])
+        .withdraw(&alice.identity, alice.account, "alice", PASSWORD, rid(), Amount::new(8), vec![])
         .await
         .unwrap();
     let shop = bank_a.holder(2, "shop", 0);
@@ -274,7 +314,8 @@ async fn sixty_four_concurrent_spends_of_one_coin() {
     let shop = std::sync::Arc::new(bank.holder(2, "shop", 0));
     let c = bank.client();
     for round in 0..2u8 {
-        let w = c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, Amount::new(4), vec![]).await.unwrap();
+        let w =
+            c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, rid(), Amount::new(4), vec![]).await.unwrap();
         let mut tasks = Vec::new();
         for i in 0..64u8 {
             let (c, coins, shop) = (bank.client(), w.coins.clone(), shop.clone());
@@ -290,7 +331,7 @@ async fn sixty_four_concurrent_spends_of_one_coin() {
                     .await
                     .map(|_| ())
                 } else {
-                    c.exchange(coins, vec![]).await.map(|_| ())
+                    c.exchange(rid(), coins, vec![]).await.map(|_| ())
                 }
             }));
         }
@@ -311,8 +352,8 @@ async fn exchange_can_be_switched_off() {
     let bank = TestBank::start_with("cpu-bank", |c| c.replace("exchange_enabled = true", "exchange_enabled = false"));
     let alice = bank.holder(1, "alice", 10);
     let c = bank.client();
-    let w = c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, Amount::new(2), vec![]).await.unwrap();
-    let e = c.exchange(w.coins.clone(), vec![]).await.unwrap_err();
+    let w = c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, rid(), Amount::new(2), vec![]).await.unwrap();
+    let e = c.exchange(rid(), w.coins.clone(), vec![]).await.unwrap_err();
     assert_eq!(code(&e), ReasonCode::EXCHANGE_DISABLED);
     c.deposit(&alice.identity, alice.account, "alice", [1; 16], w.coins).await.unwrap();
     bank.assert_audit();

@@ -145,6 +145,7 @@ pub mod samples {
                 account: AccountId(1001),
                 name: Name::new("alice").expect("short"),
                 password: Password::new("open sesame").expect("short"),
+                request_id: [0x11; 16],
                 amount: Amount::new(10),
                 denominations: vec![],
                 session_key: sk.clone(),
@@ -244,6 +245,7 @@ pub mod samples {
         // exchange_coins
         let sk = SessionKey::generate(r);
         let x = ExchangeCoinsRequest {
+            request_id: [0x33; 16],
             coins: coins.clone(),
             denominations: Denomination::split(Amount::new(10)).expect("fits"),
             session_key: sk.clone(),

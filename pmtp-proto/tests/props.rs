@@ -157,6 +157,7 @@ fn build(p: &Parts) -> Vec<Frame> {
                     account: AccountId(p.u),
                     name: name.clone(),
                     password: Password(BoundedString::truncated(&p.text)),
+                    request_id: p.b16,
                     amount,
                     denominations: vec![d; p.coins],
                     session_key: sk.clone(),
@@ -219,6 +220,7 @@ fn build(p: &Parts) -> Vec<Frame> {
             r,
             &to,
             &ExchangeCoinsRequest {
+                request_id: p.b16,
                 coins: coins.clone(),
                 denominations: vec![d; p.coins],
                 session_key: sk.clone(),

@@ -2,10 +2,11 @@
 //! identity (the bank learns only the network address). The old serials' removal and the
 //! new serials' insertion are one transaction.
 
+use super::withdraw_coins::{decode_issued, Issued};
 use super::{mint, plan_denominations, verify_coins, Refuse};
-use crate::store::{CounterDelta, SerialRow};
+use crate::store::{CounterDelta, IssuedRow, SerialRow};
 use crate::Bank;
-use pmtp_proto::{ExchangeCoinsRequest, ExchangeCoinsResponse, Nonce, ReasonCode};
+use pmtp_proto::{Amount, ExchangeCoinsRequest, ExchangeCoinsResponse, Nonce, ReasonCode};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -30,13 +31,23 @@ pub async fn handle(
         .iter()
         .map(|c| SerialRow { serial: c.serial(), value: c.value(), expiry: c.body().expiry, key_id: c.body().key_id })
         .collect();
-    let nonce_random = req.nonce.random;
+    let (nonce_random, request_id) = (req.nonce.random, req.request_id);
+    let input_hash = pmtp_proto::coin::coins_hash(old.iter());
+    let coins_blob = bincode::serialize(&fresh).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))?;
     let nonce_expiry = bank.nonce_expiry(&req.nonce);
     let (n_old, n_new) = (old.len() as u64, new_rows.len() as u64);
-    bank.writer
+    let outcome = bank
+        .writer
         .run(move |tx| {
             if !tx.insert_nonce(&nonce_random, nonce_expiry)? {
                 return Err(Refuse::new(ReasonCode::NONCE_REPLAY, "this request was already received"));
+            }
+            // A retry of an exchange that already happened gets the same new coins.
+            if let Some(previous) = tx.issued(&request_id)? {
+                if previous.input_hash != input_hash || previous.balance.is_some() {
+                    return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another request"));
+                }
+                return Ok(Issued::Before(previous.coins, Amount::ZERO));
             }
             for s in &old {
                 if tx.remove_serial(s)?.is_none() {
@@ -52,9 +63,19 @@ pub async fn handle(
                 }
             }
             tx.add_counters(&CounterDelta { minted: (total, n_new), redeemed: (total, n_old), ..Default::default() })?;
-            Ok::<(), Refuse>(())
+            tx.insert_issued(&IssuedRow { request_id, input_hash, coins: coins_blob, balance: None, time: now })?;
+            Ok::<Issued, Refuse>(Issued::Now(total))
         })
         .await??;
-    tracing::info!(amount = %total, coins_in = n_old, coins_out = n_new, "exchange");
-    Ok(ExchangeCoinsResponse { coins: fresh, nonce: Nonce::new(&mut pmtp_proto::rng::os(), bank.local_ip(peer), now) })
+    let coins = match outcome {
+        Issued::Now(_) => {
+            tracing::info!(amount = %total, coins_in = n_old, coins_out = n_new, "exchange");
+            fresh
+        }
+        Issued::Before(blob, _) => {
+            tracing::info!(amount = %total, "exchange retried; same coins returned");
+            decode_issued(&blob)?
+        }
+    };
+    Ok(ExchangeCoinsResponse { coins, nonce: Nonce::new(&mut pmtp_proto::rng::os(), bank.local_ip(peer), now) })
 }

@@ -7,7 +7,7 @@
 //! the signed coins are dropped and, their serials never inserted, are worthless.
 
 use super::{cpu, mint, plan_denominations, Refuse};
-use crate::store::{CounterDelta, SerialRow};
+use crate::store::{CounterDelta, IssuedRow, SerialRow};
 use crate::Bank;
 use pmtp_proto::bank_statement::EntryKind;
 use pmtp_proto::{Amount, Nonce, ReasonCode, WithdrawCoinsRequest, WithdrawCoinsResponse};
@@ -36,15 +36,30 @@ pub async fn handle(
         .iter()
         .map(|c| SerialRow { serial: c.serial(), value: c.value(), expiry: c.body().expiry, key_id: c.body().key_id })
         .collect();
-    let (id, amount, nonce_random) = (account.id, body.amount, body.nonce.random);
+    let (id, amount, nonce_random, request_id) = (account.id, body.amount, body.nonce.random, body.request_id);
+    let input_hash = pmtp_proto::keys::tagged_hash(
+        b"payme withdraw request",
+        &[
+            &id.0.to_le_bytes(),
+            &amount.minor_units().to_le_bytes(),
+            &bincode::serialize(&body.denominations).unwrap_or_default(),
+        ],
+    );
+    let coins_blob = bincode::serialize(&coins).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))?;
     let nonce_expiry = bank.nonce_expiry(&body.nonce);
     let count = rows.len() as u64;
     let reset_failures = account.failed_attempts > 0;
-    let balance = bank
+    let outcome = bank
         .writer
         .run(move |tx| {
             if !tx.insert_nonce(&nonce_random, nonce_expiry)? {
                 return Err(Refuse::new(ReasonCode::NONCE_REPLAY, "this request was already received"));
+            }
+            if let Some(previous) = tx.issued(&request_id)? {
+                if previous.input_hash != input_hash || previous.balance.is_none() {
+                    return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another request"));
+                }
+                return Ok(Issued::Before(previous.coins, previous.balance.unwrap_or_default()));
             }
             let acct = tx.account(id)?.ok_or_else(|| Refuse::new(ReasonCode::UNKNOWN_ACCOUNT, "account closed"))?;
             let balance = acct.balance.checked_sub(amount).map_err(|_| {
@@ -61,15 +76,41 @@ pub async fn handle(
             if reset_failures {
                 tx.set_login_failures(id, 0, 0)?;
             }
-            Ok::<Amount, Refuse>(balance)
+            tx.insert_issued(&IssuedRow {
+                request_id,
+                input_hash,
+                coins: coins_blob,
+                balance: Some(balance),
+                time: now,
+            })?;
+            Ok::<Issued, Refuse>(Issued::Now(balance))
         })
         .await??;
-    tracing::info!(account = %id, amount = %amount, coins = count, "withdrawal");
+    let (coins, balance) = match outcome {
+        Issued::Now(balance) => {
+            tracing::info!(account = %id, amount = %amount, coins = count, "withdrawal");
+            (coins, balance)
+        }
+        Issued::Before(blob, balance) => {
+            tracing::info!(account = %id, amount = %amount, "withdrawal retried; same coins returned");
+            (decode_issued(&blob)?, balance)
+        }
+    };
     Ok(WithdrawCoinsResponse {
         coins,
         balance,
         nonce: Nonce::new(&mut pmtp_proto::rng::os(), bank.local_ip(peer), now),
     })
+}
+
+/// Whether a withdrawal or exchange was done now, or earlier under the same request id.
+pub(crate) enum Issued {
+    Now(Amount),
+    Before(Vec<u8>, Amount),
+}
+
+pub(crate) fn decode_issued(blob: &[u8]) -> Result<Vec<pmtp_proto::Coin>, Refuse> {
+    bincode::deserialize(blob).map_err(|_| Refuse::new(ReasonCode::INTERNAL, "stored coins are damaged"))
 }
 
 /// Checks an Argon2id password hash (CPU pool).

@@ -83,6 +83,20 @@ pub struct DepositRow {
     pub time: u64,
 }
 
+/// Coins minted for a withdrawal or exchange, kept so a retry with the same request id
+/// gets the same coins instead of being charged twice (or losing the coins).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuedRow {
+    pub request_id: [u8; 16],
+    /// Digest of what was asked (account, amount and split; or the coins handed in).
+    pub input_hash: [u8; 32],
+    /// bincode of the `Vec<Coin>` that was minted.
+    pub coins: Vec<u8>,
+    /// The account balance after a withdrawal; `None` for an exchange.
+    pub balance: Option<Amount>,
+    pub time: u64,
+}
+
 /// What the serials table holds in total.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Circulation {
@@ -144,6 +158,10 @@ pub trait Tx {
 
     fn deposit(&mut self, request_id: &[u8; 16]) -> Result<Option<DepositRow>, StoreError>;
     fn insert_deposit(&mut self, row: &DepositRow) -> Result<(), StoreError>;
+    fn issued(&mut self, request_id: &[u8; 16]) -> Result<Option<IssuedRow>, StoreError>;
+    fn insert_issued(&mut self, row: &IssuedRow) -> Result<(), StoreError>;
+    /// Forgets deposit and issue records made before `before` (retention), up to `limit`.
+    fn purge_requests(&mut self, before: u64, limit: usize) -> Result<u64, StoreError>;
 
     /// Appends to the durable audit log (administrative events).
     fn audit_event(&mut self, time: u64, event: &str, detail: &str) -> Result<(), StoreError>;

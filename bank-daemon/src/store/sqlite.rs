@@ -12,9 +12,10 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 
 /// Schema migrations, applied in order; never edit one that has shipped.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "
     CREATE TABLE serials (
         serial BLOB PRIMARY KEY,
         value INTEGER NOT NULL,
@@ -70,7 +71,22 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         detail TEXT NOT NULL
     );
     ",
-)];
+    ),
+    (
+        2,
+        "
+    CREATE TABLE issued (
+        request_id BLOB PRIMARY KEY,
+        input_hash BLOB NOT NULL,
+        coins BLOB NOT NULL,
+        balance INTEGER,
+        time INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX issued_time ON issued(time);
+    CREATE INDEX deposits_time ON deposits(time);
+    ",
+    ),
+];
 
 fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Db(e.to_string())
@@ -500,6 +516,53 @@ impl Tx for SqliteTx<'_> {
         ])
         .map_err(db)?;
         Ok(())
+    }
+
+    fn issued(&mut self, request_id: &[u8; 16]) -> Result<Option<IssuedRow>, StoreError> {
+        let mut st = self
+            .tx
+            .prepare_cached("SELECT input_hash, coins, balance, time FROM issued WHERE request_id = ?1")
+            .map_err(db)?;
+        let row = st
+            .query_row(params![&request_id[..]], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Option<i64>>(2)?, r.get::<_, i64>(3)?))
+            })
+            .optional()
+            .map_err(db)?;
+        row.map(|(h, coins, balance, t)| {
+            Ok(IssuedRow {
+                request_id: *request_id,
+                input_hash: arr(h)?,
+                coins,
+                balance: balance.map(|b| u(b).map(Amount::new)).transpose()?,
+                time: u(t)?,
+            })
+        })
+        .transpose()
+    }
+
+    fn insert_issued(&mut self, row: &IssuedRow) -> Result<(), StoreError> {
+        let mut st = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO issued(request_id, input_hash, coins, balance, time) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(db)?;
+        let balance = row.balance.map(|b| i(b.minor_units())).transpose()?;
+        st.execute(params![&row.request_id[..], &row.input_hash[..], &row.coins, balance, i(row.time)?]).map_err(db)?;
+        Ok(())
+    }
+
+    fn purge_requests(&mut self, before: u64, limit: usize) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for table in ["issued", "deposits"] {
+            let sql = format!(
+                "DELETE FROM {table} WHERE request_id IN (SELECT request_id FROM {table} WHERE time < ?1 ORDER BY time LIMIT ?2)"
+            );
+            let mut st = self.tx.prepare_cached(&sql).map_err(db)?;
+            n += st.execute(params![i(before)?, i(limit as u64)?]).map_err(db)? as u64;
+        }
+        Ok(n)
     }
 
     fn audit_event(&mut self, time: u64, event: &str, detail: &str) -> Result<(), StoreError> {

@@ -116,9 +116,16 @@ pub fn deposits_are_remembered(store: &mut dyn Store) {
     tx.insert_deposit(&d).unwrap();
     assert!(tx.insert_deposit(&d).is_err(), "request ids are unique");
     tx.audit_event(3, "test", "detail").unwrap();
+    let issued = IssuedRow { request_id: [8; 16], input_hash: [2; 32], coins: vec![1, 2, 3], balance: None, time: 3 };
+    tx.insert_issued(&issued).unwrap();
+    assert!(tx.insert_issued(&issued).is_err(), "request ids are unique");
     tx.commit().unwrap();
-    let mut tx = store.begin_read().unwrap();
+    let mut tx = store.begin().unwrap();
     assert_eq!(tx.deposit(&[9; 16]).unwrap(), Some(d));
+    assert_eq!(tx.issued(&[8; 16]).unwrap(), Some(issued));
+    assert_eq!(tx.purge_requests(3, 10).unwrap(), 0, "strictly older only");
+    assert_eq!(tx.purge_requests(4, 10).unwrap(), 2);
+    assert_eq!(tx.issued(&[8; 16]).unwrap(), None);
 }
 
 /// Stamps every conformance test for one backend: `store_conformance!(module, || make())`.
@@ -185,10 +192,10 @@ mod sqlite_file {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bank.db");
         let s = sqlite::SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 1);
+        assert_eq!(s.schema_version().unwrap(), 2);
         drop(s);
         let s = sqlite::SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 1);
+        assert_eq!(s.schema_version().unwrap(), 2);
         let mode: String =
             rusqlite::Connection::open(&path).unwrap().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExchangeCoinsRequest {
+    /// Names this exchange: a retry with the same id and the same coins gets the coins the
+    /// first attempt minted (the old ones are spent by then).
+    pub request_id: [u8; 16],
     pub coins: Vec<Coin>,
     /// The values wanted, summing to the coins' total; empty asks for the default split.
     pub denominations: Vec<Denomination>,

@@ -29,6 +29,9 @@ pub struct WithdrawCoins {
     pub account: AccountId,
     pub name: Name,
     pub password: Password,
+    /// Names this withdrawal: a retry with the same id (after a lost reply or a crash)
+    /// gets the coins the first attempt minted, instead of a second debit.
+    pub request_id: [u8; 16],
     pub amount: Amount,
     /// The coin values wanted, summing to `amount`; empty asks for the bank's default split.
     pub denominations: Vec<Denomination>,
