@@ -105,20 +105,13 @@ impl Default for Limits {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {message}")]
-    Read { path: String, message: String },
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
-    #[error("invalid configuration: {0}")]
+    #[error("configuration: {0}")]
     Invalid(String),
 }
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::Read { path: path.display().to_string(), message: e.to_string() })?;
-        let cfg: Config = toml::from_str(&text)
-            .map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() })?;
+        let cfg: Config = crate::daemon::load_toml(path).map_err(ConfigError::Invalid)?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod handlers;
 pub mod server;
 pub mod store;

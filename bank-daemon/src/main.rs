@@ -98,23 +98,9 @@ enum AccountCommand {
     },
 }
 
-fn default_data_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
-        return PathBuf::from(d).join("payme-bank");
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-    home.join(".local/share/payme-bank")
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    bank_daemon::daemon::init_tracing();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -125,7 +111,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let dir = DataDir(cli.data_dir.unwrap_or_else(default_data_dir));
+    let dir = DataDir(cli.data_dir.unwrap_or_else(|| bank_daemon::daemon::default_data_dir("payme-bank")));
     match cli.command {
         Command::Init { bank_id, public_addr, listen, rsa_bits, passphrase_file } => {
             let pass = bank_daemon::read_secret(

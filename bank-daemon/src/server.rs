@@ -17,7 +17,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,7 +24,6 @@ use tokio_util::task::TaskTracker;
 /// Serves until `shutdown` completes, then waits for in-flight requests to finish.
 pub async fn serve(bank: Arc<Bank>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let limits = &bank.config.limits;
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
 
@@ -46,31 +44,12 @@ pub async fn serve(bank: Arc<Bank>, listener: TcpListener, shutdown: impl Future
         });
     }
 
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    let max = limits.max_connections;
+    crate::daemon::accept_loop(listener, max, &tracker, shutdown, |stream| {
         let (bank, token) = (bank.clone(), token.clone());
-        tracker.spawn(async move {
-            let _permit = permit;
-            connection(bank, stream, token).await;
-            tracing::debug!(%peer, "connection closed");
-        });
-    }
+        async move { connection(bank, stream, token).await }
+    })
+    .await;
     tracing::info!("shutting down: finishing in-flight requests");
     token.cancel();
     tracker.close();

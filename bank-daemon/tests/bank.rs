@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../tests/src/bank_harness.rs"]
 mod common;
 
 use bank_daemon::client::ClientError;

@@ -1,1 +1,5 @@
-//! Helpers shared by the end-to-end tests (added with the daemons they drive).
+//! Harnesses for the end-to-end tests: start the real `payme-bank` and `payme-wallet`
+//! binaries on loopback addresses with port 0, in temporary directories, and stop them.
+
+pub mod bank_harness;
+pub mod wallet_harness;

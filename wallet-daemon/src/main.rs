@@ -1,6 +1,350 @@
-//! `payme-wallet`: not built yet. It says so and exits non-zero rather than pretend to work.
+//! `payme-wallet`: parses the command line; the daemon and the client commands live in
+//! the library.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("payme-wallet: not implemented yet in this version of payme (see README.md, Status)");
-    std::process::ExitCode::from(2)
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use pmtp_proto::keyfile::{self, KdfParams};
+use pmtp_proto::keys::{Identity, PublicIdentity};
+use pmtp_proto::text::Name;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use wallet_daemon::config::{BankConfig, Config};
+use wallet_daemon::control::{self, Request};
+use wallet_daemon::DataDir;
+
+#[derive(Parser)]
+#[command(name = "payme-wallet", version, about = "The payme wallet: holds coins, pays merchants and gets paid")]
+struct Cli {
+    /// The wallet's data directory (keys, config.toml, coins).
+    #[arg(long, global = true, env = "PAYME_WALLET_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print results as JSON (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a wallet: keys under a passphrase, config.toml, the coin database.
+    Init {
+        /// Your name as merchants and banks see it.
+        #[arg(long)]
+        name: String,
+        /// PMTP listen address for other wallets.
+        #[arg(long, default_value = "127.0.0.1:8001")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 2048)]
+        rsa_bits: usize,
+        /// Read the passphrase from this file (else PAYME_WALLET_PASSPHRASE, else a prompt).
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Configure banks.
+    #[command(subcommand)]
+    Bank(BankCommand),
+    /// Print this wallet's public identity (for a bank account).
+    PublicKey,
+    /// Run the wallet: PMTP listener for merchants, and the control socket.
+    Serve {
+        #[arg(long, env = "PAYME_WALLET_LISTEN")]
+        listen: Option<SocketAddr>,
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Coins held, per bank and denomination.
+    Balance,
+    /// Withdraw AMOUNT (minor units) from your account.
+    Withdraw {
+        amount: u64,
+        #[arg(long)]
+        bank: Option<String>,
+        /// Read the account password from this file (else PAYME_ACCOUNT_PASSWORD, else a prompt).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// Deposit AMOUNT, or everything with --all, into your account.
+    Deposit {
+        amount: Option<u64>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        bank: Option<String>,
+    },
+    /// Exchange all coins of a bank for fresh ones.
+    Exchange {
+        #[arg(long)]
+        bank: Option<String>,
+    },
+    /// Your account's balance and ledger at the bank.
+    Statement {
+        #[arg(long)]
+        bank: Option<String>,
+        /// Only entries since this Unix time.
+        #[arg(long)]
+        since: Option<u64>,
+    },
+    /// Payment requests waiting for your answer.
+    Pending,
+    /// Pay a pending request.
+    Approve { id: u64 },
+    /// Decline a pending request.
+    Refuse { id: u64 },
+    /// Payments made and received, with receipts.
+    History,
+    /// Merchants whose keys are pinned; `merchants forget NAME` unpins one.
+    Merchants {
+        #[command(subcommand)]
+        action: Option<MerchantsCommand>,
+    },
+    /// Merchant side: ask the wallet at --from for --amount and wait for the outcome.
+    Collect {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        amount: u64,
+        #[arg(long)]
+        description: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BankCommand {
+    /// Add a bank to config.toml (restart `serve` to use it).
+    Add {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        addr: String,
+        /// File with the bank's public identity (`payme-bank public-key`).
+        #[arg(long)]
+        public_key: PathBuf,
+        #[arg(long)]
+        account: Option<u64>,
+        #[arg(long)]
+        account_name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MerchantsCommand {
+    /// Unpin a merchant's keys (when it really changed them).
+    Forget { name: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    bank_daemon::daemon::init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("payme-wallet: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(dir: &DataDir) -> anyhow::Result<Config> {
+    if !dir.config().exists() {
+        bail!("no wallet in {} (run `payme-wallet init --name NAME` first)", dir.0.display());
+    }
+    Ok(Config::load(&dir.config())?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let dir = DataDir(cli.data_dir.clone().unwrap_or_else(|| bank_daemon::daemon::default_data_dir("payme-wallet")));
+    let json = cli.json;
+    let req = match cli.command {
+        Command::Init { name, listen, rsa_bits, passphrase_file } => {
+            init(&dir, &name, listen, rsa_bits, passphrase_file)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Bank(BankCommand::Add { id, addr, public_key, account, account_name }) => {
+            let text = std::fs::read_to_string(&public_key)
+                .with_context(|| format!("cannot read {}", public_key.display()))?;
+            let b = BankConfig { id, addr, public_key: text.trim().to_owned(), account, account_name };
+            let mut cfg = load_config(&dir)?;
+            cfg.banks.push(b.clone());
+            cfg.validate()?;
+            let mut f = std::fs::OpenOptions::new().append(true).open(dir.config())?;
+            std::io::Write::write_all(&mut f, Config::bank_section(&b).as_bytes())?;
+            println!("bank {} added; restart `payme-wallet serve` to use it", b.id);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::PublicKey => {
+            print!(
+                "{}",
+                std::fs::read_to_string(dir.public()).with_context(|| format!("no wallet in {}", dir.0.display()))?
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Serve { listen, passphrase_file } => {
+            let mut cfg = load_config(&dir)?;
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            let pass = wallet_daemon::read_secret(
+                passphrase_file.as_deref(),
+                "PAYME_WALLET_PASSPHRASE",
+                "Wallet passphrase: ",
+            )?;
+            serve(dir, cfg, &pass)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Balance => Request::Balance,
+        Command::Withdraw { amount, bank, password_file } => {
+            let password =
+                wallet_daemon::read_secret(password_file.as_deref(), "PAYME_ACCOUNT_PASSWORD", "Account password: ")?;
+            Request::Withdraw { bank, amount, password: password.to_string() }
+        }
+        Command::Deposit { amount, all, bank } => match (amount, all) {
+            (Some(a), false) => Request::Deposit { bank, amount: Some(a) },
+            (None, true) => Request::Deposit { bank, amount: None },
+            _ => bail!("give an AMOUNT or --all"),
+        },
+        Command::Exchange { bank } => Request::Exchange { bank },
+        Command::Statement { bank, since } => Request::Statement { bank, since },
+        Command::Pending => Request::Pending,
+        Command::Approve { id } => Request::Approve { id },
+        Command::Refuse { id } => Request::Refuse { id },
+        Command::History => Request::History,
+        Command::Merchants { action: None } => Request::Merchants,
+        Command::Merchants { action: Some(MerchantsCommand::Forget { name }) } => Request::Forget { name },
+        Command::Collect { from, amount, description } => Request::Collect { from, amount, description },
+    };
+    let cfg = load_config(&dir)?;
+    let socket = cfg.control_socket_path(&dir.0);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let answer = rt.block_on(control::call(&socket, &req))?;
+    match answer {
+        Ok(v) => {
+            if json {
+                println!("{v}");
+            } else {
+                print_human(&req, &v);
+            }
+            // A collect that was refused is a failure for scripts.
+            if matches!(req, Request::Collect { .. }) && v["outcome"] != "paid" {
+                return Ok(ExitCode::from(2));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err((code, label, text)) => {
+            if json {
+                println!("{}", serde_json::json!({"ok": false, "code": code, "label": label, "error": text}));
+            } else {
+                eprintln!("payme-wallet: {text} ({label})");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn print_human(req: &Request, v: &Value) {
+    match req {
+        Request::Balance => {
+            println!("available: {}", v["total_available"]);
+            for b in v["banks"].as_array().into_iter().flatten() {
+                println!(
+                    "  bank {}: available {}, pending {}, received {}",
+                    b["bank"], b["available"], b["pending"], b["received"]
+                );
+                for c in b["coins"].as_array().into_iter().flatten() {
+                    println!("    {} x {}", c["count"], c["value"]);
+                }
+            }
+        }
+        Request::Pending => {
+            let list = v.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no payment requests waiting");
+            }
+            for p in list {
+                let new = if p["new_merchant"].as_bool() == Some(true) {
+                    " (NEW merchant: approving pins its key)"
+                } else {
+                    ""
+                };
+                println!(
+                    "#{}  {} asks {} for {}{}\n     key {}",
+                    p["id"],
+                    p["merchant"].as_str().unwrap_or(""),
+                    p["amount"],
+                    p["description"].as_str().unwrap_or(""),
+                    new,
+                    p["fingerprint"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Request::History => {
+            for p in v.as_array().into_iter().flatten() {
+                let verified = match p["receipt_valid"].as_bool() {
+                    Some(true) => "receipt verified",
+                    Some(false) => "RECEIPT INVALID",
+                    None => "no receipt",
+                };
+                println!(
+                    "#{} {} {} {} {} \"{}\" [{}; {}] {}",
+                    p["id"],
+                    p["direction"].as_str().unwrap_or(""),
+                    p["amount"],
+                    p["merchant"].as_str().unwrap_or(""),
+                    p["peer"].as_str().unwrap_or(""),
+                    p["description"].as_str().unwrap_or(""),
+                    p["state"].as_str().unwrap_or(""),
+                    verified,
+                    p["reason"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Request::Collect { .. } => match v["outcome"].as_str() {
+            Some("paid") => println!("paid: {} (payment #{})", v["amount"], v["payment"]),
+            _ => println!("refused: {} ({})", v["reason"].as_str().unwrap_or(""), v["label"].as_str().unwrap_or("")),
+        },
+        _ => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+    }
+}
+
+fn init(
+    dir: &DataDir,
+    name: &str,
+    listen: SocketAddr,
+    bits: usize,
+    passphrase_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    if dir.key().exists() {
+        bail!("{} already holds a wallet key; refusing to overwrite it", dir.0.display());
+    }
+    let pass =
+        wallet_daemon::read_secret(passphrase_file.as_deref(), "PAYME_WALLET_PASSPHRASE", "New wallet passphrase: ")?;
+    if pass.len() < 8 {
+        bail!("the passphrase must be at least 8 characters");
+    }
+    std::fs::create_dir_all(&dir.0)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let mut rng = pmtp_proto::rng::os();
+    let identity = Identity::generate(Name::new(name)?, &mut rng, bits)?;
+    let sealed = keyfile::seal_identity(&mut rng, &identity, pass.as_bytes(), KdfParams::default())?;
+    keyfile::fs::write_private(&dir.key(), &sealed)?;
+    let public: PublicIdentity = identity.public();
+    std::fs::write(dir.public(), format!("{}\n", public.to_text()))?;
+    let cfg = Config { listen, ..Config::default() };
+    if !dir.config().exists() {
+        std::fs::write(dir.config(), cfg.commented_toml())?;
+    }
+    wallet_daemon::db::Db::open(&dir.database(), wallet_daemon::db::Vault::new(&identity))?;
+    println!("created wallet {name} in {}", dir.0.display());
+    println!("public key: {} (fingerprint {})", dir.public().display(), public.fingerprint());
+    Ok(())
+}
+
+fn serve(dir: DataDir, cfg: Config, passphrase: &str) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(wallet_daemon::run_daemon(dir, cfg, passphrase))
 }

@@ -1,4 +1,8 @@
 //! Runs the real `payme-bank` binary on 127.0.0.1, port 0, in a temporary data directory.
+//!
+//! Shared by bank-daemon's own tests (which include this file by path and find the binary
+//! through `CARGO_BIN_EXE_payme-bank`) and by the end-to-end tests of the other crates
+//! (through the `payme-tests` library, which finds it beside the running test).
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,8 +17,58 @@ use std::time::Duration;
 pub const PASSPHRASE: &str = "bank passphrase for tests";
 pub const PASSWORD: &str = "account password";
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_payme-bank")
+pub fn bin() -> std::path::PathBuf {
+    match option_env!("CARGO_BIN_EXE_payme-bank") {
+        Some(p) => p.into(),
+        None => workspace_binary("payme-bank", "bank-daemon"),
+    }
+}
+
+/// A binary of this workspace: beside the running test's own directory (target/debug),
+/// built with cargo first if it is not there (when one package's tests run alone).
+pub fn workspace_binary(name: &str, package: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/test-binary -> target/debug
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
+    let path = dir.join(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo).args(["build", "-p", package, "--bin", name]).status().unwrap();
+        assert!(status.success(), "building {name} failed");
+    }
+    assert!(path.exists(), "{} not found; run `cargo build --workspace` first", path.display());
+    path
+}
+
+/// Spawns a daemon command and waits (at most 60 s) for its "... listening on ADDR" line.
+pub fn spawn_daemon(mut cmd: Command) -> (Child, String) {
+    let log = std::env::var("PAYME_TEST_LOG").unwrap_or_else(|_| "warn".into());
+    let mut child =
+        cmd.env("RUST_LOG", log).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("daemon starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(60)).expect("the daemon prints its address");
+    let addr = line.rsplit(' ').next().unwrap().to_owned();
+    (child, addr)
+}
+
+/// SIGTERM, then a bounded wait (15 s) for a clean exit, which is asserted.
+pub fn stop_daemon(mut child: Child) {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    for _ in 0..300 {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "daemon exited with {status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("daemon did not stop within 15 s of SIGTERM");
 }
 
 pub fn payme_bank(dir: &Path, args: &[&str]) -> std::process::Output {
@@ -69,41 +123,18 @@ impl TestBank {
     /// Starts `serve` (after a stop) and waits for its "listening on" line.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let mut child = Command::new(bin())
-            .arg("--data-dir")
-            .arg(self.dir.path())
-            .arg("serve")
-            .env("PAYME_BANK_PASSPHRASE", PASSPHRASE)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("payme-bank serve starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let line = rx.recv_timeout(Duration::from_secs(60)).expect("payme-bank prints its address");
-        self.addr = line.rsplit(' ').next().unwrap().to_owned();
+        let mut cmd = Command::new(bin());
+        cmd.arg("--data-dir").arg(self.dir.path()).arg("serve").env("PAYME_BANK_PASSPHRASE", PASSPHRASE);
+        let (child, addr) = spawn_daemon(cmd);
+        self.addr = addr;
         self.child = Some(child);
     }
 
     /// SIGTERM, then wait (bounded) for a clean exit.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-        for _ in 0..300 {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "payme-bank exited with {status}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(child) = self.child.take() {
+            stop_daemon(child);
         }
-        let _ = child.kill();
-        panic!("payme-bank did not stop within 15 s of SIGTERM");
     }
 
     pub fn client(&self) -> BankClient {
@@ -126,6 +157,35 @@ impl TestBank {
             assert!(out.status.success(), "credit: {}", String::from_utf8_lossy(&out.stderr));
         }
         Holder { identity, account, name: name.to_owned() }
+    }
+
+    /// Opens an account for the owner whose public identity file is `public_key`.
+    pub fn open_account(&self, name: &str, public_key: &Path, funds: u64) -> AccountId {
+        let out = payme_bank(
+            self.dir.path(),
+            &["account", "open", "--name", name, "--public-key", public_key.to_str().unwrap()],
+        );
+        assert!(out.status.success(), "account open: {}", String::from_utf8_lossy(&out.stderr));
+        let account = AccountId(String::from_utf8(out.stdout).unwrap().trim().parse().unwrap());
+        if funds > 0 {
+            let out = payme_bank(self.dir.path(), &["account", "credit", &account.0.to_string(), &funds.to_string()]);
+            assert!(out.status.success(), "credit: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        account
+    }
+
+    /// The account list as (id, name, balance).
+    pub fn accounts(&self) -> Vec<(u64, String, u64)> {
+        let out = payme_bank(self.dir.path(), &["account", "list", "--json"]);
+        assert!(out.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (a["id"].as_u64().unwrap(), a["name"].as_str().unwrap().to_owned(), a["balance"].as_u64().unwrap())
+            })
+            .collect()
     }
 
     /// Runs `payme-bank audit` and asserts the invariants hold.

@@ -1,0 +1,167 @@
+//! Runs real `payme-wallet` daemons on loopback addresses (127.0.0.2, 127.0.0.3, ...) with
+//! port 0, each in a temporary data directory with an account at a test bank.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::bank_harness::{spawn_daemon, stop_daemon, workspace_binary, TestBank, PASSWORD};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+pub const WALLET_PASSPHRASE: &str = "wallet passphrase for tests";
+
+pub fn bin() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_payme-wallet") {
+        Some(p) => p.into(),
+        None => workspace_binary("payme-wallet", "wallet-daemon"),
+    }
+}
+
+pub struct TestWallet {
+    pub dir: tempfile::TempDir,
+    pub name: String,
+    pub child: Option<Child>,
+    /// `ip:port` of its PMTP listener.
+    pub addr: String,
+    pub ip: String,
+    pub account: Option<u64>,
+}
+
+fn wallet_cmd(dir: &Path) -> Command {
+    let mut c = Command::new(bin());
+    c.arg("--data-dir")
+        .arg(dir)
+        .env("PAYME_WALLET_PASSPHRASE", WALLET_PASSPHRASE)
+        .env("PAYME_ACCOUNT_PASSWORD", PASSWORD);
+    c
+}
+
+impl TestWallet {
+    /// Creates a wallet named `name` listening on `ip`, with an account at `bank` holding
+    /// `funds` (none if `None`), `edit` applied to its config.toml, and starts it.
+    pub fn start(
+        name: &str,
+        ip: &str,
+        bank: &TestBank,
+        funds: Option<u64>,
+        edit: impl FnOnce(String) -> String,
+    ) -> TestWallet {
+        let dir = tempfile::tempdir().unwrap();
+        let out =
+            wallet_cmd(dir.path()).args(["init", "--name", name, "--listen", &format!("{ip}:0")]).output().unwrap();
+        assert!(out.status.success(), "wallet init: {}", String::from_utf8_lossy(&out.stderr));
+        let account = funds.map(|f| bank.open_account(name, &dir.path().join("wallet.pub"), f));
+        let mut args = vec![
+            "bank".to_owned(),
+            "add".into(),
+            "--id".into(),
+            bank.public.name.as_str().to_owned(),
+            "--addr".into(),
+            bank.addr.clone(),
+            "--public-key".into(),
+            bank.dir.path().join("bank.pub").to_str().unwrap().to_owned(),
+        ];
+        if let Some(a) = account {
+            args.extend(["--account".into(), a.0.to_string(), "--account-name".into(), name.to_owned()]);
+        }
+        let out = wallet_cmd(dir.path()).args(&args).output().unwrap();
+        assert!(out.status.success(), "bank add: {}", String::from_utf8_lossy(&out.stderr));
+        let cfg_path = dir.path().join("config.toml");
+        let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+        std::fs::write(&cfg_path, edit(cfg)).unwrap();
+        let mut w = TestWallet {
+            dir,
+            name: name.to_owned(),
+            child: None,
+            addr: String::new(),
+            ip: ip.to_owned(),
+            account: account.map(|a| a.0),
+        };
+        w.restart();
+        w
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let mut cmd = wallet_cmd(self.dir.path());
+        cmd.arg("serve");
+        let (child, addr) = spawn_daemon(cmd);
+        self.addr = addr;
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no chance to clean up (crash tests).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and a bounded wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(child) = self.child.take() {
+            stop_daemon(child);
+        }
+    }
+
+    /// Runs a client subcommand with --json; returns (success, parsed output).
+    pub fn run(&self, args: &[&str]) -> (bool, Value) {
+        let out = wallet_cmd(self.dir.path()).arg("--json").args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v = serde_json::from_str(text.trim())
+            .unwrap_or_else(|_| Value::String(format!("{text}{}", String::from_utf8_lossy(&out.stderr))));
+        (out.status.success(), v)
+    }
+
+    /// Runs a client subcommand that must succeed.
+    pub fn ok(&self, args: &[&str]) -> Value {
+        let (ok, v) = self.run(args);
+        assert!(ok, "payme-wallet {args:?} failed: {v}");
+        v
+    }
+
+    /// Value of coins available in the wallet.
+    pub fn available(&self) -> u64 {
+        self.ok(&["balance"])["total_available"].as_u64().unwrap()
+    }
+
+    /// Value of all coins not spent (available, pending, received).
+    pub fn holding(&self) -> u64 {
+        let v = self.ok(&["balance"]);
+        v["banks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                b["available"].as_u64().unwrap() + b["pending"].as_u64().unwrap() + b["received"].as_u64().unwrap()
+            })
+            .sum()
+    }
+
+    /// Polls `pending` (bounded: 300 tries, 15 s) until a request appears.
+    pub fn wait_pending(&self) -> Value {
+        for _ in 0..300 {
+            let v = self.ok(&["pending"]);
+            if let Some(first) = v.as_array().and_then(|a| a.first()) {
+                return first.clone();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no payment request became pending");
+    }
+
+    pub fn public_key(&self) -> PathBuf {
+        self.dir.path().join("wallet.pub")
+    }
+}
+
+impl Drop for TestWallet {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! The local control socket: one JSON object per line in each direction.
+//!
+//! The socket file is created with mode 0600 and every connection's peer credentials are
+//! checked (SO_PEERCRED): only the user running the wallet may use it. The `payme-wallet`
+//! subcommands and the CGI program are its clients.
+//!
+//! Request: `{"cmd": "balance"}`, `{"cmd": "collect", "from": "host:port", "amount": 100,
+//! "description": "..."}`, ... (see [`Request`]). Answer: `{"ok": true, "result": ...}` or
+//! `{"ok": false, "code": 43, "label": "not_enough_money", "error": "..."}`.
+
+use crate::db::{self, CoinState};
+use crate::ops;
+use crate::{Wallet, WalletError};
+use futures::{SinkExt, StreamExt};
+use pmtp_proto::{Amount, ReasonCode};
+use rusqlite::params;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::codec::{Framed, LinesCodec};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Longest request line accepted.
+const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Balance,
+    Withdraw { bank: Option<String>, amount: u64, password: String },
+    Deposit { bank: Option<String>, amount: Option<u64> },
+    Exchange { bank: Option<String> },
+    Statement { bank: Option<String>, since: Option<u64> },
+    Pending,
+    Approve { id: u64 },
+    Refuse { id: u64 },
+    History,
+    Merchants,
+    Forget { name: String },
+    Collect { from: String, amount: u64, description: String },
+}
+
+fn my_uid() -> Option<u32> {
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+/// Binds the control socket (replacing a stale one) with mode 0600.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if path.exists() {
+        // A live daemon holds the data-dir lock, so a socket file here is stale.
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub async fn serve(w: Arc<Wallet>, listener: UnixListener, token: CancellationToken, tracker: TaskTracker) {
+    let me = my_uid();
+    loop {
+        let stream = tokio::select! {
+            _ = token.cancelled() => break,
+            r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+        };
+        let uid = stream.peer_cred().ok().map(|c| c.uid());
+        if me.is_none() || uid != me {
+            tracing::warn!(?uid, "control connection from another user refused");
+            continue;
+        }
+        let (w, token) = (w.clone(), token.clone());
+        tracker.spawn(async move { client_loop(w, stream, token).await });
+    }
+}
+
+async fn client_loop(w: Arc<Wallet>, stream: UnixStream, token: CancellationToken) {
+    let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
+    loop {
+        let line = tokio::select! {
+            _ = token.cancelled() => return,
+            l = lines.next() => l,
+        };
+        let answer = match line {
+            Some(Ok(l)) => match serde_json::from_str::<Request>(&l) {
+                Ok(req) => match handle(&w, req).await {
+                    Ok(result) => json!({"ok": true, "result": result}),
+                    Err(e) => json!({"ok": false, "code": e.code.0, "label": e.code.label(), "error": e.text}),
+                },
+                Err(e) => {
+                    json!({"ok": false, "code": ReasonCode::MALFORMED.0, "label": "malformed", "error": format!("bad request: {e}")})
+                }
+            },
+            _ => return,
+        };
+        if lines.send(answer.to_string()).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn bank_or_default(w: &Wallet, bank: Option<String>, need_account: bool) -> Result<String, WalletError> {
+    match bank {
+        Some(b) => w.bank(&b).map(|_| b),
+        None => w.default_bank(need_account),
+    }
+}
+
+async fn handle(w: &Arc<Wallet>, req: Request) -> Result<Value, WalletError> {
+    match req {
+        Request::Balance => {
+            let rows = w.db.call(|c, _| db::balance(c)).await?;
+            let mut banks: std::collections::BTreeMap<String, Value> = Default::default();
+            for (bank, value, count, state) in rows {
+                let e = banks.entry(bank.clone()).or_insert_with(
+                    || json!({"bank": bank, "available": 0u64, "pending": 0u64, "received": 0u64, "coins": []}),
+                );
+                let sum = value.saturating_mul(count);
+                if let Some(v) = e.get_mut(state.as_str()) {
+                    *v = json!(v.as_u64().unwrap_or(0).saturating_add(sum));
+                }
+                if state == "available" {
+                    if let Some(Value::Array(a)) = e.get_mut("coins") {
+                        a.push(json!({"value": value, "count": count}));
+                    }
+                }
+            }
+            let available = w.db.call(|c, _| db::total(c, CoinState::Available)).await?;
+            Ok(json!({"total_available": available.minor_units(), "banks": banks.into_values().collect::<Vec<_>>()}))
+        }
+        Request::Withdraw { bank, amount, password } => {
+            let bank = bank_or_default(w, bank, true)?;
+            let balance = ops::withdraw(w, &bank, Amount::new(amount), &password).await?;
+            Ok(json!({"bank": bank, "amount": amount, "account_balance": balance.minor_units()}))
+        }
+        Request::Deposit { bank, amount } => {
+            let bank = bank_or_default(w, bank, true)?;
+            let done = ops::deposit(w, &bank, amount.map(Amount::new)).await?;
+            Ok(json!({"bank": bank, "amount": done.minor_units()}))
+        }
+        Request::Exchange { bank } => {
+            let bank = bank_or_default(w, bank, false)?;
+            let done = ops::exchange_all(w, &bank).await?;
+            Ok(json!({"bank": bank, "amount": done.minor_units()}))
+        }
+        Request::Statement { bank, since } => {
+            let bank = bank_or_default(w, bank, true)?;
+            let entry = w.bank(&bank)?;
+            let (account, name) =
+                entry.account.clone().ok_or_else(|| WalletError::new(ReasonCode::UNKNOWN_ACCOUNT, "no account"))?;
+            let s = entry.client.statement(&w.identity, account, &name, since).await?;
+            let entries: Vec<Value> = s
+                .entries
+                .iter()
+                .map(|e| {
+                    json!({"id": e.id, "time": e.time, "kind": format!("{:?}", e.kind), "credit": e.kind.is_credit(),
+                           "amount": e.amount.minor_units(), "balance_after": e.balance_after.minor_units(), "memo": e.memo.escaped()})
+                })
+                .collect();
+            Ok(
+                json!({"bank": bank, "account": account.0, "balance": s.balance.minor_units(), "truncated": s.truncated, "entries": entries}),
+            )
+        }
+        Request::Pending => {
+            let now = db::now();
+            let p = w.pending.lock().map_err(|_| WalletError::new(ReasonCode::INTERNAL, "internal error"))?;
+            Ok(Value::Array(
+                p.values()
+                    .map(|r| {
+                        json!({"id": r.id, "merchant": r.merchant, "fingerprint": r.fingerprint, "new_merchant": r.new_merchant,
+                               "description": r.description, "amount": r.amount, "peer": r.peer.to_string(),
+                               "waiting_secs": now.saturating_sub(r.created)})
+                    })
+                    .collect(),
+            ))
+        }
+        Request::Approve { id } | Request::Refuse { id } => {
+            let approve = matches!(req, Request::Approve { .. });
+            let r = w
+                .pending
+                .lock()
+                .map_err(|_| WalletError::new(ReasonCode::INTERNAL, "internal error"))?
+                .remove(&id)
+                .ok_or_else(|| {
+                    WalletError::new(
+                        ReasonCode::UNEXPECTED_MESSAGE,
+                        format!("no pending request {id} (see payme-wallet pending)"),
+                    )
+                })?;
+            let _ = r.answer.send(approve);
+            Ok(json!({"id": id, "approved": approve}))
+        }
+        Request::History => history(w).await,
+        Request::Merchants => {
+            let rows = w
+                .db
+                .call(|c, _| {
+                    let mut st = c.prepare("SELECT name, fingerprint, first_seen, last_seen FROM merchants ORDER BY name")?;
+                    let v = st
+                        .query_map([], |r| {
+                            Ok(json!({"name": pmtp_proto::text::escape_control(&r.get::<_, String>(0)?), "fingerprint": r.get::<_, String>(1)?,
+                                      "first_seen": r.get::<_, i64>(2)?, "last_seen": r.get::<_, i64>(3)?}))
+                        })?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(v)
+                })
+                .await?;
+            Ok(Value::Array(rows))
+        }
+        Request::Forget { name } => {
+            let n =
+                w.db.call(move |c, _| Ok(c.execute("DELETE FROM merchants WHERE name = ?1", params![name])?)).await?;
+            Ok(json!({"forgotten": n}))
+        }
+        Request::Collect { from, amount, description } => {
+            let out = crate::merchant::collect(w, &from, Amount::new(amount), &description).await;
+            serde_json::to_value(out).map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))
+        }
+    }
+}
+
+async fn history(w: &Arc<Wallet>) -> Result<Value, WalletError> {
+    let rows = w
+        .db
+        .call(|c, _| {
+            let mut st = c.prepare(
+                "SELECT id, direction, state, peer, merchant, merchant_fp, amount, description, receipt, reason, created, updated
+                 FROM payments ORDER BY id DESC LIMIT 1000",
+            )?;
+            let v = st
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, i64>(6)?,
+                        r.get::<_, String>(7)?,
+                        r.get::<_, Option<Vec<u8>>>(8)?,
+                        r.get::<_, String>(9)?,
+                        r.get::<_, i64>(10)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(v)
+        })
+        .await?;
+    let mut out = Vec::new();
+    for (id, dir, state, peer, merchant, fp, amount, desc, receipt, reason, created) in rows {
+        // A receipt is shown with whether it verifies against the pinned merchant key.
+        let receipt_valid = receipt.as_ref().and_then(|b| {
+            let r: pmtp_proto::Signed<pmtp_proto::Receipt> = bincode::deserialize(b).ok()?;
+            let key = if dir == "in" { Some(w.public.clone()) } else { pinned_identity(w, &merchant) };
+            Some(key?.parse().ok().map(|k| r.verify(&k.verifying).is_ok()).unwrap_or(false))
+        });
+        out.push(json!({
+            "id": id, "direction": dir, "state": state, "peer": peer,
+            "merchant": pmtp_proto::text::escape_control(&merchant), "merchant_fingerprint": fp,
+            "amount": amount, "description": pmtp_proto::text::escape_control(&desc),
+            "receipt": receipt.map(hex::encode), "receipt_valid": receipt_valid,
+            "reason": reason, "time": created,
+        }));
+    }
+    Ok(Value::Array(out))
+}
+
+fn pinned_identity(w: &Wallet, merchant: &str) -> Option<pmtp_proto::PublicIdentity> {
+    let blob: Vec<u8> = w
+        .db
+        .with(|c| Ok(c.query_row("SELECT identity FROM merchants WHERE name = ?1", params![merchant], |r| r.get(0))?))
+        .ok()?;
+    bincode::deserialize(&blob).ok()
+}
+
+/// Client side: sends one request to the daemon's control socket and returns its result.
+pub async fn call(socket: &Path, req: &Request) -> anyhow::Result<Result<Value, (u16, String, String)>> {
+    let stream = UnixStream::connect(socket).await.map_err(|e| {
+        anyhow::anyhow!(
+            "the wallet daemon is not running ({}: {e}); start it with `payme-wallet serve`",
+            socket.display()
+        )
+    })?;
+    let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(16 * 1024 * 1024));
+    lines.send(serde_json::to_string(req)?).await?;
+    let line = lines.next().await.ok_or_else(|| anyhow::anyhow!("the wallet daemon closed the connection"))??;
+    let v: Value = serde_json::from_str(&line)?;
+    if v["ok"].as_bool() == Some(true) {
+        Ok(Ok(v["result"].clone()))
+    } else {
+        Ok(Err((
+            v["code"].as_u64().unwrap_or(0) as u16,
+            v["label"].as_str().unwrap_or("error").to_owned(),
+            v["error"].as_str().unwrap_or("").to_owned(),
+        )))
+    }
+}

@@ -1,0 +1,259 @@
+//! # payme-wallet
+//!
+//! The program every user runs, buyer and merchant alike. It holds coins (encrypted at
+//! rest), pays merchants who ask (with the person's consent or under their policy),
+//! collects payments as a merchant, and deals with banks.
+//!
+//! - [`config`]: TOML configuration.
+//! - [`db`]: durable state, coin states and their transition table.
+//! - [`ops`]: withdraw, deposit, exchange, and the recovery of unfinished operations.
+//! - [`buyer`]: answering ask_payment_request: consent, coin choice, pay_coins.
+//! - [`merchant`]: `collect`: ask a buyer's wallet, validate coins at the bank, receipt.
+//! - [`peer`]: the PMTP listener for other wallets.
+//! - [`control`]: the local control socket (JSON lines) and its client.
+
+#![forbid(unsafe_code)]
+
+pub mod buyer;
+pub mod config;
+pub mod control;
+pub mod db;
+pub mod merchant;
+pub mod ops;
+pub mod peer;
+
+use bank_daemon::client::BankClient;
+use pmtp_proto::keys::{Identity, PublicIdentity};
+use pmtp_proto::{AccountId, NonceChecker, NonceConfig, ReasonCode};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+/// An error a person or a peer sees: a reason code and a one-line text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text}")]
+pub struct WalletError {
+    pub code: ReasonCode,
+    pub text: String,
+}
+
+impl WalletError {
+    pub fn new(code: ReasonCode, text: impl Into<String>) -> Self {
+        WalletError { code, text: text.into() }
+    }
+}
+
+impl From<db::DbError> for WalletError {
+    fn from(e: db::DbError) -> Self {
+        tracing::error!(error = %e, "database error");
+        WalletError::new(ReasonCode::INTERNAL, e.to_string())
+    }
+}
+
+impl From<bank_daemon::client::ClientError> for WalletError {
+    fn from(e: bank_daemon::client::ClientError) -> Self {
+        let code = e.code().unwrap_or(ReasonCode::PEER_BANK_UNAVAILABLE);
+        WalletError::new(code, e.to_string())
+    }
+}
+
+/// File names inside a wallet's data directory.
+#[derive(Clone, Debug)]
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    pub fn config(&self) -> PathBuf {
+        self.0.join("config.toml")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.0.join("wallet.key")
+    }
+    pub fn public(&self) -> PathBuf {
+        self.0.join("wallet.pub")
+    }
+    pub fn database(&self) -> PathBuf {
+        self.0.join("wallet.db")
+    }
+    pub fn lock_file(&self) -> PathBuf {
+        self.0.join("serve.lock")
+    }
+}
+
+/// A bank this wallet knows.
+pub struct BankEntry {
+    pub client: BankClient,
+    pub account: Option<(AccountId, String)>,
+}
+
+/// A payment request waiting for the person's answer.
+pub struct PendingRequest {
+    pub id: u64,
+    pub merchant: String,
+    pub fingerprint: String,
+    pub new_merchant: bool,
+    pub description: String,
+    pub amount: u64,
+    pub peer: IpAddr,
+    pub created: u64,
+    pub answer: tokio::sync::oneshot::Sender<bool>,
+}
+
+/// Everything the running wallet shares.
+pub struct Wallet {
+    pub config: config::Config,
+    pub dir: DataDir,
+    pub identity: Identity,
+    pub public: PublicIdentity,
+    pub db: db::Db,
+    pub banks: HashMap<String, BankEntry>,
+    pub nonces: Mutex<NonceChecker>,
+    pub pending: Mutex<BTreeMap<u64, PendingRequest>>,
+    pub next_pending: AtomicU64,
+    /// Held while choosing coins and marking them pending, so two payments never pick the
+    /// same coin.
+    pub coin_lock: tokio::sync::Mutex<()>,
+    /// Outgoing payments whose pay_coins exchange is in progress (not to be resolved).
+    pub in_flight: Mutex<HashSet<i64>>,
+    /// Outbound connections come from this address (the listen address, when specific).
+    pub bind_ip: Option<IpAddr>,
+}
+
+impl Wallet {
+    pub fn new(config: config::Config, dir: DataDir, identity: Identity, db: db::Db) -> Result<Wallet, WalletError> {
+        config.validate().map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?;
+        let bind_ip = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
+        let mut banks = HashMap::new();
+        for b in &config.banks {
+            let public = PublicIdentity::from_text(&b.public_key)
+                .map_err(|e| WalletError::new(ReasonCode::INTERNAL, format!("bank {}: {e}", b.id)))?;
+            let mut client = BankClient::new(b.addr.clone(), &public).map_err(WalletError::from)?;
+            client.bind_ip = bind_ip;
+            if client.bank_id.as_str() != b.id {
+                return Err(WalletError::new(
+                    ReasonCode::INTERNAL,
+                    format!("bank {}: its public key is for bank {:?}", b.id, client.bank_id.as_str()),
+                ));
+            }
+            let account = b.account.zip(b.account_name.clone()).map(|(a, n)| (AccountId(a), n));
+            banks.insert(b.id.clone(), BankEntry { client, account });
+        }
+        let nonces = NonceChecker::new(NonceConfig {
+            window_secs: config.limits.nonce_window_secs,
+            capacity: config.limits.nonce_cache_capacity,
+            check_address: config.limits.nonce_check_address,
+        });
+        let public = identity.public();
+        Ok(Wallet {
+            config,
+            dir,
+            identity,
+            public,
+            db,
+            banks,
+            nonces: Mutex::new(nonces),
+            pending: Mutex::new(BTreeMap::new()),
+            next_pending: AtomicU64::new(1),
+            coin_lock: tokio::sync::Mutex::new(()),
+            in_flight: Mutex::new(HashSet::new()),
+            bind_ip,
+        })
+    }
+
+    pub fn bank(&self, id: &str) -> Result<&BankEntry, WalletError> {
+        self.banks.get(id).ok_or_else(|| {
+            WalletError::new(
+                ReasonCode::COIN_FOREIGN_BANK,
+                format!("bank {id:?} is not in this wallet's config (payme-wallet bank add)"),
+            )
+        })
+    }
+
+    /// The bank to use when the person named none: the only one, or the only one with an
+    /// account.
+    pub fn default_bank(&self, need_account: bool) -> Result<String, WalletError> {
+        let candidates: Vec<&String> =
+            self.banks.iter().filter(|(_, b)| !need_account || b.account.is_some()).map(|(id, _)| id).collect();
+        match candidates.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(WalletError::new(ReasonCode::UNKNOWN_ACCOUNT, "no bank configured (payme-wallet bank add)")),
+            _ => {
+                Err(WalletError::new(ReasonCode::INVALID_AMOUNT, "several banks are configured: name one with --bank"))
+            }
+        }
+    }
+
+    pub fn local_ip(&self) -> IpAddr {
+        self.bind_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    }
+}
+
+/// Reads a secret: from a file (first line), else an environment variable, else a prompt.
+pub fn read_secret(
+    file: Option<&std::path::Path>,
+    env_var: &str,
+    prompt: &str,
+) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    bank_daemon::read_secret(file, env_var, prompt)
+}
+
+/// Runs the wallet daemon until SIGINT or SIGTERM: loads the key, opens the database,
+/// resolves whatever a previous run left unfinished, then serves peers and the control
+/// socket, with a background maintenance round.
+pub async fn run_daemon(dir: DataDir, cfg: config::Config, passphrase: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.lock_file())?;
+    lock.try_lock()
+        .map_err(|_| anyhow::anyhow!("the data directory {} is in use by another payme-wallet", dir.0.display()))?;
+    let bytes = pmtp_proto::keyfile::fs::read_private(&dir.key())?;
+    let identity = pmtp_proto::keyfile::open_identity(&bytes, passphrase.as_bytes())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.key().display()))?;
+    let db = db::Db::open(&dir.database(), db::Vault::new(&identity))?;
+    let listener =
+        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let local = listener.local_addr()?;
+    let socket_path = cfg.control_socket_path(&dir.0);
+    let control = control::bind(&socket_path).with_context(|| format!("cannot create {}", socket_path.display()))?;
+    let w = std::sync::Arc::new(Wallet::new(cfg, dir, identity, db).map_err(|e| anyhow::anyhow!("{e}"))?);
+
+    let token = tokio_util::sync::CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    // Finish what a previous run left (crash, kill -9) before taking new work, then keep
+    // a maintenance round going.
+    ops::maintenance(&w).await;
+    {
+        let (w, token) = (w.clone(), token.clone());
+        let every = std::time::Duration::from_secs(w.config.limits.maintenance_interval_secs.max(1));
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tokio::time::sleep(every) => ops::maintenance(&w).await,
+                }
+            }
+        });
+    }
+    tracker.spawn(control::serve(w.clone(), control, token.clone(), tracker.clone()));
+    tracing::info!(addr = %local, control = %socket_path.display(), "wallet serving");
+    println!("payme-wallet listening on {local}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let shutdown = async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    };
+    peer::serve(w.clone(), listener, token.clone(), tracker.clone(), shutdown).await;
+    tracing::info!("shutting down");
+    token.cancel();
+    tracker.close();
+    tracker.wait().await;
+    let _ = std::fs::remove_file(&socket_path);
+    drop(lock);
+    Ok(())
+}

@@ -1,0 +1,341 @@
+//! The merchant's side of a purchase: `collect`.
+//!
+//! Send a signed ask_payment_request to the buyer's wallet; receive pay_coins_request (or
+//! a refusal); check the payment (our request, exact amount, banks we accept, valid coins);
+//! record the coins as received (committed) before contacting the bank; validate them at
+//! their bank by deposit (default) or exchange; only then answer pay_coins_response with a
+//! signed receipt, or pay_coins_refusal with the reason. Coins received but not validated
+//! when the wallet stops are validated on the next start.
+
+use crate::config::Validate;
+use crate::db::{self, coins_of, insert_coins, CoinState};
+use crate::ops::{self, OpKind};
+use crate::{Wallet, WalletError};
+use futures::{SinkExt, StreamExt};
+use pmtp_proto::codec::PmtpCodec;
+use pmtp_proto::keys::Signed;
+use pmtp_proto::refusal::reason_text;
+use pmtp_proto::text::{BankId, Description};
+use pmtp_proto::*;
+use rusqlite::params;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::codec::Framed;
+
+/// What `collect` reports to its caller (the CGI program, a person).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Collected {
+    Paid { payment: i64, amount: u64, receipt: String, merchant_fingerprint: String },
+    Refused { code: u16, label: String, reason: String },
+}
+
+impl Collected {
+    fn refused(e: &WalletError) -> Self {
+        Collected::Refused { code: e.code.0, label: e.code.label().to_owned(), reason: e.text.clone() }
+    }
+}
+
+/// Banks whose coins this merchant can validate.
+pub fn accepted_banks(w: &Wallet) -> Vec<String> {
+    let mut v: Vec<String> = w
+        .banks
+        .iter()
+        .filter(|(_, b)| w.config.merchant.validate == Validate::Exchange || b.account.is_some())
+        .map(|(id, _)| id.clone())
+        .collect();
+    v.sort();
+    v
+}
+
+pub async fn collect(w: &Arc<Wallet>, from: &str, amount: Amount, description: &str) -> Collected {
+    match collect_inner(w, from, amount, description).await {
+        Ok(c) => c,
+        Err(e) => Collected::refused(&e),
+    }
+}
+
+async fn collect_inner(
+    w: &Arc<Wallet>,
+    from: &str,
+    amount: Amount,
+    description: &str,
+) -> Result<Collected, WalletError> {
+    if amount.is_zero() || amount > Amount::MAX {
+        return Err(WalletError::new(ReasonCode::INVALID_AMOUNT, "the amount must be positive"));
+    }
+    let description = Description::new(description)
+        .map_err(|e| WalletError::new(ReasonCode::INVALID_AMOUNT, format!("description: {e}")))?;
+    let accepted = accepted_banks(w);
+    if accepted.is_empty() {
+        return Err(WalletError::new(
+            ReasonCode::UNKNOWN_ACCOUNT,
+            "this wallet has no bank account to deposit payments into",
+        ));
+    }
+    let deadline = Duration::from_secs(w.config.merchant.collect_timeout_secs.max(1));
+    let stream = tokio::time::timeout(deadline, bank_daemon::client::connect(from, w.bind_ip))
+        .await
+        .map_err(|_| WalletError::new(ReasonCode::NO_ANSWER, format!("the buyer's wallet at {from} did not answer")))?
+        .map_err(|e| {
+            WalletError::new(ReasonCode::NO_ANSWER, format!("cannot reach the buyer's wallet at {from}: {e}"))
+        })?;
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?.ip();
+    let peer = stream.peer_addr().map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?.ip();
+    let mut conn = Framed::new(stream, PmtpCodec::new(w.config.limits.max_frame_bytes));
+    let ask = Signed::sign(
+        AskPayment {
+            amount,
+            merchant: w.public.clone(),
+            description: description.clone(),
+            accepted_banks: accepted.iter().filter_map(|b| BankId::new(b.clone()).ok()).collect(),
+            nonce: Nonce::new(&mut rng::os(), local, db::now()),
+        },
+        &w.identity.signing,
+    )
+    .map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?;
+    let frame = Frame::clear(&ask).map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?;
+    conn.send(frame)
+        .await
+        .map_err(|e| WalletError::new(ReasonCode::NO_ANSWER, format!("sending the request failed: {e}")))?;
+    let reply = match tokio::time::timeout(deadline, conn.next()).await {
+        Ok(Some(Ok(f))) => f,
+        Ok(_) => return Err(WalletError::new(ReasonCode::NO_ANSWER, "the buyer's wallet closed the connection")),
+        Err(_) => return Err(WalletError::new(ReasonCode::TIMEOUT, "the buyer did not pay in time")),
+    };
+    let pay: PayCoinsRequest = if reply.id == AskPaymentRefusal::ID {
+        return Err(match reply.envelope() {
+            Ok(frame::Envelope::Plain(p)) => WalletError::new(p.code, p.text.to_string()),
+            _ => match reply.open_sealed::<AskPaymentRefusal>(&w.identity.x25519) {
+                Ok(r) => WalletError::new(r.refusal.code, format!("the buyer refused: {}", r.refusal.text.escaped())),
+                Err(e) => WalletError::new(ReasonCode::MALFORMED, format!("unreadable refusal: {e}")),
+            },
+        });
+    } else if reply.id == AskPaymentResponse::ID {
+        reply.open_sealed::<AskPaymentResponse>(&w.identity.x25519).map(|r| r.0)
+    } else {
+        reply.open_sealed::<PayCoinsRequest>(&w.identity.x25519)
+    }
+    .map_err(|e| WalletError::new(ReasonCode::from(&e), format!("unreadable payment: {e}")))?;
+
+    let checked = check_payment(w, &ask.body, &pay, peer, &accepted);
+    let key = pay.session_key.clone();
+    let payment = match checked {
+        Ok(()) => record(w, &pay, &ask.body, peer).await,
+        Err(e) => Err(e),
+    };
+    let payment = match payment {
+        Ok(p) => p,
+        Err(e) => {
+            refuse(w, &mut conn, &key, &e).await;
+            return Ok(Collected::refused(&e));
+        }
+    };
+    if let Ok(mut f) = w.in_flight.lock() {
+        f.insert(payment);
+    }
+    let validated = validate_received(w, payment).await;
+    if let Ok(mut f) = w.in_flight.lock() {
+        f.remove(&payment);
+    }
+    if let Err(e) = validated {
+        refuse(w, &mut conn, &key, &e).await;
+        return Ok(Collected::refused(&e));
+    }
+    let receipt = Signed::sign(
+        Receipt {
+            merchant: w.public.name.clone(),
+            merchant_fingerprint: w.public.fingerprint(),
+            amount,
+            description_hash: description_hash(description.as_str()),
+            coins_hash: pmtp_proto::coin::coins_hash(pay.coins.iter().map(|c| &c.0.body.serial)),
+            request: ask.body.nonce.random,
+            time: db::now(),
+        },
+        &w.identity.signing,
+    )
+    .map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?;
+    let blob = bincode::serialize(&receipt).unwrap_or_default();
+    let b2 = blob.clone();
+    w.db.call(move |c, _| {
+        c.execute("UPDATE payments SET receipt = ?2 WHERE id = ?1", params![payment, b2])?;
+        Ok(())
+    })
+    .await?;
+    let resp = PayCoinsResponse { receipt, nonce: Nonce::new(&mut rng::os(), local, db::now()) };
+    if let Ok(f) = Frame::seal_session(&mut rng::os(), &key, &resp) {
+        // The money is ours once validated; a lost receipt is the buyer's to resolve.
+        let _ = conn.send(f).await;
+    }
+    tracing::info!(payment, amount = %amount, "payment collected");
+    Ok(Collected::Paid {
+        payment,
+        amount: amount.minor_units(),
+        receipt: hex::encode(blob),
+        merchant_fingerprint: w.public.fingerprint().to_string(),
+    })
+}
+
+fn check_payment(
+    w: &Wallet,
+    ask: &AskPayment,
+    pay: &PayCoinsRequest,
+    peer: std::net::IpAddr,
+    accepted: &[String],
+) -> Result<(), WalletError> {
+    if pay.request_nonce != ask.nonce {
+        return Err(WalletError::new(ReasonCode::UNEXPECTED_PAYMENT, "the payment is for another request"));
+    }
+    w.nonces
+        .lock()
+        .map_err(|_| WalletError::new(ReasonCode::INTERNAL, "internal error"))?
+        .check(&pay.nonce, peer, db::now())
+        .map_err(|e| WalletError::new(ReasonCode::from(e), e.to_string()))?;
+    let mut seen = HashSet::new();
+    let now = db::now();
+    let mut total = Amount::ZERO;
+    for c in &pay.coins {
+        if !seen.insert(c.serial()) {
+            return Err(WalletError::new(ReasonCode::DUPLICATE_COIN, format!("coin {} appears twice", c.serial())));
+        }
+        let bank = c.body().bank_id.as_str();
+        if !accepted.iter().any(|a| a == bank) {
+            return Err(WalletError::new(
+                ReasonCode::COIN_FOREIGN_BANK,
+                format!("coins of bank {} are not accepted here", c.body().bank_id.escaped()),
+            ));
+        }
+        let entry = w.bank(bank)?;
+        c.verify(&entry.client.bank_id, &entry.client.keys.verifying, now)
+            .map_err(|e| WalletError::new(ReasonCode::from(&e), e.to_string()))?;
+        total = total.checked_add(c.value()).map_err(|_| WalletError::new(ReasonCode::AMOUNT_MISMATCH, "overflow"))?;
+    }
+    if total != ask.amount {
+        return Err(WalletError::new(
+            ReasonCode::AMOUNT_MISMATCH,
+            format!("coins add up to {total}, not {} (no change is given)", ask.amount),
+        ));
+    }
+    Ok(())
+}
+
+/// Commits the incoming payment and its coins (state received) before any bank call.
+async fn record(
+    w: &Arc<Wallet>,
+    pay: &PayCoinsRequest,
+    ask: &AskPayment,
+    peer: std::net::IpAddr,
+) -> Result<i64, WalletError> {
+    let coins = pay.coins.clone();
+    let (amount, desc, peer_s) = (ask.amount, ask.description.as_str().to_owned(), peer.to_string());
+    let request = bincode::serialize(&ask.nonce).unwrap_or_default();
+    let (me, fp) = (w.public.name.as_str().to_owned(), w.public.fingerprint().to_string());
+    Ok(w
+        .db
+        .call(move |c, vault| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO payments(direction, state, peer, merchant, merchant_fp, amount, description, request, created, updated)
+                 VALUES ('in', 'received', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                params![peer_s, me, fp, db::i(amount.minor_units())?, desc, request, db::i(db::now())?],
+            )?;
+            let id = tx.last_insert_rowid();
+            insert_coins(&tx, vault, &coins, CoinState::Received, Some(id))?;
+            tx.commit()?;
+            Ok(id)
+        })
+        .await?)
+}
+
+async fn refuse(
+    w: &Arc<Wallet>,
+    conn: &mut Framed<tokio::net::TcpStream, PmtpCodec>,
+    key: &SessionKey,
+    e: &WalletError,
+) {
+    tracing::info!(code = %e.code, reason = %e.text, "payment refused");
+    let r = PayCoinsRefusal(Refusal {
+        code: e.code,
+        text: reason_text(&e.text),
+        nonce: Nonce::new(&mut rng::os(), w.local_ip(), db::now()),
+    });
+    if let Ok(f) = Frame::seal_session(&mut rng::os(), key, &r) {
+        let _ = conn.send(f).await;
+    }
+}
+
+/// Validates the received coins of payment `payment` at their banks. On success the
+/// payment is done; a definitive refusal fails it; an ambiguous failure leaves the coins
+/// received for the next maintenance round (the same deposit request is retried).
+pub async fn validate_received(w: &Arc<Wallet>, payment: i64) -> Result<(), WalletError> {
+    let rows = w.db.call(move |c, vault| coins_of(c, vault, "payment", payment)).await?;
+    let mut by_bank: BTreeMap<String, Vec<Serial>> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.state == CoinState::Received) {
+        by_bank.entry(r.coin.body().bank_id.as_str().to_owned()).or_default().push(r.coin.serial());
+    }
+    let kind = match w.config.merchant.validate {
+        Validate::Deposit => OpKind::Deposit,
+        Validate::Exchange => OpKind::Exchange,
+    };
+    for (bank, serials) in by_bank {
+        // A previous attempt may have left an unfinished operation for these coins: it is
+        // retried by maintenance under its request id, never started afresh.
+        let first = serials[0];
+        let open: i64 = w
+            .db
+            .call(move |c, _| {
+                Ok(c.query_row(
+                    "SELECT COUNT(*) FROM ops o JOIN coins k ON k.op = o.id WHERE k.serial = ?1 AND o.state = 'started'",
+                    params![&first.0[..]],
+                    |r| r.get(0),
+                )?)
+            })
+            .await?;
+        if open > 0 {
+            return Err(WalletError::new(
+                ReasonCode::PEER_BANK_UNAVAILABLE,
+                "the bank has not confirmed the coins yet",
+            ));
+        }
+        if let Err(e) =
+            ops::exchange_or_deposit(w, kind, &bank, serials, CoinState::Received, vec![], Some(payment)).await
+        {
+            let definitive = e.code.is_definitive();
+            let state = if definitive { "refused" } else { "received" };
+            let reason = e.text.clone();
+            w.db.call(move |c, vault| {
+                let tx = c.transaction()?;
+                tx.execute(
+                    "UPDATE payments SET state = ?2, reason = ?3, updated = ?4 WHERE id = ?1",
+                    params![payment, state, reason, db::i(db::now())?],
+                )?;
+                if definitive {
+                    // Refused: the coins stay the buyer's (they recover them by exchange).
+                    let left: Vec<Serial> = coins_of(&tx, vault, "payment", payment)?
+                        .iter()
+                        .filter(|r| r.state == CoinState::Received)
+                        .map(|r| r.coin.serial())
+                        .collect();
+                    db::move_coins(&tx, &left, CoinState::Spent, None, None)?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await?;
+            let code = if e.code.is_definitive() { e.code } else { ReasonCode::PEER_BANK_UNAVAILABLE };
+            return Err(WalletError::new(code, format!("the bank did not accept the coins: {}", e.text)));
+        }
+    }
+    w.db.call(move |c, _| {
+        c.execute(
+            "UPDATE payments SET state = 'done', updated = ?2 WHERE id = ?1 AND direction = 'in'",
+            params![payment, db::i(db::now())?],
+        )?;
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}

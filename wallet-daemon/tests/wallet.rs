@@ -1,0 +1,262 @@
+//! End-to-end: a real payme-bank and real payme-wallet processes on loopback, buyer on
+//! 127.0.0.2 and merchant on 127.0.0.3, driven through the wallet's own commands.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use payme_tests::bank_harness::TestBank;
+use payme_tests::wallet_harness::TestWallet;
+use serde_json::Value;
+use std::thread;
+
+/// Starts `collect` in a thread (it blocks until the buyer answers).
+fn collect(
+    merchant: &TestWallet,
+    buyer: &TestWallet,
+    amount: u64,
+    description: &str,
+) -> thread::JoinHandle<(bool, Value)> {
+    let dir = merchant.dir.path().to_path_buf();
+    let (from, amount, description) = (buyer.addr.clone(), amount.to_string(), description.to_owned());
+    thread::spawn(move || {
+        let out = std::process::Command::new(payme_tests::wallet_harness::bin())
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--json", "collect", "--from", &from, "--amount", &amount, "--description", &description])
+            .output()
+            .unwrap();
+        (out.status.success(), serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+    })
+}
+
+fn balance_of(bank: &TestBank, name: &str) -> u64 {
+    bank.accounts().into_iter().find(|a| a.1 == name).map(|a| a.2).unwrap()
+}
+
+#[test]
+fn purchase_with_explicit_approval_then_auto_approval() {
+    let bank = TestBank::start();
+    let buyer = TestWallet::start("alice", "127.0.0.2", &bank, Some(1000), |c| {
+        c.replace("auto_approve_limit = 0", "auto_approve_limit = 50")
+    });
+    let merchant = TestWallet::start("bob's books", "127.0.0.3", &bank, Some(0), |c| c);
+    let w = buyer.ok(&["withdraw", "300"]);
+    assert_eq!(w["account_balance"], 700);
+    assert_eq!(buyer.available(), 300);
+
+    // First purchase: a new merchant, so the buyer is asked.
+    let job = collect(&merchant, &buyer, 37, "The PayMe paper \u{1b}[31m(PDF)");
+    let p = buyer.wait_pending();
+    assert_eq!(p["amount"], 37);
+    assert_eq!(p["merchant"], "bob's books");
+    assert_eq!(p["new_merchant"], true);
+    assert_eq!(p["description"], "The PayMe paper \\u{1b}[31m(PDF)", "control characters escaped");
+    buyer.ok(&["approve", &p["id"].to_string()]);
+    let (ok, out) = job.join().unwrap();
+    assert!(ok, "{out}");
+    assert_eq!(out["outcome"], "paid");
+    assert_eq!(out["amount"], 37);
+    // 300 in coins of 256+32+8+4 could not make 37 exactly: the wallet exchanged first.
+    assert_eq!(buyer.available(), 263, "coins fell by exactly the amount");
+    assert_eq!(balance_of(&bank, "bob's books"), 37, "merchant's bank balance rose by exactly the amount");
+
+    // Second purchase: known merchant under the limit: paid without asking.
+    let (ok, out) = collect(&merchant, &buyer, 20, "a second book").join().unwrap();
+    assert!(ok, "{out}");
+    assert_eq!(buyer.available(), 243);
+    assert_eq!(balance_of(&bank, "bob's books"), 57);
+    // Above the limit: asked again.
+    let job = collect(&merchant, &buyer, 51, "an expensive book");
+    let p = buyer.wait_pending();
+    assert_eq!(p["new_merchant"], false);
+    buyer.ok(&["approve", &p["id"].to_string()]);
+    assert!(job.join().unwrap().0);
+
+    // Receipts verify on both sides.
+    let h = buyer.ok(&["history"]);
+    let done: Vec<_> = h.as_array().unwrap().iter().filter(|p| p["state"] == "done").collect();
+    assert_eq!(done.len(), 3);
+    assert!(done.iter().all(|p| p["receipt_valid"] == true && p["direction"] == "out"), "{h}");
+    let h = merchant.ok(&["history"]);
+    assert!(
+        h.as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["receipt_valid"] == true && p["direction"] == "in" && p["state"] == "done"),
+        "{h}"
+    );
+    let m = buyer.ok(&["merchants"]);
+    assert_eq!(m[0]["name"], "bob's books");
+    bank.assert_audit();
+}
+
+#[test]
+fn refused_payments_and_a_changed_merchant_key() {
+    let bank = TestBank::start();
+    let buyer = TestWallet::start("alice", "127.0.0.2", &bank, Some(100), |c| c);
+    let merchant = TestWallet::start("shop", "127.0.0.3", &bank, Some(0), |c| c);
+    buyer.ok(&["withdraw", "64"]);
+
+    // The person refuses.
+    let job = collect(&merchant, &buyer, 10, "something");
+    let p = buyer.wait_pending();
+    buyer.ok(&["refuse", &p["id"].to_string()]);
+    let (ok, out) = job.join().unwrap();
+    assert!(!ok);
+    assert_eq!(out["outcome"], "refused");
+    assert_eq!(out["label"], "refused_by_user");
+    assert_eq!(buyer.available(), 64, "nothing paid");
+
+    // Not enough money.
+    let job = collect(&merchant, &buyer, 65, "too dear");
+    let p = buyer.wait_pending();
+    buyer.ok(&["approve", &p["id"].to_string()]);
+    let (_, out) = job.join().unwrap();
+    assert_eq!(out["label"], "not_enough_money", "{out}");
+
+    // Pay once (pins the merchant's key)...
+    let job = collect(&merchant, &buyer, 4, "pin me");
+    let p = buyer.wait_pending();
+    buyer.ok(&["approve", &p["id"].to_string()]);
+    assert!(job.join().unwrap().0);
+    // ...then an impostor with the same name and another key is refused outright.
+    let impostor = TestWallet::start("shop", "127.0.0.4", &bank, Some(0), |c| c);
+    let (ok, out) = collect(&impostor, &buyer, 4, "give me money").join().unwrap();
+    assert!(!ok);
+    assert_eq!(out["label"], "merchant_key_changed", "{out}");
+    assert_eq!(buyer.ok(&["pending"]).as_array().unwrap().len(), 0, "not even asked");
+    assert_eq!(buyer.available(), 60);
+    // Forgetting the pinned key lets the (now legitimate) new key be approved.
+    buyer.ok(&["merchants", "forget", "shop"]);
+    let job = collect(&impostor, &buyer, 4, "after forget");
+    let p = buyer.wait_pending();
+    assert_eq!(p["new_merchant"], true);
+    buyer.ok(&["refuse", &p["id"].to_string()]);
+    assert!(!job.join().unwrap().0);
+    bank.assert_audit();
+}
+
+#[test]
+fn withdraw_deposit_exchange_statement_and_errors() {
+    let mut bank = TestBank::start();
+    let mut w = TestWallet::start("carol", "127.0.0.2", &bank, Some(500), |c| c);
+    w.ok(&["withdraw", "100"]);
+    let x = w.ok(&["exchange"]);
+    assert_eq!(x["amount"], 100);
+    assert_eq!(w.available(), 100);
+    let d = w.ok(&["deposit", "36"]);
+    assert_eq!(d["amount"], 36);
+    assert_eq!(w.available(), 64);
+    let s = w.ok(&["statement"]);
+    assert_eq!(s["balance"], 436);
+    assert_eq!(s["entries"].as_array().unwrap().len(), 3);
+    w.ok(&["deposit", "--all"]);
+    assert_eq!(w.available(), 0);
+    assert_eq!(balance_of(&bank, "carol"), 500);
+    // A wrong password is a clear refusal, and nothing moves.
+    let out = std::process::Command::new(payme_tests::wallet_harness::bin())
+        .arg("--data-dir")
+        .arg(w.dir.path())
+        .args(["withdraw", "10"])
+        .env("PAYME_ACCOUNT_PASSWORD", "wrong password")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong_password"));
+    // The bank down: a one-line error, and no coin lost.
+    bank.stop();
+    let (ok, v) = w.run(&["withdraw", "10"]);
+    assert!(!ok, "{v}");
+    bank.restart();
+    // The unfinished withdrawal is retried (same request id) when the wallet restarts:
+    // the bank is now at another port, so only the fresh start matters here.
+    w.stop();
+    // A daemon that is not running: a one-line error saying how to start it.
+    let out = std::process::Command::new(payme_tests::wallet_harness::bin())
+        .arg("--data-dir")
+        .arg(w.dir.path())
+        .arg("balance")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("payme-wallet serve") && err.lines().count() == 1, "{err}");
+    bank.assert_audit();
+}
+
+/// A merchant built from pmtp-proto: asks the buyer for `amount`, takes the coins, and
+/// never sends a receipt (the connection stays open until the returned stream drops).
+async fn merchant_that_takes_coins(
+    buyer: &str,
+    me: &pmtp_proto::Identity,
+    amount: u64,
+) -> (pmtp_proto::PayCoinsRequest, tokio::net::TcpStream) {
+    use pmtp_proto::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(buyer).await.unwrap();
+    let local = s.local_addr().unwrap().ip();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let ask = Signed::sign(
+        AskPayment {
+            amount: Amount::new(amount),
+            merchant: me.public(),
+            description: "crash test".try_into().unwrap(),
+            accepted_banks: vec![],
+            nonce: Nonce::new(&mut rng::os(), local, now),
+        },
+        &me.signing,
+    )
+    .unwrap();
+    s.write_all(&Frame::clear(&ask).unwrap().to_bytes().unwrap()).await.unwrap();
+    let mut header = [0u8; 10];
+    s.read_exact(&mut header).await.unwrap();
+    let len = u32::from_be_bytes([header[6], header[7], header[8], header[9]]) as usize;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.unwrap();
+    let frame = Frame { id: MessageId::from_byte(header[5]).unwrap(), body: body.into() };
+    (frame.open_sealed::<PayCoinsRequest>(&me.x25519).unwrap(), s)
+}
+
+/// kill -9 of the buyer between sending coins and receiving the receipt, then restart:
+/// the payment is resolved by exchanging its coins at the bank, and no value is lost.
+#[test]
+fn buyer_killed_before_the_receipt_loses_nothing() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bank = TestBank::start();
+    let me = pmtp_proto::testing::named_identity(4, "fly-by-night");
+    for merchant_deposits in [false, true] {
+        let mut buyer = TestWallet::start("dave", "127.0.0.2", &bank, Some(200), |c| c);
+        buyer.ok(&["withdraw", "64"]);
+        let shop_account = bank.holder(4, &format!("fly-by-night-{merchant_deposits}"), 0);
+        let before = buyer.holding() + balance_of(&bank, "dave") + balance_of(&bank, &shop_account.name);
+        assert_eq!(before, 200);
+
+        let addr = buyer.addr.clone();
+        let me2 = pmtp_proto::testing::named_identity(4, "fly-by-night");
+        let taker = rt.spawn(async move { merchant_that_takes_coins(&addr, &me2, 40).await });
+        let p = buyer.wait_pending();
+        buyer.ok(&["approve", &p["id"].to_string()]);
+        let (pay, _conn) = rt.block_on(taker).unwrap();
+        assert_eq!(pay.coins.iter().map(|c| c.value().minor_units()).sum::<u64>(), 40);
+        // The buyer is now waiting for a receipt, its coins pending. Crash it.
+        buyer.kill9();
+        if merchant_deposits {
+            let c = bank.client();
+            rt.block_on(c.deposit(&me, shop_account.account, &shop_account.name, [9; 16], pay.coins.clone())).unwrap();
+        }
+        buyer.restart();
+        // Start-up resolved the payment before the wallet announced itself.
+        let after = buyer.holding() + balance_of(&bank, "dave") + balance_of(&bank, &shop_account.name);
+        assert_eq!(after, before, "value lost must be zero");
+        let h = buyer.ok(&["history"]);
+        let state = h[0]["state"].as_str().unwrap().to_owned();
+        if merchant_deposits {
+            assert_eq!(state, "spent_unconfirmed", "the bank proved the coins spent: {h}");
+            assert_eq!(buyer.available(), 24);
+        } else {
+            assert_eq!(state, "returned", "{h}");
+            assert_eq!(buyer.available(), 64, "the coins came back as fresh ones");
+        }
+        assert_eq!(buyer.ok(&["balance"])["banks"][0]["pending"], 0, "every pending payment resolved");
+        bank.assert_audit();
+    }
+}
