@@ -24,17 +24,37 @@ pub fn bin() -> std::path::PathBuf {
     }
 }
 
-/// A binary of this workspace: beside the running test's own directory (target/debug),
-/// built with cargo first if it is not there (when one package's tests run alone).
-pub fn workspace_binary(name: &str, package: &str) -> std::path::PathBuf {
+/// The directory of this build's binaries: target/debug (or release), whether the running
+/// program is a test (target/debug/deps/...) or a binary (target/debug/...).
+pub fn target_dir() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
-    // target/debug/deps/test-binary -> target/debug
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-    let path = dir.join(name);
+    let dir = exe.parent().unwrap();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().unwrap().to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// Builds the daemon binaries with cargo, in the profile of the running program.
+pub fn build_binaries() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "bank-daemon", "-p", "wallet-daemon", "-p", "merchant-cgi", "--bins"]);
+    if target_dir().file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().unwrap();
+    assert!(status.success(), "building the payme binaries failed");
+}
+
+/// A binary of this workspace, beside the running program; built first if missing (when
+/// one package's tests run alone).
+pub fn workspace_binary(name: &str, package: &str) -> std::path::PathBuf {
+    let path = target_dir().join(name);
     if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo).args(["build", "-p", package, "--bin", name]).status().unwrap();
-        assert!(status.success(), "building {name} failed");
+        let _ = package;
+        build_binaries();
     }
     assert!(path.exists(), "{} not found; run `cargo build --workspace` first", path.display());
     path

@@ -3,3 +3,4 @@
 
 pub mod bank_harness;
 pub mod wallet_harness;
+pub mod web_harness;

@@ -1,0 +1,116 @@
+//! The CGI program's configuration and catalog (TOML).
+//!
+//! ```toml
+//! control_socket = "/home/shop/.local/share/payme-wallet/control.sock"
+//! shop_name = "Bob's Books"
+//! wallet_port = 8001            # buyers' wallets listen here (at REMOTE_ADDR)
+//! allow_buyer_address = true    # buyers may type their wallet's host:port (NAT, proxies)
+//! timeout_secs = 50             # below the web server's CGI timeout
+//!
+//! [[item]]
+//! id = "paper"
+//! price = 250                   # minor units
+//! description = "The PayMe paper (PDF)"
+//! content_type = "application/pdf"
+//! file = "/srv/shop/payme.pdf"  # or: body = "inline content"
+//! ```
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Where the config is looked for when `PAYME_CGI_CONFIG` is not set.
+pub const DEFAULT_PATH: &str = "/etc/payme/cgi.toml";
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The merchant wallet's control socket.
+    pub control_socket: PathBuf,
+    #[serde(default = "default_shop")]
+    pub shop_name: String,
+    /// Port of buyers' wallets, used with REMOTE_ADDR.
+    #[serde(default = "default_port")]
+    pub wallet_port: u16,
+    /// Let the buyer give their wallet's address in the form.
+    #[serde(default = "yes")]
+    pub allow_buyer_address: bool,
+    /// The whole purchase must finish within this; keep it below the web server's CGI
+    /// timeout so the buyer gets our page, not the server's.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    #[serde(rename = "item", default)]
+    pub items: Vec<Item>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Item {
+    pub id: String,
+    pub price: u64,
+    pub description: String,
+    pub content_type: String,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub body: Option<String>,
+}
+
+fn default_shop() -> String {
+    "payme shop".into()
+}
+fn default_port() -> u16 {
+    8001
+}
+fn yes() -> bool {
+    true
+}
+fn default_timeout() -> u64 {
+    50
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}: {1}")]
+    Read(String, String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.display().to_string(), e.to_string()))?;
+        let c: Config =
+            toml::from_str(&text).map_err(|e| ConfigError::Read(path.display().to_string(), e.to_string()))?;
+        for i in &c.items {
+            if i.file.is_some() == i.body.is_some() {
+                return Err(ConfigError::Invalid(format!("item {:?}: give exactly one of file and body", i.id)));
+            }
+            if i.price == 0 {
+                return Err(ConfigError::Invalid(format!("item {:?}: price must be positive", i.id)));
+            }
+            if i.id.is_empty() || !i.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(ConfigError::Invalid(format!(
+                    "item id {:?}: letters, digits, '-', '_' and '.' only",
+                    i.id
+                )));
+            }
+        }
+        Ok(c)
+    }
+
+    pub fn item(&self, id: &str) -> Option<&Item> {
+        self.items.iter().find(|i| i.id == id)
+    }
+}
+
+impl Item {
+    /// The item's bytes, read when it is sold.
+    pub fn content(&self) -> std::io::Result<Vec<u8>> {
+        match (&self.file, &self.body) {
+            (Some(f), _) => std::fs::read(f),
+            (None, Some(b)) => Ok(b.as_bytes().to_vec()),
+            (None, None) => Ok(Vec::new()),
+        }
+    }
+}
