@@ -241,3 +241,59 @@ pub fn audit_store(store: &mut dyn Store) -> Result<AuditReport, StoreError> {
     }
     Ok(AuditReport { counters, circulation, ledger_mismatches, total_balances })
 }
+
+/// One peer's position, from this bank's books and the peer's statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerPosition {
+    pub peer: String,
+    /// What this bank deposited at the peer by clearing (its own books).
+    pub cleared_there: Amount,
+    /// This bank's balance at the peer (the peer's statement), if the peer answered.
+    pub balance_there: Option<Amount>,
+    /// The peer's balance at this bank, if it holds an account here.
+    pub peer_balance_here: Amount,
+    pub error: Option<String>,
+}
+
+impl PeerPosition {
+    /// Net: positive when the peer owes this bank.
+    pub fn net(&self) -> Option<i128> {
+        self.balance_there.map(|b| b.minor_units() as i128 - self.peer_balance_here.minor_units() as i128)
+    }
+    /// The two sides agree: the peer's statement shows what this bank's books say.
+    pub fn agrees(&self) -> bool {
+        self.balance_there == Some(self.cleared_there)
+    }
+}
+
+/// This bank's net position with every peer, from its books and statements at the peers.
+pub fn clearing(dir: &DataDir, config: &Config, passphrase: &str) -> anyhow::Result<Vec<PeerPosition>> {
+    let identity = load_identity(dir, passphrase)?;
+    let mut store = open_store(dir)?;
+    let (totals, balances) = {
+        let mut tx = store.begin_read()?;
+        let totals: std::collections::HashMap<String, Amount> = tx.clearing_totals()?.into_iter().collect();
+        let balances: std::collections::HashMap<AccountId, Amount> =
+            tx.accounts()?.into_iter().map(|a| (a.id, a.balance)).collect();
+        (totals, balances)
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut out = Vec::new();
+    for p in &config.peers {
+        let public = PublicIdentity::from_text(&p.public_key)?;
+        let client = crate::client::BankClient::new(p.addr.clone(), &public)?;
+        let statement = rt.block_on(client.statement(&identity, AccountId(p.account), &p.account_name, None));
+        let (balance_there, error) = match statement {
+            Ok(s) => (Some(s.balance), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        out.push(PeerPosition {
+            peer: p.id.clone(),
+            cleared_there: totals.get(&p.id).copied().unwrap_or_default(),
+            balance_there,
+            peer_balance_here: p.local_account.and_then(|a| balances.get(&AccountId(a)).copied()).unwrap_or_default(),
+            error,
+        });
+    }
+    Ok(out)
+}

@@ -27,6 +27,27 @@ pub struct Config {
     /// Refuse exchange_coins (for coins that must stay traceable).
     pub exchange_enabled: bool,
     pub limits: Limits,
+    /// Banks this bank clears with (`payme-bank peer add` appends them).
+    #[serde(rename = "peer")]
+    pub peers: Vec<PeerBank>,
+}
+
+/// A bank this bank holds an account at, whose coins it accepts in deposits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerBank {
+    /// The peer's bank id (as in its coins).
+    pub id: String,
+    /// host:port of the peer.
+    pub addr: String,
+    /// The peer's public identity (what `payme-bank public-key` prints there).
+    pub public_key: String,
+    /// This bank's account at the peer, and the name on it (opened with this bank's key).
+    pub account: u64,
+    pub account_name: String,
+    /// The peer's account at this bank, if it has one (for `payme-bank clearing`).
+    #[serde(default)]
+    pub local_account: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -63,6 +84,8 @@ pub struct Limits {
     /// Seconds the bank remembers a withdrawal, exchange or deposit by its request id, so
     /// that a retry returns the original answer.
     pub request_retention_secs: u64,
+    /// Seconds between retries of deposits waiting for a peer bank's answer.
+    pub clearing_retry_secs: u64,
 }
 
 impl Default for Config {
@@ -77,6 +100,7 @@ impl Default for Config {
             coin_lifetime_secs: 365 * 86_400,
             exchange_enabled: true,
             limits: Limits::default(),
+            peers: Vec::new(),
         }
     }
 }
@@ -99,6 +123,7 @@ impl Default for Limits {
             purge_batch: 10_000,
             statement_max_entries: 1000,
             request_retention_secs: 7 * 86_400,
+            clearing_retry_secs: 5,
         }
     }
 }
@@ -136,7 +161,30 @@ impl Config {
         if self.coin_lifetime_secs == 0 {
             return bad("coin_lifetime_secs must be positive".into());
         }
+        for p in &self.peers {
+            let id = pmtp_proto::keys::PublicIdentity::from_text(&p.public_key)
+                .map_err(|e| ConfigError::Invalid(format!("peer {}: public_key: {e}", p.id)))?;
+            id.parse().map_err(|e| ConfigError::Invalid(format!("peer {}: public_key: {e}", p.id)))?;
+            if id.name.as_str() != p.id {
+                return bad(format!("peer {}: its public key is for bank {:?}", p.id, id.name.as_str()));
+            }
+            if p.id == self.bank_id {
+                return bad("a bank cannot be its own peer".into());
+            }
+        }
         Ok(())
+    }
+
+    /// The `[[peer]]` section `peer add` appends.
+    pub fn peer_section(p: &PeerBank) -> String {
+        let mut s = format!(
+            "\n[[peer]]\nid = {:?}\naddr = {:?}\npublic_key = {:?}\naccount = {}\naccount_name = {:?}\n",
+            p.id, p.addr, p.public_key, p.account, p.account_name
+        );
+        if let Some(l) = p.local_account {
+            s.push_str(&format!("local_account = {l}\n"));
+        }
+        s
     }
 
     /// The config file `init` writes: every setting, with a comment saying what it does.
@@ -194,6 +242,17 @@ statement_max_entries = {stmt}
 # Seconds a withdrawal, exchange or deposit is remembered by its request id, so that a
 # client retrying after a lost reply gets the original answer instead of a second one.
 request_retention_secs = {retention}
+# Seconds between retries of deposits waiting for a peer bank (inter-bank clearing).
+clearing_retry_secs = {clearing}
+
+# Peer banks this bank clears with are appended by `payme-bank peer add`:
+# [[peer]]
+# id = "bank-b"                 # its bank id
+# addr = "127.0.0.1:8002"       # where it listens
+# public_key = "..."            # what `payme-bank public-key` prints there
+# account = 1001                # this bank's account there (opened with this bank's bank.pub)
+# account_name = "bank-a"
+# local_account = 1002          # its account here, if any
 "#,
             bank_id = self.bank_id,
             public_addr = self.public_addr,
@@ -218,6 +277,7 @@ request_retention_secs = {retention}
             purge_batch = l.purge_batch,
             stmt = l.statement_max_entries,
             retention = l.request_retention_secs,
+            clearing = l.clearing_retry_secs,
         )
     }
 }

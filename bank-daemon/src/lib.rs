@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod clearing;
 pub mod client;
 pub mod config;
 pub mod daemon;
@@ -82,6 +83,10 @@ pub struct Bank {
     /// back-off. Memory only: the key is random per process.
     password_cache: dashmap::DashMap<AccountId, [u8; 32]>,
     password_cache_key: [u8; 32],
+    /// Peer banks, by bank id: whose coins this bank takes in deposits and clears.
+    pub peers: std::collections::HashMap<String, clearing::Peer>,
+    /// Clearings whose peer deposit is in progress (the resolver leaves them alone).
+    pub clearing_in_flight: Mutex<std::collections::HashSet<[u8; 16]>>,
 }
 
 impl Bank {
@@ -100,7 +105,25 @@ impl Bank {
             capacity: config.limits.nonce_cache_capacity,
             check_address: config.limits.nonce_check_address,
         });
+        let mut peers = std::collections::HashMap::new();
+        for p in &config.peers {
+            let public = PublicIdentity::from_text(&p.public_key)
+                .map_err(|e| config::ConfigError::Invalid(format!("peer {}: {e}", p.id)))?;
+            let client = client::BankClient::new(p.addr.clone(), &public)
+                .map_err(|e| config::ConfigError::Invalid(format!("peer {}: {e}", p.id)))?;
+            peers.insert(
+                p.id.clone(),
+                clearing::Peer {
+                    client,
+                    account: AccountId(p.account),
+                    account_name: p.account_name.clone(),
+                    local_account: p.local_account.map(AccountId),
+                },
+            );
+        }
         Ok(Bank {
+            peers,
+            clearing_in_flight: Mutex::new(std::collections::HashSet::new()),
             config,
             identity,
             bank_id,

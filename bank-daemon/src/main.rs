@@ -50,6 +50,17 @@ enum Command {
     },
     /// Print this bank's public identity (give it to wallets).
     PublicKey,
+    /// Peer banks this bank clears with.
+    #[command(subcommand)]
+    Peer(PeerCommand),
+    /// This bank's net position with every peer, from its books and the peers' statements;
+    /// exits non-zero when the two sides disagree.
+    Clearing {
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve PMTP requests until SIGINT or SIGTERM.
     Serve {
         /// Listen address (overrides config.toml).
@@ -61,6 +72,28 @@ enum Command {
         /// Use this config file instead of DATA_DIR/config.toml.
         #[arg(long, env = "PAYME_BANK_CONFIG")]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PeerCommand {
+    /// Add a peer bank to config.toml (restart `serve` to use it).
+    Add {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        addr: String,
+        /// File with the peer's public identity (`payme-bank public-key` there).
+        #[arg(long)]
+        public_key: PathBuf,
+        /// This bank's account at the peer, and the name on it.
+        #[arg(long)]
+        account: u64,
+        #[arg(long)]
+        account_name: String,
+        /// The peer's account at this bank.
+        #[arg(long)]
+        local_account: Option<u64>,
     },
 }
 
@@ -128,6 +161,59 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("public key: {} (fingerprint {})", dir.public().display(), public.fingerprint());
         }
         Command::Account(cmd) => account(&dir, cmd)?,
+        Command::Peer(PeerCommand::Add { id, addr, public_key, account, account_name, local_account }) => {
+            let text = std::fs::read_to_string(&public_key)
+                .with_context(|| format!("cannot read {}", public_key.display()))?;
+            let peer = bank_daemon::config::PeerBank {
+                id,
+                addr,
+                public_key: text.trim().to_owned(),
+                account,
+                account_name,
+                local_account,
+            };
+            let mut cfg = Config::load(&dir.config())?;
+            cfg.peers.push(peer.clone());
+            cfg.validate()?;
+            let mut f = std::fs::OpenOptions::new().append(true).open(dir.config())?;
+            std::io::Write::write_all(&mut f, Config::peer_section(&peer).as_bytes())?;
+            println!("peer {} added; restart `payme-bank serve` to use it", peer.id);
+        }
+        Command::Clearing { passphrase_file, json } => {
+            let cfg = Config::load(&dir.config())?;
+            let pass =
+                bank_daemon::read_secret(passphrase_file.as_deref(), "PAYME_BANK_PASSPHRASE", "Bank key passphrase: ")?;
+            let positions = admin::clearing(&dir, &cfg, &pass)?;
+            let agree = positions.iter().all(|p| p.agrees());
+            if json {
+                let v: Vec<_> = positions
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({"peer": p.peer, "cleared_there": p.cleared_there.minor_units(),
+                            "balance_there": p.balance_there.map(|b| b.minor_units()),
+                            "peer_balance_here": p.peer_balance_here.minor_units(),
+                            "net": p.net().map(|n| n.to_string()), "agrees": p.agrees(), "error": p.error})
+                    })
+                    .collect();
+                println!("{}", serde_json::json!({"agrees": agree, "peers": v}));
+            } else {
+                for p in &positions {
+                    match (p.balance_there, p.net()) {
+                        (Some(there), Some(net)) => println!(
+                            "peer {}: our books say we cleared {} there; their statement: {}{}; they hold {} here; net {} {}",
+                            p.peer, p.cleared_there, there,
+                            if p.agrees() { " (agrees)" } else { " (DISAGREES)" },
+                            p.peer_balance_here, net.abs(),
+                            if net >= 0 { "owed to us" } else { "owed by us" }
+                        ),
+                        _ => println!("peer {}: no statement: {}", p.peer, p.error.clone().unwrap_or_default()),
+                    }
+                }
+            }
+            if !agree {
+                return Ok(ExitCode::from(3));
+            }
+        }
         Command::Audit { json } => {
             let report = admin::audit(&dir)?;
             if json {

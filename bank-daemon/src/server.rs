@@ -44,6 +44,21 @@ pub async fn serve(bank: Arc<Bank>, listener: TcpListener, shutdown: impl Future
         });
     }
 
+    // Deposits waiting for a peer bank are retried until the peer answers.
+    if !bank.peers.is_empty() {
+        let (bank, token) = (bank.clone(), token.clone());
+        let every = Duration::from_secs(bank.config.limits.clearing_retry_secs.max(1));
+        tracker.spawn(async move {
+            loop {
+                crate::clearing::resolve_pending(&bank).await;
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        });
+    }
+
     let max = limits.max_connections;
     crate::daemon::accept_loop(listener, max, &tracker, shutdown, |stream| {
         let (bank, token) = (bank.clone(), token.clone());

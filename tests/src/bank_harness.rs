@@ -150,6 +150,26 @@ impl TestBank {
         self.child = Some(child);
     }
 
+    /// Starts `serve` again on the address it had (peers keep reaching it there).
+    pub fn restart_same_port(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let mut cmd = Command::new(bin());
+        cmd.arg("--data-dir")
+            .arg(self.dir.path())
+            .args(["serve", "--listen", &self.addr])
+            .env("PAYME_BANK_PASSPHRASE", PASSPHRASE);
+        let (child, addr) = spawn_daemon(cmd);
+        assert_eq!(addr, self.addr);
+        self.child = Some(child);
+    }
+
+    /// Runs `payme-bank clearing --json`: (whether both sides agree, per-peer positions).
+    pub fn clearing(&self) -> (bool, serde_json::Value) {
+        let out = payme_bank(self.dir.path(), &["clearing", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (out.status.success(), v)
+    }
+
     /// SIGTERM, then wait (bounded) for a clean exit.
     pub fn stop(&mut self) {
         if let Some(child) = self.child.take() {
@@ -231,5 +251,56 @@ impl Drop for TestBank {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Makes every bank a peer of every other: each opens an account for each other bank
+/// (with that bank's key), and each configures the others as peers; then all restart on
+/// their ports to load the peers.
+pub fn connect_banks(banks: &mut [TestBank]) {
+    let n = banks.len();
+    // accounts[x][y]: the account bank y holds for bank x.
+    let mut accounts = vec![vec![0u64; n]; n];
+    for x in 0..n {
+        for y in 0..n {
+            if x != y {
+                let name = banks[x].public.name.as_str().to_owned();
+                accounts[x][y] = banks[y].open_account(&name, &banks[x].dir.path().join("bank.pub"), 0).0;
+            }
+        }
+    }
+    for x in 0..n {
+        for y in 0..n {
+            if x == y {
+                continue;
+            }
+            let (peer_id, peer_addr) = (banks[y].public.name.as_str().to_owned(), banks[y].addr.clone());
+            let peer_pub = banks[y].dir.path().join("bank.pub");
+            let me = banks[x].public.name.as_str().to_owned();
+            let out = payme_bank(
+                banks[x].dir.path(),
+                &[
+                    "peer",
+                    "add",
+                    "--id",
+                    &peer_id,
+                    "--addr",
+                    &peer_addr,
+                    "--public-key",
+                    peer_pub.to_str().unwrap(),
+                    "--account",
+                    &accounts[x][y].to_string(),
+                    "--account-name",
+                    &me,
+                    "--local-account",
+                    &accounts[y][x].to_string(),
+                ],
+            );
+            assert!(out.status.success(), "peer add: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    for b in banks.iter_mut() {
+        b.stop();
+        b.restart_same_port();
     }
 }

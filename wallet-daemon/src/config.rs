@@ -75,6 +75,10 @@ pub struct Merchant {
     pub validate: Validate,
     /// Seconds `collect` waits for the buyer (including their consent) and the bank.
     pub collect_timeout_secs: u64,
+    /// Deposit coins of every known bank at this one (which clears them with their
+    /// minting banks), instead of at each coin's own bank.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deposit_bank: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -116,7 +120,7 @@ impl Default for Policy {
 
 impl Default for Merchant {
     fn default() -> Self {
-        Merchant { validate: Validate::Deposit, collect_timeout_secs: 55 }
+        Merchant { validate: Validate::Deposit, collect_timeout_secs: 55, deposit_bank: None }
     }
 }
 
@@ -150,6 +154,13 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(d) = &self.merchant.deposit_bank {
+            if !self.banks.iter().any(|b| &b.id == d && b.account.is_some()) {
+                return Err(ConfigError::Invalid(format!(
+                    "merchant.deposit_bank {d:?} must be a bank with an account"
+                )));
+            }
+        }
         for b in &self.banks {
             pmtp_proto::keys::PublicIdentity::from_text(&b.public_key)
                 .and_then(|p| p.parse())
@@ -211,6 +222,9 @@ consent_timeout_secs = {consent}
 validate = "{validate}"
 # Seconds `collect` waits for the buyer (and their consent) and the bank.
 collect_timeout_secs = {collect}
+# Deposit coins of every known bank at this one, which clears them with the bank that
+# minted them (inter-bank clearing); unset deposits each coin at its own bank.
+{deposit_bank}
 
 [limits]
 max_connections = {maxc}
@@ -241,6 +255,10 @@ maintenance_interval_secs = {maint}
                 Validate::Exchange => "exchange",
             },
             collect = m.collect_timeout_secs,
+            deposit_bank = match &m.deposit_bank {
+                Some(b) => format!("deposit_bank = {b:?}"),
+                None => "# deposit_bank = \"bank-a\"".to_owned(),
+            },
             maxc = l.max_connections,
             maxf = l.max_frame_bytes,
             idle = l.idle_timeout_secs,
@@ -275,7 +293,11 @@ mod tests {
                 unknown_merchants: UnknownMerchants::Refuse,
                 consent_timeout_secs: 9,
             },
-            merchant: Merchant { validate: Validate::Exchange, collect_timeout_secs: 3 },
+            merchant: Merchant {
+                validate: Validate::Exchange,
+                collect_timeout_secs: 3,
+                deposit_bank: Some("b".into()),
+            },
             ..Config::default()
         };
         assert_eq!(toml::from_str::<Config>(&c.commented_toml()).unwrap(), c);

@@ -40,6 +40,11 @@ impl Collected {
 
 /// Banks whose coins this merchant can validate.
 pub fn accepted_banks(w: &Wallet) -> Vec<String> {
+    if w.config.merchant.validate == Validate::Deposit && w.config.merchant.deposit_bank.is_some() {
+        let mut all: Vec<String> = w.banks.keys().cloned().collect();
+        all.sort();
+        return all;
+    }
     let mut v: Vec<String> = w
         .banks
         .iter()
@@ -273,8 +278,13 @@ async fn refuse(
 pub async fn validate_received(w: &Arc<Wallet>, payment: i64) -> Result<(), WalletError> {
     let rows = w.db.call(move |c, vault| coins_of(c, vault, "payment", payment)).await?;
     let mut by_bank: BTreeMap<String, Vec<Serial>> = BTreeMap::new();
+    let deposit_bank = match w.config.merchant.validate {
+        Validate::Deposit => w.config.merchant.deposit_bank.clone(),
+        Validate::Exchange => None,
+    };
     for r in rows.iter().filter(|r| r.state == CoinState::Received) {
-        by_bank.entry(r.coin.body().bank_id.as_str().to_owned()).or_default().push(r.coin.serial());
+        let bank = deposit_bank.clone().unwrap_or_else(|| r.coin.body().bank_id.as_str().to_owned());
+        by_bank.entry(bank).or_default().push(r.coin.serial());
     }
     let kind = match w.config.merchant.validate {
         Validate::Deposit => OpKind::Deposit,

@@ -12,7 +12,7 @@ use crate::Bank;
 use pmtp_proto::bank_statement::EntryKind;
 use pmtp_proto::coin::coins_hash;
 use pmtp_proto::keys::Signed;
-use pmtp_proto::{DepositAck, DepositCoinsRequest, DepositCoinsResponse, Nonce, ReasonCode};
+use pmtp_proto::{Coin, DepositAck, DepositCoinsRequest, DepositCoinsResponse, Nonce, ReasonCode};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -24,7 +24,17 @@ pub async fn handle(
 ) -> Result<DepositCoinsResponse, Refuse> {
     let body = &req.body;
     let account = bank.authenticate(&body.account, body.name.as_str(), req.clone(), now).await?;
-    let (coins, total) = verify_coins(&bank, body.coins.clone(), now).await?;
+    let (local, foreign) = split_by_bank(&bank, &body.coins)?;
+    if let Some((peer_id, foreign)) = foreign {
+        let local = if local.is_empty() { vec![] } else { verify_coins(&bank, local, now).await?.0 };
+        let foreign = verify_foreign(&bank, &peer_id, foreign, now).await?;
+        let hash = coins_hash(body.coins.iter().map(|c| &c.0.body.serial));
+        let row =
+            crate::clearing::deposit(&bank, account.id, body.request_id, &body.nonce, local, peer_id, foreign, hash)
+                .await?;
+        return acknowledge(&bank, row, peer, now).await;
+    }
+    let (coins, total) = verify_coins(&bank, local, now).await?;
     let mut serials: Vec<_> = coins.iter().map(|c| c.serial()).collect();
     serials.sort_unstable();
     let hash = coins_hash(serials.iter());
@@ -64,6 +74,16 @@ pub async fn handle(
         })
         .await??;
     tracing::info!(account = %id, amount = %row.amount, coins = coins.len(), "deposit");
+    acknowledge(&bank, row, peer, now).await
+}
+
+/// Signs the acknowledgement of a deposit that is done.
+async fn acknowledge(
+    bank: &Arc<Bank>,
+    row: DepositRow,
+    peer: IpAddr,
+    now: u64,
+) -> Result<DepositCoinsResponse, Refuse> {
     let ack = DepositAck {
         bank_id: bank.bank_id.clone(),
         account: row.account,
@@ -78,4 +98,69 @@ pub async fn handle(
         .await?
         .map_err(|e| Refuse::new(ReasonCode::INTERNAL, format!("deposit done, acknowledgement not signed: {e}")))?;
     Ok(DepositCoinsResponse { ack, nonce: Nonce::new(&mut pmtp_proto::rng::os(), bank.local_ip(peer), now) })
+}
+
+/// Splits a deposit's coins into this bank's and one peer's. Coins of a bank that is not a
+/// configured peer, or of two peers at once, are refused.
+#[allow(clippy::type_complexity)]
+fn split_by_bank(bank: &Bank, coins: &[Coin]) -> Result<(Vec<Coin>, Option<(String, Vec<Coin>)>), Refuse> {
+    let max = bank.config.limits.max_coins_per_request;
+    if coins.len() > max {
+        return Err(Refuse::new(
+            ReasonCode::TOO_MANY_COINS,
+            format!("{} coins is more than the {max} allowed", coins.len()),
+        ));
+    }
+    let mut local = Vec::new();
+    let mut foreign: Option<(String, Vec<Coin>)> = None;
+    let mut seen = std::collections::HashSet::with_capacity(coins.len());
+    for c in coins {
+        if !seen.insert(c.serial()) {
+            return Err(Refuse::new(ReasonCode::DUPLICATE_COIN, format!("coin {} appears twice", c.serial())));
+        }
+        let minted_by = c.body().bank_id.as_str();
+        if minted_by == bank.bank_id.as_str() {
+            local.push(c.clone());
+            continue;
+        }
+        if !bank.peers.contains_key(minted_by) {
+            return Err(Refuse::new(
+                ReasonCode::COIN_FOREIGN_BANK,
+                format!(
+                    "coin {} was minted by bank {}, which this bank does not clear with; deposit it there",
+                    c.serial(),
+                    c.body().bank_id.escaped()
+                ),
+            ));
+        }
+        match &mut foreign {
+            None => foreign = Some((minted_by.to_owned(), vec![c.clone()])),
+            Some((p, v)) if p == minted_by => v.push(c.clone()),
+            Some((p, _)) => {
+                return Err(Refuse::new(
+                    ReasonCode::COIN_FOREIGN_BANK,
+                    format!(
+                        "coins of banks {p} and {} in one deposit: deposit each other bank's coins separately",
+                        c.body().bank_id.escaped()
+                    ),
+                ))
+            }
+        }
+    }
+    if local.is_empty() && foreign.is_none() {
+        return Err(Refuse::new(ReasonCode::INVALID_AMOUNT, "no coins in the request"));
+    }
+    Ok((local, foreign))
+}
+
+/// Checks a peer's coins against its key (signature, expiry) on the CPU pool.
+async fn verify_foreign(bank: &Arc<Bank>, peer: &str, coins: Vec<Coin>, now: u64) -> Result<Vec<Coin>, Refuse> {
+    let p = bank.peers.get(peer).cloned().ok_or_else(|| Refuse::new(ReasonCode::COIN_FOREIGN_BANK, "unknown peer"))?;
+    super::cpu(move || {
+        for c in &coins {
+            c.verify(&p.client.bank_id, &p.client.keys.verifying, now)?;
+        }
+        Ok::<_, Refuse>(coins)
+    })
+    .await?
 }

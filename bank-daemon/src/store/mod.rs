@@ -97,6 +97,28 @@ pub struct IssuedRow {
     pub time: u64,
 }
 
+/// A deposit that includes coins of a peer bank: the depositor's request, the local coins
+/// taken out of circulation while the peer is asked, and the foreign coins sent there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClearingRow {
+    pub request_id: [u8; 16],
+    /// The request id this bank uses for its deposit at the peer.
+    pub peer_request_id: [u8; 16],
+    pub peer: String,
+    pub account: AccountId,
+    /// bincode of the `Vec<SerialRow>` removed locally (restored if the peer refuses).
+    pub local_serials: Vec<u8>,
+    /// bincode of the `Vec<Coin>` deposited at the peer.
+    pub foreign_coins: Vec<u8>,
+    pub local_amount: Amount,
+    pub foreign_amount: Amount,
+    pub coins_hash: [u8; 32],
+    /// `pending`, `settled` or `failed`.
+    pub state: String,
+    pub reason: String,
+    pub time: u64,
+}
+
 /// What the serials table holds in total.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Circulation {
@@ -162,6 +184,14 @@ pub trait Tx {
     fn insert_issued(&mut self, row: &IssuedRow) -> Result<(), StoreError>;
     /// Forgets deposit and issue records made before `before` (retention), up to `limit`.
     fn purge_requests(&mut self, before: u64, limit: usize) -> Result<u64, StoreError>;
+
+    fn insert_clearing(&mut self, row: &ClearingRow) -> Result<(), StoreError>;
+    fn clearing(&mut self, request_id: &[u8; 16]) -> Result<Option<ClearingRow>, StoreError>;
+    fn set_clearing_state(&mut self, request_id: &[u8; 16], state: &str, reason: &str) -> Result<(), StoreError>;
+    /// Clearings still waiting for their peer, oldest first.
+    fn pending_clearings(&mut self, limit: usize) -> Result<Vec<ClearingRow>, StoreError>;
+    /// Per peer: the value of foreign coins this bank deposited there (settled clearings).
+    fn clearing_totals(&mut self) -> Result<Vec<(String, Amount)>, StoreError>;
 
     /// Appends to the durable audit log (administrative events).
     fn audit_event(&mut self, time: u64, event: &str, detail: &str) -> Result<(), StoreError>;

@@ -86,6 +86,27 @@ const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX deposits_time ON deposits(time);
     ",
     ),
+    (
+        3,
+        "
+    CREATE TABLE clearing (
+        request_id BLOB PRIMARY KEY,
+        peer_request_id BLOB NOT NULL,
+        peer TEXT NOT NULL,
+        account INTEGER NOT NULL,
+        local_serials BLOB NOT NULL,
+        foreign_coins BLOB NOT NULL,
+        local_amount INTEGER NOT NULL,
+        foreign_amount INTEGER NOT NULL,
+        coins_hash BLOB NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        time INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX clearing_state ON clearing(state, time);
+    CREATE INDEX clearing_peer ON clearing(peer, state);
+    ",
+    ),
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -199,6 +220,44 @@ fn to_account(t: RawAccount) -> Result<AccountRow, StoreError> {
         failed_attempts: u32::try_from(t.5).map_err(|_| StoreError::Range("failed_attempts"))?,
         locked_until: u(t.6)?,
         created_at: u(t.7)?,
+    })
+}
+
+const CLEARING_COLS: &str = "request_id, peer_request_id, peer, account, local_serials, foreign_coins, local_amount, foreign_amount, coins_hash, state, reason, time";
+
+type RawClearing = (Vec<u8>, Vec<u8>, String, i64, Vec<u8>, Vec<u8>, i64, i64, Vec<u8>, String, String, i64);
+
+fn clearing_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawClearing> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+        r.get(11)?,
+    ))
+}
+
+fn to_clearing(t: RawClearing) -> Result<ClearingRow, StoreError> {
+    Ok(ClearingRow {
+        request_id: arr(t.0)?,
+        peer_request_id: arr(t.1)?,
+        peer: t.2,
+        account: AccountId(u(t.3)?),
+        local_serials: t.4,
+        foreign_coins: t.5,
+        local_amount: Amount::new(u(t.6)?),
+        foreign_amount: Amount::new(u(t.7)?),
+        coins_hash: arr(t.8)?,
+        state: t.9,
+        reason: t.10,
+        time: u(t.11)?,
     })
 }
 
@@ -563,6 +622,74 @@ impl Tx for SqliteTx<'_> {
             n += st.execute(params![i(before)?, i(limit as u64)?]).map_err(db)? as u64;
         }
         Ok(n)
+    }
+
+    fn insert_clearing(&mut self, r: &ClearingRow) -> Result<(), StoreError> {
+        let mut st = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO clearing(request_id, peer_request_id, peer, account, local_serials, foreign_coins,
+                 local_amount, foreign_amount, coins_hash, state, reason, time)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )
+            .map_err(db)?;
+        st.execute(params![
+            &r.request_id[..],
+            &r.peer_request_id[..],
+            r.peer,
+            i(r.account.0)?,
+            r.local_serials,
+            r.foreign_coins,
+            i(r.local_amount.minor_units())?,
+            i(r.foreign_amount.minor_units())?,
+            &r.coins_hash[..],
+            r.state,
+            r.reason,
+            i(r.time)?
+        ])
+        .map_err(db)?;
+        Ok(())
+    }
+
+    fn clearing(&mut self, request_id: &[u8; 16]) -> Result<Option<ClearingRow>, StoreError> {
+        let sql = format!("SELECT {CLEARING_COLS} FROM clearing WHERE request_id = ?1");
+        let mut st = self.tx.prepare_cached(&sql).map_err(db)?;
+        let row = st.query_row(params![&request_id[..]], clearing_raw).optional().map_err(db)?;
+        row.map(to_clearing).transpose()
+    }
+
+    fn set_clearing_state(&mut self, request_id: &[u8; 16], state: &str, reason: &str) -> Result<(), StoreError> {
+        let mut st =
+            self.tx.prepare_cached("UPDATE clearing SET state = ?2, reason = ?3 WHERE request_id = ?1").map_err(db)?;
+        st.execute(params![&request_id[..], state, reason]).map_err(db)?;
+        Ok(())
+    }
+
+    fn pending_clearings(&mut self, limit: usize) -> Result<Vec<ClearingRow>, StoreError> {
+        let sql = format!("SELECT {CLEARING_COLS} FROM clearing WHERE state = 'pending' ORDER BY time LIMIT ?1");
+        let mut st = self.tx.prepare_cached(&sql).map_err(db)?;
+        let rows = st.query_map(params![i(limit as u64)?], clearing_raw).map_err(db)?;
+        rows.map(|r| r.map_err(db).and_then(to_clearing)).collect()
+    }
+
+    fn clearing_totals(&mut self) -> Result<Vec<(String, Amount)>, StoreError> {
+        let mut st = self
+            .tx
+            .prepare_cached("SELECT peer, foreign_amount FROM clearing WHERE state = 'settled' ORDER BY peer")
+            .map_err(db)?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(db)?;
+        let mut out: Vec<(String, Amount)> = Vec::new();
+        for r in rows {
+            let (peer, v) = r.map_err(db)?;
+            let v = Amount::new(u(v)?);
+            match out.last_mut() {
+                Some((p, total)) if *p == peer => {
+                    *total = total.checked_add(v).map_err(|_| StoreError::Range("clearing total"))?
+                }
+                _ => out.push((peer, v)),
+            }
+        }
+        Ok(out)
     }
 
     fn audit_event(&mut self, time: u64, event: &str, detail: &str) -> Result<(), StoreError> {

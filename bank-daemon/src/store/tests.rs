@@ -126,6 +126,27 @@ pub fn deposits_are_remembered(store: &mut dyn Store) {
     assert_eq!(tx.purge_requests(3, 10).unwrap(), 0, "strictly older only");
     assert_eq!(tx.purge_requests(4, 10).unwrap(), 2);
     assert_eq!(tx.issued(&[8; 16]).unwrap(), None);
+    let c = ClearingRow {
+        request_id: [1; 16],
+        peer_request_id: [2; 16],
+        peer: "bank-b".into(),
+        account: a,
+        local_serials: vec![],
+        foreign_coins: vec![9],
+        local_amount: Amount::new(1),
+        foreign_amount: Amount::new(4),
+        coins_hash: [3; 32],
+        state: "pending".into(),
+        reason: String::new(),
+        time: 5,
+    };
+    tx.insert_clearing(&c).unwrap();
+    assert_eq!(tx.pending_clearings(10).unwrap(), vec![c.clone()]);
+    assert_eq!(tx.clearing_totals().unwrap(), vec![]);
+    tx.set_clearing_state(&[1; 16], "settled", "").unwrap();
+    assert_eq!(tx.clearing(&[1; 16]).unwrap().unwrap().state, "settled");
+    assert!(tx.pending_clearings(10).unwrap().is_empty());
+    assert_eq!(tx.clearing_totals().unwrap(), vec![("bank-b".to_string(), Amount::new(4))]);
 }
 
 /// Stamps every conformance test for one backend: `store_conformance!(module, || make())`.
@@ -192,10 +213,10 @@ mod sqlite_file {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bank.db");
         let s = sqlite::SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), 3);
         drop(s);
         let s = sqlite::SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), 3);
         let mode: String =
             rusqlite::Connection::open(&path).unwrap().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
