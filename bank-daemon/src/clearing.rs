@@ -96,9 +96,7 @@ pub async fn deposit(
     let begun = bank
         .writer
         .run(move |tx| {
-            if !tx.insert_nonce(&nonce_random, nonce_expiry)? {
-                return Err(Refuse::new(ReasonCode::NONCE_REPLAY, "this request was already received"));
-            }
+            crate::handlers::record_nonce(tx, &nonce_random, nonce_expiry)?;
             if let Some(done) = tx.deposit(&request_id)? {
                 if done.account == account && done.coins_hash == coins_hash {
                     return Ok(Begun::Done(done));

@@ -43,9 +43,7 @@ pub async fn handle(
     let row = bank
         .writer
         .run(move |tx| {
-            if !tx.insert_nonce(&nonce_random, nonce_expiry)? {
-                return Err(Refuse::new(ReasonCode::NONCE_REPLAY, "this request was already received"));
-            }
+            crate::handlers::record_nonce(tx, &nonce_random, nonce_expiry)?;
             if let Some(previous) = tx.deposit(&request_id)? {
                 if previous.account == id && previous.coins_hash == hash {
                     return Ok(previous);

@@ -39,9 +39,7 @@ pub async fn handle(
     let outcome = bank
         .writer
         .run(move |tx| {
-            if !tx.insert_nonce(&nonce_random, nonce_expiry)? {
-                return Err(Refuse::new(ReasonCode::NONCE_REPLAY, "this request was already received"));
-            }
+            crate::handlers::record_nonce(tx, &nonce_random, nonce_expiry)?;
             // A retry of an exchange that already happened gets the same new coins.
             if let Some(previous) = tx.issued(&request_id)? {
                 if previous.input_hash != input_hash || previous.balance.is_some() {

@@ -63,6 +63,15 @@ impl From<pmtp_proto::coin::CoinError> for Refuse {
     }
 }
 
+/// Records a state-changing request's nonce in the transaction that applies it, so a
+/// replay is refused even after a restart (the in-memory checker has filtered first).
+pub(crate) fn record_nonce(tx: &mut dyn crate::store::Tx, random: &[u8; 16], expiry: u64) -> Result<(), Refuse> {
+    if !tx.insert_nonce(random, expiry)? {
+        return Err(Refuse::new(ReasonCode::NONCE_REPLAY, "this request was already received"));
+    }
+    Ok(())
+}
+
 pub fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

@@ -52,9 +52,7 @@ pub async fn handle(
     let outcome = bank
         .writer
         .run(move |tx| {
-            if !tx.insert_nonce(&nonce_random, nonce_expiry)? {
-                return Err(Refuse::new(ReasonCode::NONCE_REPLAY, "this request was already received"));
-            }
+            crate::handlers::record_nonce(tx, &nonce_random, nonce_expiry)?;
             if let Some(previous) = tx.issued(&request_id)? {
                 if previous.input_hash != input_hash || previous.balance.is_none() {
                     return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another request"));
