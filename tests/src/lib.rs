@@ -2,5 +2,6 @@
 //! binaries on loopback addresses with port 0, in temporary directories, and stop them.
 
 pub mod bank_harness;
+pub mod replay;
 pub mod wallet_harness;
 pub mod web_harness;
