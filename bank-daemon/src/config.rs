@@ -55,6 +55,8 @@ pub struct PeerBank {
 pub struct Limits {
     /// Connections served at once; further ones wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Connections from one IP address at once; more are closed at accept.
+    pub max_connections_per_ip: usize,
     /// Largest frame body accepted, bytes (at most 1 MiB).
     pub max_frame_bytes: usize,
     /// A connection idle this long between requests is closed.
@@ -109,6 +111,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 1024,
+            max_connections_per_ip: 256,
             max_frame_bytes: pmtp_proto::frame::DEFAULT_MAX_BODY,
             idle_timeout_secs: 30,
             request_timeout_secs: 10,
@@ -212,8 +215,10 @@ coin_lifetime_secs = {lifetime}
 exchange_enabled = {exchange}
 
 [limits]
-# Connections served at once.
+# Connections served at once, and from one IP address (more are closed at once, so one
+# source cannot take every slot).
 max_connections = {max_connections}
+max_connections_per_ip = {per_ip}
 # Largest frame body accepted, in bytes (at most 1048576).
 max_frame_bytes = {max_frame_bytes}
 # Close a connection idle this many seconds between requests.
@@ -263,6 +268,7 @@ clearing_retry_secs = {clearing}
             lifetime = self.coin_lifetime_secs,
             exchange = self.exchange_enabled,
             max_connections = l.max_connections,
+            per_ip = l.max_connections_per_ip,
             max_frame_bytes = l.max_frame_bytes,
             idle = l.idle_timeout_secs,
             request = l.request_timeout_secs,

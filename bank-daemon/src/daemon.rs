@@ -36,12 +36,53 @@ pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
     toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Connection limits for [`accept_loop`].
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub total: usize,
+    /// Connections from one IP address at once; more are closed at accept, so one source
+    /// (a flood, slowloris) cannot take every slot from everyone else.
+    pub per_ip: usize,
+}
+
+/// Counts connections per source address; a slot is released when its guard drops.
+#[derive(Default)]
+struct PerIp(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+struct IpSlot(Arc<PerIp>, std::net::IpAddr);
+
+impl PerIp {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, limit: usize) -> Option<IpSlot> {
+        let mut m = self.0.lock().ok()?;
+        let n = m.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = (self.0).0.lock() {
+            if let Some(n) = m.get_mut(&self.1) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.1);
+                }
+            }
+        }
+    }
+}
+
 /// Accepts connections until `shutdown` completes, serving each with `handle` on
-/// `tracker`. A permit is taken before `accept`, so at most `max_connections` are served
-/// at once; the rest wait in the kernel's backlog.
+/// `tracker`. A permit is taken before `accept`, so at most `limits.total` are served at
+/// once; a source address over `limits.per_ip` has its new connection closed at once.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
-    max_connections: usize,
+    limits: ConnectionLimits,
     tracker: &TaskTracker,
     shutdown: impl Future<Output = ()>,
     handle: F,
@@ -49,17 +90,18 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(TcpStream) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(max_connections.max(1)));
+    let permits = Arc::new(Semaphore::new(limits.total.max(1)));
+    let per_ip = Arc::new(PerIp::default());
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
             _ = &mut shutdown => break,
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok(s) => s,
                 Err(e) => {
                     // Out of file descriptors and the like: pause instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -68,9 +110,14 @@ pub async fn accept_loop<F, Fut>(
                 }
             },
         };
+        let Some(slot) = per_ip.take(peer.ip(), limits.per_ip.max(1)) else {
+            tracing::debug!(peer = %peer.ip(), "too many connections from one address; closed");
+            continue;
+        };
         let work = handle(stream);
         tracker.spawn(async move {
             let _permit = permit;
+            let _slot = slot;
             work.await;
         });
     }

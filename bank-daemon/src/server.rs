@@ -59,7 +59,7 @@ pub async fn serve(bank: Arc<Bank>, listener: TcpListener, shutdown: impl Future
         });
     }
 
-    let max = limits.max_connections;
+    let max = crate::daemon::ConnectionLimits { total: limits.max_connections, per_ip: limits.max_connections_per_ip };
     crate::daemon::accept_loop(listener, max, &tracker, shutdown, |stream| {
         let (bank, token) = (bank.clone(), token.clone());
         async move { connection(bank, stream, token).await }

@@ -85,6 +85,8 @@ pub struct Merchant {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Connections from one IP address at once.
+    pub max_connections_per_ip: usize,
     pub max_frame_bytes: usize,
     pub idle_timeout_secs: u64,
     pub nonce_window_secs: u64,
@@ -128,6 +130,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 256,
+            max_connections_per_ip: 32,
             max_frame_bytes: pmtp_proto::frame::DEFAULT_MAX_BODY,
             idle_timeout_secs: 60,
             nonce_window_secs: 30,
@@ -228,6 +231,8 @@ collect_timeout_secs = {collect}
 
 [limits]
 max_connections = {maxc}
+# Connections from one IP address at once (a merchant asks one request at a time).
+max_connections_per_ip = {perip}
 max_frame_bytes = {maxf}
 idle_timeout_secs = {idle}
 # Nonce clock window each way (seconds), and how many nonces are remembered.
@@ -260,6 +265,7 @@ maintenance_interval_secs = {maint}
                 None => "# deposit_bank = \"bank-a\"".to_owned(),
             },
             maxc = l.max_connections,
+            perip = l.max_connections_per_ip,
             maxf = l.max_frame_bytes,
             idle = l.idle_timeout_secs,
             window = l.nonce_window_secs,

@@ -23,7 +23,8 @@ pub async fn serve(
     tracker: TaskTracker,
     shutdown: impl Future<Output = ()>,
 ) {
-    let max = w.config.limits.max_connections;
+    let l = &w.config.limits;
+    let max = bank_daemon::daemon::ConnectionLimits { total: l.max_connections, per_ip: l.max_connections_per_ip };
     bank_daemon::daemon::accept_loop(listener, max, &tracker, shutdown, |stream| {
         let (w, token) = (w.clone(), token.clone());
         async move { connection(w, stream, token).await }
