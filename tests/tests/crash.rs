@@ -34,7 +34,7 @@ fn accounts(bank: &TestBank) -> u64 {
 
 #[test]
 fn fifty_random_kills_lose_nothing() {
-    let mut bank = TestBank::start();
+    let bank = TestBank::start();
     let buyer = TestWallet::start("alice", "127.0.0.2", &bank, Some(PAID_IN), |c| {
         c.replace("auto_approve_limit = 0", "auto_approve_limit = 1000")
             .replace("maintenance_interval_secs = 30", "maintenance_interval_secs = 2")
@@ -88,7 +88,7 @@ fn fifty_random_kills_lose_nothing() {
                         .map(|o| o.status.success())
                         .unwrap_or(false)
                 };
-                let ok = if i % 3 == 0 {
+                let ok = if i.is_multiple_of(3) {
                     cmd(&bdir, &["withdraw", &(5 + i % 40).to_string()])
                 } else {
                     cmd(
