@@ -87,6 +87,9 @@ pub struct Bank {
     pub peers: std::collections::HashMap<String, clearing::Peer>,
     /// Clearings whose peer deposit is in progress (the resolver leaves them alone).
     pub clearing_in_flight: Mutex<std::collections::HashSet<[u8; 16]>>,
+    /// Account names and parsed owner keys, which never change once an account is open:
+    /// deposits and statements skip a database read and a key parse.
+    owners: dashmap::DashMap<AccountId, (String, Arc<pmtp_proto::keys::PeerKeys>)>,
 }
 
 impl Bank {
@@ -122,6 +125,7 @@ impl Bank {
             );
         }
         Ok(Bank {
+            owners: dashmap::DashMap::new(),
             peers,
             clearing_in_flight: Mutex::new(std::collections::HashSet::new()),
             config,
@@ -152,33 +156,50 @@ impl Bank {
     }
 
     /// Finds the account, checks the name, and verifies the owner's signature on `req`.
+    /// Returns the account as stored (read now, except for the cached name and key).
     pub async fn authenticate<T>(
         self: &Arc<Self>,
         id: &AccountId,
         name: &str,
         req: Arc<Signed<T>>,
         _now: u64,
-    ) -> Result<AccountRow, Refuse>
+    ) -> Result<AccountId, Refuse>
     where
         T: Signable + DeserializeOwned + Send + Sync + 'static,
     {
         let id = *id;
-        let account = self
-            .readers
-            .read(move |tx| tx.account(id))
-            .await?
-            .ok_or_else(|| Refuse::new(ReasonCode::UNKNOWN_ACCOUNT, format!("no account {id} at this bank")))?;
-        if account.name != name {
+        let (owner_name, keys) = match self.owners.get(&id).map(|e| e.value().clone()) {
+            Some(cached) => cached,
+            None => {
+                let account =
+                    self.readers.read(move |tx| tx.account(id)).await?.ok_or_else(|| {
+                        Refuse::new(ReasonCode::UNKNOWN_ACCOUNT, format!("no account {id} at this bank"))
+                    })?;
+                let owner: PublicIdentity = bincode::deserialize(&account.owner_identity)
+                    .map_err(|_| Refuse::new(ReasonCode::INTERNAL, "stored owner key is damaged"))?;
+                let keys =
+                    owner.parse().map_err(|_| Refuse::new(ReasonCode::INTERNAL, "stored owner key is damaged"))?;
+                let entry = (account.name.clone(), Arc::new(keys));
+                self.owners.insert(id, entry.clone());
+                entry
+            }
+        };
+        if owner_name != name {
             return Err(Refuse::new(ReasonCode::NAME_MISMATCH, format!("account {id} is not in that name")));
         }
-        let owner: PublicIdentity = bincode::deserialize(&account.owner_identity)
-            .map_err(|_| Refuse::new(ReasonCode::INTERNAL, "stored owner key is damaged"))?;
-        let keys = owner.parse().map_err(|_| Refuse::new(ReasonCode::INTERNAL, "stored owner key is damaged"))?;
         let ok = writer::cpu(move || req.verify(&keys.verifying).is_ok()).await?;
         if !ok {
             return Err(Refuse::new(ReasonCode::BAD_SIGNATURE, "the request is not signed by the account owner's key"));
         }
-        Ok(account)
+        Ok(id)
+    }
+
+    /// The account as stored now.
+    pub async fn account(self: &Arc<Self>, id: AccountId) -> Result<AccountRow, Refuse> {
+        self.readers
+            .read(move |tx| tx.account(id))
+            .await?
+            .ok_or_else(|| Refuse::new(ReasonCode::UNKNOWN_ACCOUNT, format!("no account {id} at this bank")))
     }
 
     /// Checks the account password, with back-off: after `password_failures_free` wrong

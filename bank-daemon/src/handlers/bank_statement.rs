@@ -13,8 +13,8 @@ pub async fn handle(
     now: u64,
 ) -> Result<BankStatementResponse, Refuse> {
     let body = &req.body;
-    let account = bank.authenticate(&body.account, body.name.as_str(), req.clone(), now).await?;
-    let (id, since) = (account.id, body.since.unwrap_or(0));
+    let id = bank.authenticate(&body.account, body.name.as_str(), req.clone(), now).await?;
+    let since = body.since.unwrap_or(0);
     let max = bank.config.limits.statement_max_entries;
     let (balance, mut entries) = bank
         .readers
@@ -29,7 +29,7 @@ pub async fn handle(
     Ok(BankStatementResponse {
         account: id,
         name: body.name.clone(),
-        balance: balance.unwrap_or(account.balance),
+        balance: balance.ok_or_else(|| Refuse::new(pmtp_proto::ReasonCode::UNKNOWN_ACCOUNT, "account closed"))?,
         entries,
         truncated,
         nonce: Nonce::new(&mut pmtp_proto::rng::os(), bank.local_ip(peer), now),

@@ -23,14 +23,14 @@ pub async fn handle(
     now: u64,
 ) -> Result<DepositCoinsResponse, Refuse> {
     let body = &req.body;
-    let account = bank.authenticate(&body.account, body.name.as_str(), req.clone(), now).await?;
+    let account_id = bank.authenticate(&body.account, body.name.as_str(), req.clone(), now).await?;
     let (local, foreign) = split_by_bank(&bank, &body.coins)?;
     if let Some((peer_id, foreign)) = foreign {
         let local = if local.is_empty() { vec![] } else { verify_coins(&bank, local, now).await?.0 };
         let foreign = verify_foreign(&bank, &peer_id, foreign, now).await?;
         let hash = coins_hash(body.coins.iter().map(|c| &c.0.body.serial));
         let row =
-            crate::clearing::deposit(&bank, account.id, body.request_id, &body.nonce, local, peer_id, foreign, hash)
+            crate::clearing::deposit(&bank, account_id, body.request_id, &body.nonce, local, peer_id, foreign, hash)
                 .await?;
         return acknowledge(&bank, row, peer, now).await;
     }
@@ -38,7 +38,7 @@ pub async fn handle(
     let mut serials: Vec<_> = coins.iter().map(|c| c.serial()).collect();
     serials.sort_unstable();
     let hash = coins_hash(serials.iter());
-    let (id, request_id, nonce_random) = (account.id, body.request_id, body.nonce.random);
+    let (id, request_id, nonce_random) = (account_id, body.request_id, body.nonce.random);
     let nonce_expiry = bank.nonce_expiry(&body.nonce);
     let row = bank
         .writer

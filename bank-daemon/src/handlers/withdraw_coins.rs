@@ -28,7 +28,8 @@ pub async fn handle(
         ));
     }
     let plan = plan_denominations(&bank, body.amount, &body.denominations)?;
-    let account = bank.authenticate(&req.body.account, body.name.as_str(), req.clone(), now).await?;
+    let id = bank.authenticate(&req.body.account, body.name.as_str(), req.clone(), now).await?;
+    let account = bank.account(id).await?;
     bank.check_password(&account, body.password.expose(), now).await?;
 
     let coins = mint(&bank, plan, now).await?;

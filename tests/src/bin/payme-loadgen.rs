@@ -1,0 +1,371 @@
+//! `payme-loadgen`: end-to-end throughput and latency of a real bank and wallets.
+//!
+//! Starts (release) payme-bank and two payme-wallets on loopback, preloads accounts and
+//! coins, measures the machine's raw RSA-2048 sign and verify rates on all cores, then
+//! drives N concurrent clients for a bounded time through each scenario: withdraw,
+//! exchange, deposit (8 coins a request), and whole purchases (ask_payment, pay_coins,
+//! deposit at the bank, receipt) with an auto-approving buyer. Prints a table (or JSON
+//! with --json) with ops/s, coins/s, p50/p90/p99/max latency, bank CPU time and peak RSS.
+//!
+//! Run: `cargo run --release -p payme-tests --bin payme-loadgen -- --help`.
+//! Requests are built and signed before each timed phase, so the client's own RSA work
+//! does not take the cores the bank is measured on; the loadgen bank therefore runs with a
+//! 600 s nonce window (requests may wait that long between being built and sent).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark that fails should stop loudly
+
+use clap::Parser;
+use payme_tests::bank_harness::{self, TestBank, PASSWORD};
+use payme_tests::load::{self, calibrate, drive, Job, Stats};
+use payme_tests::wallet_harness::TestWallet;
+use pmtp_proto::keys::Signed;
+use pmtp_proto::text::{Name, Password};
+use pmtp_proto::*;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "payme-loadgen", about = "Throughput and latency of payme, against the machine's RSA limits")]
+struct Cli {
+    /// Concurrent clients at saturation.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Seconds per scenario (a scenario also ends when its preloaded requests run out).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Scenarios to run, comma separated: withdraw, exchange, deposit, purchase.
+    #[arg(long, default_value = "withdraw,exchange,deposit,purchase")]
+    scenarios: String,
+    /// Most coins minted in advance for the deposit scenario (minting costs an RSA
+    /// signature each).
+    #[arg(long, default_value_t = 48_000)]
+    deposit_coins: usize,
+    /// Serials to put in circulation before starting (the scale test), inserted straight
+    /// into the bank's database while it is stopped.
+    #[arg(long, default_value_t = 0)]
+    preload_serials: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+const PEER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn eight() -> Vec<Denomination> {
+    (0..8).map(|e| Denomination::from_exponent(e).unwrap()).collect()
+}
+
+fn log(json: bool, s: &str) {
+    if !json {
+        eprintln!("{s}");
+    }
+}
+
+/// Withdraws `count` coins of value 1, in requests of up to 1024, four at a time.
+async fn mint_ones(bank: &TestBank, h: &bank_harness::Holder, count: usize) -> Vec<Coin> {
+    let mut out = Vec::with_capacity(count);
+    let mut left = count;
+    while left > 0 {
+        let mut wave = Vec::new();
+        while wave.len() < 4 && left > 0 {
+            let n = left.min(1024);
+            left -= n;
+            let (c, id) = (bank.client(), pmtp_proto::testing::named_identity(1, &h.name));
+            let (account, name) = (h.account, h.name.clone());
+            wave.push(tokio::spawn(async move {
+                let d = vec![Denomination::from_exponent(0).unwrap(); n];
+                c.withdraw(&id, account, &name, PASSWORD, rng::bytes(&mut rng::os()), Amount::new(n as u64), d)
+                    .await
+                    .unwrap()
+                    .coins
+            }));
+        }
+        for t in wave {
+            out.extend(t.await.unwrap());
+        }
+    }
+    out
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let scenarios: Vec<&str> = cli.scenarios.split(',').map(str::trim).collect();
+    log(cli.json, "building the release binaries");
+    bank_harness::build_binaries();
+    log(cli.json, "calibrating RSA-2048 on all cores (4 s)");
+    let cal = calibrate(&pmtp_proto::testing::signing_key(0), 2.0);
+
+    let mut bank = TestBank::start_with("bank-a", |c| {
+        c.replace("nonce_window_secs = 30", "nonce_window_secs = 600")
+            .replace("max_withdraw_amount = 1099511627776", "max_withdraw_amount = 4611686018427387904")
+    });
+    if cli.preload_serials > 0 {
+        log(cli.json, &format!("preloading {} serials into circulation", cli.preload_serials));
+        bank.stop();
+        preload(&bank, cli.preload_serials);
+        bank.restart_same_port();
+    }
+    let pid = bank.child.as_ref().unwrap().id();
+    let holder = bank.holder(1, "holder", 1 << 50);
+    let shop = bank.holder(2, "shop", 0);
+    let bank_x = bank.public.parse().unwrap().x25519;
+    let owner = pmtp_proto::testing::named_identity(1, "holder");
+    let shop_id = pmtp_proto::testing::named_identity(2, "shop");
+    let duration = Duration::from_secs(cli.duration);
+    let mut results: Vec<Stats> = Vec::new();
+
+    if scenarios.contains(&"withdraw") {
+        // Enough for the signing limit to be the bound: calibrated rate / 8 per second, 1.5x.
+        let n = ((cal.sign_per_sec / 8.0) * cli.duration as f64 * 1.5) as usize + 50;
+        log(cli.json, &format!("withdraw: signing {n} requests"));
+        let frames: Vec<Frame> = (0..n)
+            .map(|_| {
+                let mut r = rng::os();
+                let body = WithdrawCoins {
+                    account: holder.account,
+                    name: Name::new("holder").unwrap(),
+                    password: Password::new(PASSWORD).unwrap(),
+                    request_id: rng::bytes(&mut r),
+                    amount: Amount::new(255),
+                    denominations: eight(),
+                    session_key: SessionKey::generate(&mut r),
+                    nonce: Nonce::new(&mut r, PEER, now()),
+                };
+                Frame::seal_to(&mut r, &bank_x, &Signed::sign(body, &owner.signing).unwrap()).unwrap()
+            })
+            .collect();
+        let jobs = jobs_for(&bank.addr, frames, WithdrawCoinsResponse::ID);
+        results.push(rt.block_on(drive("withdraw (8 coins)", jobs, cli.clients, duration, 8, pid)));
+    }
+
+    if scenarios.contains(&"exchange") {
+        let n = ((cal.sign_per_sec / 8.0) * cli.duration as f64 * 1.3) as usize + 50;
+        log(cli.json, &format!("exchange: minting {} coins to hand in", n * 8));
+        let coins = rt.block_on(mint_ones(&bank, &holder, n * 8));
+        let frames: Vec<Frame> = coins
+            .chunks(8)
+            .map(|c| {
+                let mut r = rng::os();
+                let req = ExchangeCoinsRequest {
+                    request_id: rng::bytes(&mut r),
+                    coins: c.to_vec(),
+                    denominations: vec![Denomination::from_exponent(0).unwrap(); 8],
+                    session_key: SessionKey::generate(&mut r),
+                    nonce: Nonce::new(&mut r, PEER, now()),
+                };
+                Frame::seal_to(&mut r, &bank_x, &req).unwrap()
+            })
+            .collect();
+        let jobs = jobs_for(&bank.addr, frames, ExchangeCoinsResponse::ID);
+        results.push(rt.block_on(drive("exchange (8 coins)", jobs, cli.clients, duration, 8, pid)));
+    }
+
+    if scenarios.contains(&"deposit") {
+        let n = cli.deposit_coins / 8;
+        log(cli.json, &format!("deposit: minting {} coins and signing {n} requests", n * 8));
+        let coins = rt.block_on(mint_ones(&bank, &holder, n * 8));
+        let frames: Vec<Frame> = coins
+            .chunks(8)
+            .map(|c| {
+                let mut r = rng::os();
+                let body = DepositCoins {
+                    account: shop.account,
+                    name: Name::new("shop").unwrap(),
+                    request_id: rng::bytes(&mut r),
+                    coins: c.to_vec(),
+                    session_key: SessionKey::generate(&mut r),
+                    nonce: Nonce::new(&mut r, PEER, now()),
+                };
+                Frame::seal_to(&mut r, &bank_x, &Signed::sign(body, &shop_id.signing).unwrap()).unwrap()
+            })
+            .collect();
+        let jobs = jobs_for(&bank.addr, frames, DepositCoinsResponse::ID);
+        results.push(rt.block_on(drive("deposit (8 coins)", jobs, cli.clients, duration, 8, pid)));
+    }
+
+    if scenarios.contains(&"purchase") {
+        results.extend(purchases(&rt, &bank, &cli, pid));
+    }
+
+    let audit = bank.assert_audit();
+    if cli.json {
+        println!("{}", serde_json::json!({"calibration": cal, "results": results, "audit_holds": true}));
+    } else {
+        println!("{}", load::table(&cal, &results));
+        println!("bank audit: {}", audit.lines().nth(1).unwrap_or(""));
+        targets(&cal, &results);
+    }
+}
+
+fn jobs_for(addr: &str, frames: Vec<Frame>, response: MessageId) -> Vec<Job> {
+    frames
+        .into_iter()
+        .map(|f| {
+            let addr = addr.to_owned();
+            Box::new(move |conn: load::Conn| {
+                Box::pin(async move { load::send_expect_response(&addr, conn, f, response).await })
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = (load::Conn, Result<(), String>)> + Send>>
+            }) as Job
+        })
+        .collect()
+}
+
+/// Purchases through the wallets: light load (1 client) and saturation.
+fn purchases(rt: &tokio::runtime::Runtime, bank: &TestBank, cli: &Cli, pid: u32) -> Vec<Stats> {
+    let buyer = TestWallet::start("buyer", "127.0.0.2", bank, Some(1 << 40), |c| {
+        c.replace("auto_approve_limit = 0", "auto_approve_limit = 1000000")
+            .replace("max_pending_requests = 32", "max_pending_requests = 1024")
+            .replace("max_connections_per_ip = 32", "max_connections_per_ip = 1024")
+    });
+    let merchant = TestWallet::start("merchant", "127.0.0.3", bank, Some(0), |c| c);
+    // Pin the merchant once (the person approves), then the policy pays.
+    let sock = merchant.dir.path().join("control.sock");
+    let from = buyer.addr.clone();
+    let first = {
+        let (sock, from) = (sock.clone(), from.clone());
+        std::thread::spawn(move || control_collect_blocking(&sock, &from))
+    };
+    let p = buyer.wait_pending();
+    buyer.ok(&["approve", &p["id"].to_string()]);
+    first.join().unwrap().unwrap();
+    // Coins of exactly the price (8), one per purchase: a withdrawal of 8 is one coin.
+    let expected = ((cli.duration as f64) * 400.0) as usize + 200;
+    log(cli.json, &format!("purchase: withdrawing {expected} coins of 8 into the buyer's wallet"));
+    let bsock = buyer.dir.path().join("control.sock");
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for chunk in 0..8 {
+            let s = bsock.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..(expected / 8 + 1) {
+                    let _ = wallet_daemon_call(
+                        &s,
+                        serde_json::json!({"cmd": "withdraw", "bank": null, "amount": 8, "password": PASSWORD}),
+                    )
+                    .await;
+                }
+                chunk
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let mut out = Vec::new();
+    for (label, clients, secs) in
+        [("purchase (light, 1)", 1usize, cli.duration.min(5)), ("purchase (saturation)", cli.clients, cli.duration)]
+    {
+        let jobs: Vec<Job> = (0..expected)
+            .map(|_| {
+                let (sock, from) = (sock.clone(), from.clone());
+                Box::new(move |conn: load::Conn| {
+                    Box::pin(async move {
+                        let v = wallet_daemon_call(
+                            &sock,
+                            serde_json::json!({"cmd": "collect", "from": from, "amount": 8, "description": "load"}),
+                        )
+                        .await;
+                        let outcome = match v {
+                            Ok(v) if v["outcome"] == "paid" => Ok(()),
+                            Ok(v) => Err(v.to_string()),
+                            Err(e) => Err(e),
+                        };
+                        (conn, outcome)
+                    })
+                        as std::pin::Pin<Box<dyn std::future::Future<Output = (load::Conn, Result<(), String>)> + Send>>
+                }) as Job
+            })
+            .collect();
+        out.push(rt.block_on(drive(label, jobs, clients, Duration::from_secs(secs), 1, pid)));
+    }
+    out
+}
+
+async fn wallet_daemon_call(sock: &std::path::Path, req: serde_json::Value) -> Result<serde_json::Value, String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(sock).await.map_err(|e| e.to_string())?;
+    s.write_all(format!("{req}\n").as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    tokio::io::BufReader::new(s).read_line(&mut line).await.map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
+    if v["ok"] == true {
+        Ok(v["result"].clone())
+    } else {
+        Err(v.to_string())
+    }
+}
+
+fn control_collect_blocking(sock: &std::path::Path, from: &str) -> Result<serde_json::Value, String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(wallet_daemon_call(
+        sock,
+        serde_json::json!({"cmd": "collect", "from": from, "amount": 8, "description": "pin"}),
+    ))
+}
+
+/// Puts `n` random serials straight into the stopped bank's database (with the counters
+/// that keep the audit true), in batches of 100,000 per transaction.
+fn preload(bank: &TestBank, n: u64) {
+    use bank_daemon::store::{sqlite::SqliteStore, CounterDelta, SerialRow, Store};
+    let mut store = SqliteStore::open(&bank.dir.path().join("bank.db")).unwrap();
+    let key_id = bank.public.parse().unwrap().verifying.key_id();
+    let far = now() + 365 * 86_400;
+    let mut left = n;
+    while left > 0 {
+        let batch = left.min(100_000);
+        left -= batch;
+        let mut tx = store.begin().unwrap();
+        for _ in 0..batch {
+            let row = SerialRow { serial: Serial::random(&mut rng::os()), value: Amount::new(1), expiry: far, key_id };
+            tx.insert_serial(&row).unwrap();
+        }
+        tx.add_counters(&CounterDelta { minted: (Amount::new(batch), batch), ..Default::default() }).unwrap();
+        tx.commit().unwrap();
+    }
+}
+
+fn targets(cal: &Calibration, results: &[Stats]) {
+    let get = |p: &str| results.iter().find(|s| s.scenario.starts_with(p));
+    println!("targets:");
+    for p in ["withdraw", "exchange"] {
+        if let Some(s) = get(p) {
+            let frac = s.coins_per_sec / cal.sign_per_sec * 100.0;
+            println!(
+                "  {p}: {:.0} coins/s = {frac:.0}% of the raw signing rate (target 80%): {}",
+                s.coins_per_sec,
+                if frac >= 80.0 { "met" } else { "MISSED" }
+            );
+        }
+    }
+    if let Some(s) = get("deposit") {
+        let met = s.coins_per_sec >= 20_000.0 && s.p99_ms < 10.0;
+        println!(
+            "  deposit: {:.0} coins/s (target 20,000; raw verify limit {:.0}/s), p99 {:.1} ms (target < 10): {}",
+            s.coins_per_sec,
+            cal.verify_per_sec,
+            s.p99_ms,
+            if met { "met" } else { "MISSED" }
+        );
+    }
+    if let Some(s) = get("purchase (light") {
+        println!(
+            "  purchase, light load: p50 {:.1} ms (target < 5), p99 {:.1} ms (target < 20): {}",
+            s.p50_ms,
+            s.p99_ms,
+            if s.p50_ms < 5.0 && s.p99_ms < 20.0 { "met" } else { "MISSED" }
+        );
+    }
+    if let Some(s) = get("purchase (sat") {
+        println!(
+            "  purchase, saturation: {:.0}/s (target 500): {}",
+            s.ops_per_sec,
+            if s.ops_per_sec >= 500.0 { "met" } else { "MISSED" }
+        );
+    }
+}
+
+use payme_tests::load::Calibration;
