@@ -260,3 +260,54 @@ fn buyer_killed_before_the_receipt_loses_nothing() {
         bank.assert_audit();
     }
 }
+
+/// A merchant configured to validate by exchange gets fresh coins instead of a deposit.
+#[test]
+fn merchant_validating_by_exchange_holds_fresh_coins() {
+    let bank = TestBank::start();
+    let buyer = TestWallet::start("alice", "127.0.0.2", &bank, Some(100), |c| c);
+    // No account needed for exchange.
+    let merchant = TestWallet::start("street vendor", "127.0.0.3", &bank, None, |c| {
+        c.replace("validate = \"deposit\"", "validate = \"exchange\"")
+    });
+    buyer.ok(&["withdraw", "16"]);
+    let job = collect(&merchant, &buyer, 16, "a coffee");
+    let p = buyer.wait_pending();
+    buyer.ok(&["approve", &p["id"].to_string()]);
+    let (ok, out) = job.join().unwrap();
+    assert!(ok, "{out}");
+    assert_eq!(merchant.available(), 16, "the merchant holds fresh coins of the same value");
+    assert_eq!(buyer.available(), 0);
+    let h = merchant.ok(&["history"]);
+    assert_eq!(h[0]["state"], "done");
+    bank.assert_audit();
+}
+
+/// Coins near their expiry are exchanged for fresh ones automatically, so none lapses.
+#[test]
+fn coins_near_expiry_are_refreshed() {
+    let bank = TestBank::start_with("bank-a", |c| c.replace("coin_lifetime_secs = 31536000", "coin_lifetime_secs = 4"));
+    let w = TestWallet::start("carol", "127.0.0.2", &bank, Some(100), |c| {
+        c.replace("refresh_before_secs = 604800", "refresh_before_secs = 3")
+            .replace("maintenance_interval_secs = 30", "maintenance_interval_secs = 1")
+    });
+    w.ok(&["withdraw", "40"]);
+    // Over 8 s the coins (4 s lifetime) must be refreshed at least once, and none may
+    // expire: the value stays 40 and the bank counts no expired coin.
+    let audit = |b: &TestBank| {
+        let out = std::process::Command::new(payme_tests::bank_harness::bin())
+            .arg("--data-dir")
+            .arg(b.dir.path())
+            .args(["audit", "--json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let minted_before = audit(&bank)["minted_coins"].as_u64().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    let a = audit(&bank);
+    assert!(a["minted_coins"].as_u64().unwrap() > minted_before, "coins were exchanged for fresh ones: {a}");
+    assert_eq!(a["expired_coins"], 0, "no coin lapsed: {a}");
+    assert_eq!(w.holding(), 40);
+    assert_eq!(a["holds"], true);
+}
