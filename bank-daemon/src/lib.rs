@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acks;
 pub mod admin;
 pub mod clearing;
 pub mod client;
@@ -90,6 +91,8 @@ pub struct Bank {
     /// Account names and parsed owner keys, which never change once an account is open:
     /// deposits and statements skip a database read and a key parse.
     owners: dashmap::DashMap<AccountId, (String, Arc<pmtp_proto::keys::PeerKeys>)>,
+    /// Signs deposit acknowledgements in batches.
+    pub acks: acks::AckSigner,
 }
 
 impl Bank {
@@ -124,7 +127,14 @@ impl Bank {
                 },
             );
         }
+        let ack_key = identity
+            .signing
+            .to_pkcs8_der()
+            .and_then(|der| pmtp_proto::keys::SigningKey::from_pkcs8_der(&der))
+            .map_err(|e| config::ConfigError::Invalid(format!("bank key: {e}")))?;
+        let acks = acks::AckSigner::start(ack_key, config.limits.commit_batch);
         Ok(Bank {
+            acks,
             owners: dashmap::DashMap::new(),
             peers,
             clearing_in_flight: Mutex::new(std::collections::HashSet::new()),

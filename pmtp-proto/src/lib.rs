@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod amount;
+pub mod batch;
 pub mod coin;
 pub mod denomination;
 pub mod frame;

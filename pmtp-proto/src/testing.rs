@@ -176,8 +176,8 @@ pub mod samples {
         )
         .expect("sign");
         push(DepositCoinsRequest::ID, enc(&d), Frame::seal_to(r, &bank_x, &d).expect("seal"));
-        let ack = Signed::sign(
-            DepositAck {
+        let ack = crate::batch::BatchSigned::sign_batch(
+            vec![DepositAck {
                 bank_id: BankId::new("bank-a").expect("short"),
                 account: AccountId(2002),
                 request_id: d.body.request_id,
@@ -185,9 +185,10 @@ pub mod samples {
                 coins_hash: crate::coin::coins_hash(coins.iter().map(|c| &c.0.body.serial)),
                 balance: Amount::new(510),
                 time: NOW,
-            },
+            }],
             &p.bank.signing,
         )
+        .map(|mut v| v.remove(0))
         .expect("sign");
         let m = DepositCoinsResponse { ack, nonce: nonce(r, BANK_ADDR) };
         push(DepositCoinsResponse::ID, enc(&m), Frame::seal_session(r, &sk, &m).expect("seal"));

@@ -128,7 +128,7 @@ fn build(p: &Parts) -> Vec<Frame> {
         },
         signature: sig.clone(),
     };
-    let ack = Signed {
+    let ack = pmtp_proto::batch::BatchSigned {
         body: DepositAck {
             bank_id: BankId::truncated(&p.text),
             account: AccountId(p.u),
@@ -138,6 +138,9 @@ fn build(p: &Parts) -> Vec<Frame> {
             balance: amount,
             time: p.u,
         },
+        index: p.u as u32,
+        size: p.coins as u32,
+        proof: vec![p.b32; p.coins],
         signature: sig.clone(),
     };
     let entry = LedgerEntry {

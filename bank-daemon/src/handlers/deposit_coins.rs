@@ -11,7 +11,6 @@ use crate::store::{CounterDelta, DepositRow};
 use crate::Bank;
 use pmtp_proto::bank_statement::EntryKind;
 use pmtp_proto::coin::coins_hash;
-use pmtp_proto::keys::Signed;
 use pmtp_proto::{Coin, DepositAck, DepositCoinsRequest, DepositCoinsResponse, Nonce, ReasonCode};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -91,9 +90,10 @@ async fn acknowledge(
         balance: row.balance,
         time: row.time,
     };
-    let b = bank.clone();
-    let ack = super::cpu(move || Signed::sign(ack, &b.identity.signing))
-        .await?
+    let ack = bank
+        .acks
+        .sign(ack)
+        .await
         .map_err(|e| Refuse::new(ReasonCode::INTERNAL, format!("deposit done, acknowledgement not signed: {e}")))?;
     Ok(DepositCoinsResponse { ack, nonce: Nonce::new(&mut pmtp_proto::rng::os(), bank.local_ip(peer), now) })
 }

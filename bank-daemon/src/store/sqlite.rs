@@ -510,20 +510,26 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn add_counters(&mut self, d: &CounterDelta) -> Result<(), StoreError> {
-        let c = self.counters()?;
-        let add = |a: Amount, b: Amount| a.checked_add(b).map_err(|_| StoreError::Range("counter overflow"));
-        let addn = |a: u64, b: u64| a.checked_add(b).ok_or(StoreError::Range("counter overflow"));
+        // Only the counters that change, in place; the WHERE clause refuses an overflow
+        // (SQLite would otherwise turn an overflowing integer into a float).
         let updates = [
-            ("minted_value", add(c.minted_value, d.minted.0)?.minor_units()),
-            ("minted_count", addn(c.minted_count, d.minted.1)?),
-            ("redeemed_value", add(c.redeemed_value, d.redeemed.0)?.minor_units()),
-            ("redeemed_count", addn(c.redeemed_count, d.redeemed.1)?),
-            ("expired_value", add(c.expired_value, d.expired.0)?.minor_units()),
-            ("expired_count", addn(c.expired_count, d.expired.1)?),
+            ("minted_value", d.minted.0.minor_units()),
+            ("minted_count", d.minted.1),
+            ("redeemed_value", d.redeemed.0.minor_units()),
+            ("redeemed_count", d.redeemed.1),
+            ("expired_value", d.expired.0.minor_units()),
+            ("expired_count", d.expired.1),
         ];
-        let mut st = self.tx.prepare_cached("UPDATE counters SET value = ?2 WHERE name = ?1").map_err(db)?;
-        for (name, v) in updates {
-            st.execute(params![name, i(v)?]).map_err(db)?;
+        let mut st = self
+            .tx
+            .prepare_cached(
+                "UPDATE counters SET value = value + ?2 WHERE name = ?1 AND value <= 9223372036854775807 - ?2",
+            )
+            .map_err(db)?;
+        for (name, v) in updates.into_iter().filter(|(_, v)| *v != 0) {
+            if st.execute(params![name, i(v)?]).map_err(db)? != 1 {
+                return Err(StoreError::Range("counter overflow"));
+            }
         }
         Ok(())
     }

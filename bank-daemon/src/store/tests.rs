@@ -98,6 +98,10 @@ pub fn counters_and_expiry_purge(store: &mut dyn Store) {
     let mut tx = store.begin_read().unwrap();
     let c = tx.counters().unwrap();
     assert_eq!((c.minted_value, c.minted_count, c.expired_count), (Amount::new(20), 10, 3));
+    drop(tx);
+    let mut tx = store.begin().unwrap();
+    let huge = CounterDelta { minted: (Amount::new(i64::MAX as u64), 0), ..Default::default() };
+    assert!(matches!(tx.add_counters(&huge), Err(StoreError::Range(_))), "overflow is refused");
     assert_eq!(c.expected_circulation(), Some(tx.circulation().unwrap().value));
 }
 

@@ -6,6 +6,7 @@
 //! a deposit whose outcome is unknown can be retried and recognised (inter-bank clearing).
 
 use super::AccountId;
+use crate::batch::BatchSigned;
 use crate::coin::Coin;
 use crate::keys::{Signable, Signed};
 use crate::nonce::Nonce;
@@ -50,8 +51,9 @@ impl Signable for DepositAck {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DepositCoinsResponse {
-    /// Signed by the bank's RSA key.
-    pub ack: Signed<DepositAck>,
+    /// Signed by the bank's RSA key, possibly as one of a batch of acknowledgements
+    /// (verifiable on its own with the bank's public key).
+    pub ack: BatchSigned<DepositAck>,
     pub nonce: Nonce,
 }
 
