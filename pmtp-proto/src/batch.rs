@@ -150,6 +150,7 @@ impl<T: Signable + DeserializeOwned + Clone> BatchSigned<T> {
 }
 
 #[cfg(all(test, feature = "test-keys"))]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::message::DepositAck;
