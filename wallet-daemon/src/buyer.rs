@@ -8,7 +8,7 @@
 //! to the merchant; store the receipt. Without a receipt, the coins are resolved by
 //! exchange at their bank.
 
-use crate::db::{self, coins_in, move_coins, CoinState};
+use crate::db::{self, move_coins, CoinState};
 use crate::ops::{self, OpKind};
 use crate::{PendingRequest, Wallet, WalletError};
 use futures::{SinkExt, StreamExt};
@@ -201,12 +201,13 @@ async fn reserve(
         for _attempt in 0..2 {
             let guard = w.coin_lock.lock().await;
             let b = bank.clone();
-            let rows = w.db.call(move |c, vault| coins_in(c, vault, CoinState::Available, Some(&b))).await?;
-            let denoms: Vec<Denomination> = rows.iter().map(|r| r.coin.body().value).collect();
+            let rows = w.db.call(move |c, _| db::values_in(c, CoinState::Available, &b)).await?;
+            let denoms: Vec<Denomination> = rows.iter().map(|r| r.1).collect();
             match select_exact(&denoms, amount) {
                 Ok(idx) => {
-                    let coins: Vec<Coin> = idx.iter().map(|&i| rows[i].coin.clone()).collect();
-                    let serials: Vec<Serial> = coins.iter().map(|c| c.serial()).collect();
+                    let serials: Vec<Serial> = idx.iter().map(|&i| rows[i].0).collect();
+                    let s2 = serials.clone();
+                    let coins: Vec<Coin> = w.db.call(move |c, vault| db::coins_by_serial(c, vault, &s2)).await?;
                     let (m, fp, desc) = (
                         merchant.name.as_str().to_owned(),
                         merchant.fingerprint.to_string(),
@@ -233,19 +234,19 @@ async fn reserve(
                     return Ok((payment, coins));
                 }
                 Err(SelectError::NeedsExchange { missing, break_index, .. }) => {
-                    let coin = rows[break_index].coin.clone();
+                    let (serial, value, _) = rows[break_index];
                     drop(guard);
                     // Break the coin into what is missing plus change for ourselves.
                     let missing_total = Amount::checked_sum(missing.iter().map(|d| d.value())).unwrap_or_default();
-                    let rest = coin.value().checked_sub(missing_total).unwrap_or_default();
+                    let rest = value.value().checked_sub(missing_total).unwrap_or_default();
                     let mut want = missing.clone();
                     want.extend(Denomination::split(rest).unwrap_or_default());
-                    tracing::info!(bank = %bank, coin = %coin.value(), "exchanging a coin to pay the exact amount");
+                    tracing::info!(bank = %bank, coin = %value, "exchanging a coin to pay the exact amount");
                     ops::exchange_or_deposit(
                         w,
                         OpKind::Exchange,
                         &bank,
-                        vec![coin.serial()],
+                        vec![serial],
                         CoinState::Available,
                         want,
                         None,

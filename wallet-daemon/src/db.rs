@@ -8,7 +8,7 @@
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce as GcmNonce};
-use pmtp_proto::{Amount, Coin, Serial};
+use pmtp_proto::{Amount, Coin, Denomination, Serial};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -324,6 +324,36 @@ pub fn coins_in(
         Ok(CoinRow { coin: vault.open_coin(&serial, &sealed)?, state, payment, op })
     })
     .collect()
+}
+
+/// Serials, values and expiries of coins in `state` of one bank, without decrypting
+/// anything (coin selection needs only values; the refresher only expiries).
+pub fn values_in(conn: &Connection, state: CoinState, bank: &str) -> Result<Vec<(Serial, Denomination, u64)>, DbError> {
+    let mut st = conn.prepare_cached(
+        "SELECT serial, value, expiry FROM coins WHERE state = ?1 AND bank_id = ?2 ORDER BY value DESC, serial",
+    )?;
+    let rows = st.query_map(params![state.as_str(), bank], |r| {
+        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    })?;
+    rows.map(|r| {
+        let (serial, value, expiry) = r?;
+        let serial = Serial(serial.try_into().map_err(|_| DbError::Decrypt)?);
+        let d = Denomination::try_from(value.max(0) as u64).map_err(|e| DbError::Other(e.to_string()))?;
+        Ok((serial, d, expiry.max(0) as u64))
+    })
+    .collect()
+}
+
+/// The coins with these serials, decrypted.
+pub fn coins_by_serial(conn: &Connection, vault: &Vault, serials: &[Serial]) -> Result<Vec<Coin>, DbError> {
+    let mut st = conn.prepare_cached("SELECT sealed FROM coins WHERE serial = ?1")?;
+    serials
+        .iter()
+        .map(|s| {
+            let sealed: Vec<u8> = st.query_row(params![&s.0[..]], |r| r.get(0))?;
+            vault.open_coin(s, &sealed)
+        })
+        .collect()
 }
 
 /// Coins tagged with a payment or an operation.

@@ -520,9 +520,8 @@ pub async fn refresh(w: &Arc<Wallet>) -> Result<(), WalletError> {
     for bank in banks {
         let guard = w.coin_lock.lock().await;
         let b = bank.clone();
-        let rows = w.db.call(move |c, vault| coins_in(c, vault, CoinState::Available, Some(&b))).await?;
-        let old: Vec<Serial> =
-            rows.iter().filter(|r| r.coin.body().expiry <= horizon).map(|r| r.coin.serial()).collect();
+        let rows = w.db.call(move |c, _| db::values_in(c, CoinState::Available, &b)).await?;
+        let old: Vec<Serial> = rows.iter().filter(|r| r.2 <= horizon).map(|r| r.0).collect();
         drop(guard);
         if !old.is_empty() {
             tracing::info!(bank = %bank, coins = old.len(), "refreshing coins near expiry");
