@@ -208,23 +208,20 @@ async fn reserve(
                     let serials: Vec<Serial> = idx.iter().map(|&i| rows[i].0).collect();
                     let s2 = serials.clone();
                     let coins: Vec<Coin> = w.db.call(move |c, vault| db::coins_by_serial(c, vault, &s2)).await?;
-                    let (m, fp, desc) = (
-                        merchant.name.as_str().to_owned(),
-                        merchant.fingerprint.to_string(),
-                        ask.body.description.as_str().to_owned(),
-                    );
-                    let request = bincode::serialize(&ask.body.nonce).unwrap_or_default();
-                    let peer_s = peer.to_string();
-                    let payment = w
-                        .db
-                        .call(move |c, _| {
+                    let record = db::NewPayment {
+                        direction: "out",
+                        state: "sending",
+                        peer: peer.to_string(),
+                        merchant: merchant.name.as_str().to_owned(),
+                        merchant_fp: merchant.fingerprint.to_string(),
+                        amount,
+                        description: ask.body.description.as_str().to_owned(),
+                        request: bincode::serialize(&ask.body.nonce).unwrap_or_default(),
+                    };
+                    let payment =
+                        w.db.call(move |c, _| {
                             let tx = c.transaction()?;
-                            tx.execute(
-                                "INSERT INTO payments(direction, state, peer, merchant, merchant_fp, amount, description, request, created, updated)
-                                 VALUES ('out', 'sending', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-                                params![peer_s, m, fp, db::i(amount.minor_units())?, desc, request, db::i(db::now())?],
-                            )?;
-                            let id = tx.last_insert_rowid();
+                            let id = db::insert_payment(&tx, &record)?;
                             move_coins(&tx, &serials, CoinState::Pending, Some(id), None)?;
                             tx.commit()?;
                             Ok(id)

@@ -252,6 +252,30 @@ impl Db {
     }
 }
 
+/// A payment record as first written: outgoing (`out`, state `sending`) or incoming
+/// (`in`, state `received`).
+pub struct NewPayment<'a> {
+    pub direction: &'a str,
+    pub state: &'a str,
+    pub peer: String,
+    pub merchant: String,
+    pub merchant_fp: String,
+    pub amount: Amount,
+    pub description: String,
+    /// bincode of the ask_payment_request's nonce.
+    pub request: Vec<u8>,
+}
+
+/// Inserts a payment record; returns its id.
+pub fn insert_payment(tx: &rusqlite::Transaction<'_>, p: &NewPayment<'_>) -> Result<i64, DbError> {
+    tx.execute(
+        "INSERT INTO payments(direction, state, peer, merchant, merchant_fp, amount, description, request, created, updated)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+        params![p.direction, p.state, p.peer, p.merchant, p.merchant_fp, i(p.amount.minor_units())?, p.description, p.request, i(now())?],
+    )?;
+    Ok(tx.last_insert_rowid())
+}
+
 /// Inserts coins in `state` (new coins from a bank or a buyer).
 pub fn insert_coins(
     tx: &rusqlite::Transaction<'_>,

@@ -235,19 +235,20 @@ async fn record(
     peer: std::net::IpAddr,
 ) -> Result<i64, WalletError> {
     let coins = pay.coins.clone();
-    let (amount, desc, peer_s) = (ask.amount, ask.description.as_str().to_owned(), peer.to_string());
-    let request = bincode::serialize(&ask.nonce).unwrap_or_default();
-    let (me, fp) = (w.public.name.as_str().to_owned(), w.public.fingerprint().to_string());
-    Ok(w
-        .db
+    let record = db::NewPayment {
+        direction: "in",
+        state: "received",
+        peer: peer.to_string(),
+        merchant: w.public.name.as_str().to_owned(),
+        merchant_fp: w.public.fingerprint().to_string(),
+        amount: ask.amount,
+        description: ask.description.as_str().to_owned(),
+        request: bincode::serialize(&ask.nonce).unwrap_or_default(),
+    };
+    Ok(w.db
         .call(move |c, vault| {
             let tx = c.transaction()?;
-            tx.execute(
-                "INSERT INTO payments(direction, state, peer, merchant, merchant_fp, amount, description, request, created, updated)
-                 VALUES ('in', 'received', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-                params![peer_s, me, fp, db::i(amount.minor_units())?, desc, request, db::i(db::now())?],
-            )?;
-            let id = tx.last_insert_rowid();
+            let id = db::insert_payment(&tx, &record)?;
             insert_coins(&tx, vault, &coins, CoinState::Received, Some(id))?;
             tx.commit()?;
             Ok(id)
