@@ -103,8 +103,23 @@ pub fn payme_bank(dir: &Path, args: &[&str]) -> std::process::Output {
         .expect("payme-bank runs")
 }
 
+/// A bank's data directory: a temporary one the harness made, or an existing bank's.
+pub enum BankDir {
+    Temp(tempfile::TempDir),
+    Existing(PathBuf),
+}
+
+impl BankDir {
+    pub fn path(&self) -> &Path {
+        match self {
+            BankDir::Temp(t) => t.path(),
+            BankDir::Existing(p) => p,
+        }
+    }
+}
+
 pub struct TestBank {
-    pub dir: tempfile::TempDir,
+    pub dir: BankDir,
     pub child: Option<Child>,
     pub addr: String,
     pub public: PublicIdentity,
@@ -131,9 +146,17 @@ impl TestBank {
         std::fs::write(&cfg_path, edit(cfg)).unwrap();
         let text = std::fs::read_to_string(dir.path().join("bank.pub")).unwrap();
         let public = PublicIdentity::from_text(&text).unwrap();
-        let mut bank = TestBank { dir, child: None, addr: String::new(), public };
+        let mut bank = TestBank { dir: BankDir::Temp(dir), child: None, addr: String::new(), public };
         bank.restart();
         bank
+    }
+
+    /// A bank that is already running (not started, and never stopped, by the harness):
+    /// its data directory (for account administration and its public key) and address.
+    pub fn attach(dir: PathBuf, addr: String) -> TestBank {
+        let text = std::fs::read_to_string(dir.join("bank.pub")).expect("the directory holds a bank (bank.pub)");
+        let public = PublicIdentity::from_text(&text).unwrap();
+        TestBank { dir: BankDir::Existing(dir), child: None, addr, public }
     }
 
     pub fn start() -> TestBank {

@@ -46,6 +46,17 @@ struct Cli {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Use a running bank instead of starting one: its data directory (accounts are
+    /// opened there for the load) ...
+    #[arg(long, requires = "bank_addr")]
+    bank_dir: Option<std::path::PathBuf>,
+    /// ... and its address. Requests are signed before they are sent, so give that bank a
+    /// nonce window longer than the preparation takes (nonce_window_secs = 600).
+    #[arg(long, requires = "bank_dir")]
+    bank_addr: Option<String>,
+    /// The running bank's process id, for its CPU time and peak memory in the report.
+    #[arg(long)]
+    bank_pid: Option<u32>,
 }
 
 const PEER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -99,22 +110,27 @@ fn main() {
     log(cli.json, "calibrating RSA-2048 on all cores (4 s)");
     let cal = calibrate(&pmtp_proto::testing::signing_key(0), 2.0);
 
-    let mut bank = TestBank::start_with("bank-a", |c| {
-        c.replace("nonce_window_secs = 30", "nonce_window_secs = 600")
-            .replace("max_withdraw_amount = 1099511627776", "max_withdraw_amount = 4611686018427387904")
-    });
-    if cli.preload_serials > 0 {
+    let mut bank = match (&cli.bank_dir, &cli.bank_addr) {
+        (Some(dir), Some(addr)) => TestBank::attach(dir.clone(), addr.clone()),
+        _ => TestBank::start_with("bank-a", |c| {
+            c.replace("nonce_window_secs = 30", "nonce_window_secs = 600")
+                .replace("max_withdraw_amount = 1099511627776", "max_withdraw_amount = 4611686018427387904")
+        }),
+    };
+    if cli.preload_serials > 0 && bank.child.is_some() {
         log(cli.json, &format!("preloading {} serials into circulation", cli.preload_serials));
         bank.stop();
         preload(&bank, cli.preload_serials);
         bank.restart_same_port();
     }
-    let pid = bank.child.as_ref().unwrap().id();
-    let holder = bank.holder(1, "holder", 1 << 50);
-    let shop = bank.holder(2, "shop", 0);
+    let pid = bank.child.as_ref().map(|c| c.id()).or(cli.bank_pid).unwrap_or(0);
+    // Unique names, so a running bank can be loaded more than once.
+    let tag = hex_tag();
+    let holder = bank.holder(1, &format!("holder-{tag}"), 1 << 40);
+    let shop = bank.holder(2, &format!("shop-{tag}"), 0);
     let bank_x = bank.public.parse().unwrap().x25519;
-    let owner = pmtp_proto::testing::named_identity(1, "holder");
-    let shop_id = pmtp_proto::testing::named_identity(2, "shop");
+    let owner = pmtp_proto::testing::named_identity(1, &holder.name);
+    let shop_id = pmtp_proto::testing::named_identity(2, &shop.name);
     let duration = Duration::from_secs(cli.duration);
     let mut results: Vec<Stats> = Vec::new();
 
@@ -127,7 +143,7 @@ fn main() {
                 let mut r = rng::os();
                 let body = WithdrawCoins {
                     account: holder.account,
-                    name: Name::new("holder").unwrap(),
+                    name: Name::new(holder.name.clone()).unwrap(),
                     password: Password::new(PASSWORD).unwrap(),
                     request_id: rng::bytes(&mut r),
                     amount: Amount::new(255),
@@ -174,7 +190,7 @@ fn main() {
                 let mut r = rng::os();
                 let body = DepositCoins {
                     account: shop.account,
-                    name: Name::new("shop").unwrap(),
+                    name: Name::new(shop.name.clone()).unwrap(),
                     request_id: rng::bytes(&mut r),
                     coins: c.to_vec(),
                     session_key: SessionKey::generate(&mut r),
@@ -199,6 +215,11 @@ fn main() {
         println!("bank audit: {}", audit.lines().nth(1).unwrap_or(""));
         targets(&cal, &results);
     }
+}
+
+fn hex_tag() -> String {
+    let b: [u8; 4] = rng::bytes(&mut rng::os());
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn jobs_for(addr: &str, frames: Vec<Frame>, response: MessageId) -> Vec<Job> {
