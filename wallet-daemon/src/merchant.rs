@@ -128,28 +128,19 @@ async fn collect_inner(
 
     let checked = check_payment(w, &ask.body, &pay, peer, &accepted);
     let key = pay.session_key.clone();
-    let payment = match checked {
+    let recorded = match checked {
         Ok(()) => record(w, &pay, &ask.body, peer).await,
         Err(e) => Err(e),
     };
-    let payment = match payment {
+    let (payment, op) = match recorded {
         Ok(p) => p,
         Err(e) => {
             refuse(w, &mut conn, &key, &e).await;
             return Ok(Collected::refused(&e));
         }
     };
-    if let Ok(mut f) = w.in_flight.lock() {
-        f.insert(payment);
-    }
-    let validated = validate_received(w, payment).await;
-    if let Ok(mut f) = w.in_flight.lock() {
-        f.remove(&payment);
-    }
-    if let Err(e) = validated {
-        refuse(w, &mut conn, &key, &e).await;
-        return Ok(Collected::refused(&e));
-    }
+    // Signed now, sent only if the bank accepts the coins: then the payment's completion
+    // and the receipt are stored in the same transaction as the bank's answer.
     let receipt = Signed::sign(
         Receipt {
             merchant: w.public.name.clone(),
@@ -164,12 +155,44 @@ async fn collect_inner(
     )
     .map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?;
     let blob = bincode::serialize(&receipt).unwrap_or_default();
-    let b2 = blob.clone();
-    w.db.call(move |c, _| {
-        c.execute("UPDATE payments SET receipt = ?2 WHERE id = ?1", params![payment, b2])?;
-        Ok(())
-    })
-    .await?;
+    if let Ok(mut f) = w.in_flight.lock() {
+        f.insert(payment);
+    }
+    let validated = match op {
+        Some(op) => {
+            let b2 = blob.clone();
+            let done: ops::OnDone = Box::new(move |tx| {
+                tx.execute(
+                    "UPDATE payments SET state = 'done', receipt = ?2, updated = ?3 WHERE id = ?1",
+                    params![payment, b2, db::i(db::now())?],
+                )?;
+                Ok(())
+            });
+            match ops::run_op_then(w, &op, vec![], Some(done)).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(fail_payment(w, payment, e).await.unwrap_or_else(|e| e)),
+            }
+        }
+        None => {
+            let r = validate_received(w, payment).await;
+            if r.is_ok() {
+                let b2 = blob.clone();
+                w.db.call(move |c, _| {
+                    c.execute("UPDATE payments SET receipt = ?2 WHERE id = ?1", params![payment, b2])?;
+                    Ok(())
+                })
+                .await?;
+            }
+            r
+        }
+    };
+    if let Ok(mut f) = w.in_flight.lock() {
+        f.remove(&payment);
+    }
+    if let Err(e) = validated {
+        refuse(w, &mut conn, &key, &e).await;
+        return Ok(Collected::refused(&e));
+    }
     let resp = PayCoinsResponse { receipt, nonce: Nonce::new(&mut rng::os(), local, db::now()) };
     if let Ok(f) = Frame::seal_session(&mut rng::os(), &key, &resp) {
         // The money is ours once validated; a lost receipt is the buyer's to resolve.
@@ -227,13 +250,31 @@ fn check_payment(
     Ok(())
 }
 
-/// Commits the incoming payment and its coins (state received) before any bank call.
+/// The bank each received coin is validated at: the configured deposit bank, or the
+/// coin's own.
+fn validation_bank(w: &Wallet, coin: &pmtp_proto::Coin) -> String {
+    match (&w.config.merchant.validate, &w.config.merchant.deposit_bank) {
+        (Validate::Deposit, Some(b)) => b.clone(),
+        _ => coin.body().bank_id.as_str().to_owned(),
+    }
+}
+
+fn validation_kind(w: &Wallet) -> OpKind {
+    match w.config.merchant.validate {
+        Validate::Deposit => OpKind::Deposit,
+        Validate::Exchange => OpKind::Exchange,
+    }
+}
+
+/// Commits the incoming payment and its coins (state received) before any bank call,
+/// and, when they all go to one bank, the validating operation with its request id in
+/// the same transaction (a crash after it retries that same request).
 async fn record(
     w: &Arc<Wallet>,
     pay: &PayCoinsRequest,
     ask: &AskPayment,
     peer: std::net::IpAddr,
-) -> Result<i64, WalletError> {
+) -> Result<(i64, Option<ops::Op>), WalletError> {
     let coins = pay.coins.clone();
     let record = db::NewPayment {
         direction: "in",
@@ -245,15 +286,64 @@ async fn record(
         description: ask.description.as_str().to_owned(),
         request: bincode::serialize(&ask.nonce).unwrap_or_default(),
     };
-    Ok(w.db
-        .call(move |c, vault| {
+    let mut banks: Vec<String> = coins.iter().map(|c| validation_bank(w, c)).collect();
+    banks.dedup();
+    let one_bank = if banks.len() == 1 { banks.pop() } else { None };
+    let kind = validation_kind(w);
+    let request_id: [u8; 16] = rng::bytes(&mut rng::os());
+    let b = one_bank.clone();
+    let (payment, op_id) =
+        w.db.call(move |c, vault| {
             let tx = c.transaction()?;
             let id = db::insert_payment(&tx, &record)?;
             insert_coins(&tx, vault, &coins, CoinState::Received, Some(id))?;
+            let serials: Vec<Serial> = coins.iter().map(|c| c.serial()).collect();
+            let op = match &b {
+                Some(bank) => {
+                    Some(ops::start_op(&tx, vault, kind, bank, &request_id, Some(id), &serials, CoinState::Received)?)
+                }
+                None => None,
+            };
             tx.commit()?;
-            Ok(id)
+            Ok((id, op))
         })
-        .await?)
+        .await?;
+    let op = match (op_id, one_bank) {
+        (Some(id), Some(bank)) => {
+            Some(ops::Op { id, kind, bank, request_id, amount: ask.amount, payment: Some(payment), secret: None })
+        }
+        _ => None,
+    };
+    Ok((payment, op))
+}
+
+/// Records a payment whose coins the bank did not accept: refused if the bank said so
+/// (the coins stay the buyer's, who recovers them by exchange), still received if the
+/// outcome is unknown (retried later). Returns what to tell the buyer.
+async fn fail_payment(w: &Arc<Wallet>, payment: i64, e: WalletError) -> Result<WalletError, WalletError> {
+    let definitive = e.code.is_definitive();
+    let state = if definitive { "refused" } else { "received" };
+    let reason = e.text.clone();
+    w.db.call(move |c, vault| {
+        let tx = c.transaction()?;
+        tx.execute(
+            "UPDATE payments SET state = ?2, reason = ?3, updated = ?4 WHERE id = ?1",
+            params![payment, state, reason, db::i(db::now())?],
+        )?;
+        if definitive {
+            let left: Vec<Serial> = coins_of(&tx, vault, "payment", payment)?
+                .iter()
+                .filter(|r| r.state == CoinState::Received)
+                .map(|r| r.coin.serial())
+                .collect();
+            db::move_coins(&tx, &left, CoinState::Spent, None, None)?;
+        }
+        tx.commit()?;
+        Ok(())
+    })
+    .await?;
+    let code = if definitive { e.code } else { ReasonCode::PEER_BANK_UNAVAILABLE };
+    Ok(WalletError::new(code, format!("the bank did not accept the coins: {}", e.text)))
 }
 
 async fn refuse(
@@ -279,18 +369,10 @@ async fn refuse(
 pub async fn validate_received(w: &Arc<Wallet>, payment: i64) -> Result<(), WalletError> {
     let rows = w.db.call(move |c, vault| coins_of(c, vault, "payment", payment)).await?;
     let mut by_bank: BTreeMap<String, Vec<Serial>> = BTreeMap::new();
-    let deposit_bank = match w.config.merchant.validate {
-        Validate::Deposit => w.config.merchant.deposit_bank.clone(),
-        Validate::Exchange => None,
-    };
     for r in rows.iter().filter(|r| r.state == CoinState::Received) {
-        let bank = deposit_bank.clone().unwrap_or_else(|| r.coin.body().bank_id.as_str().to_owned());
-        by_bank.entry(bank).or_default().push(r.coin.serial());
+        by_bank.entry(validation_bank(w, &r.coin)).or_default().push(r.coin.serial());
     }
-    let kind = match w.config.merchant.validate {
-        Validate::Deposit => OpKind::Deposit,
-        Validate::Exchange => OpKind::Exchange,
-    };
+    let kind = validation_kind(w);
     for (bank, serials) in by_bank {
         // A previous attempt may have left an unfinished operation for these coins: it is
         // retried by maintenance under its request id, never started afresh.
@@ -314,30 +396,7 @@ pub async fn validate_received(w: &Arc<Wallet>, payment: i64) -> Result<(), Wall
         if let Err(e) =
             ops::exchange_or_deposit(w, kind, &bank, serials, CoinState::Received, vec![], Some(payment)).await
         {
-            let definitive = e.code.is_definitive();
-            let state = if definitive { "refused" } else { "received" };
-            let reason = e.text.clone();
-            w.db.call(move |c, vault| {
-                let tx = c.transaction()?;
-                tx.execute(
-                    "UPDATE payments SET state = ?2, reason = ?3, updated = ?4 WHERE id = ?1",
-                    params![payment, state, reason, db::i(db::now())?],
-                )?;
-                if definitive {
-                    // Refused: the coins stay the buyer's (they recover them by exchange).
-                    let left: Vec<Serial> = coins_of(&tx, vault, "payment", payment)?
-                        .iter()
-                        .filter(|r| r.state == CoinState::Received)
-                        .map(|r| r.coin.serial())
-                        .collect();
-                    db::move_coins(&tx, &left, CoinState::Spent, None, None)?;
-                }
-                tx.commit()?;
-                Ok(())
-            })
-            .await?;
-            let code = if e.code.is_definitive() { e.code } else { ReasonCode::PEER_BANK_UNAVAILABLE };
-            return Err(WalletError::new(code, format!("the bank did not accept the coins: {}", e.text)));
+            return Err(fail_payment(w, payment, e).await?);
         }
     }
     w.db.call(move |c, _| {

@@ -23,7 +23,7 @@ pub enum OpKind {
 }
 
 impl OpKind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             OpKind::Withdraw => "withdraw",
             OpKind::Exchange => "exchange",
@@ -126,6 +126,41 @@ async fn run_withdraw(w: &Arc<Wallet>, op: &Op, password: &str) -> Result<Amount
     }
 }
 
+/// Records an exchange or deposit operation and tags its coins, inside `tx` (so it can
+/// share a transaction with whatever made the coins ours). Coins in `from = Available`
+/// become pending; received coins stay received until the bank answers.
+#[allow(clippy::too_many_arguments)]
+pub fn start_op(
+    tx: &rusqlite::Transaction<'_>,
+    vault: &db::Vault,
+    kind: OpKind,
+    bank: &str,
+    request_id: &[u8; 16],
+    payment: Option<i64>,
+    serials: &[Serial],
+    from: CoinState,
+) -> Result<i64, DbError> {
+    tx.execute(
+        "INSERT INTO ops(kind, state, bank_id, request_id, amount, payment, created) VALUES (?1, 'started', ?2, ?3, 0, ?4, ?5)",
+        params![kind.as_str(), bank, &request_id[..], payment, db::i(db::now())?],
+    )?;
+    let op_id = tx.last_insert_rowid();
+    if from == CoinState::Available {
+        move_coins(tx, serials, CoinState::Pending, None, Some(op_id))?;
+    } else {
+        for s in serials {
+            tx.execute("UPDATE coins SET op = ?2 WHERE serial = ?1", params![&s.0[..], op_id])?;
+        }
+    }
+    let total: i64 = coins_of(tx, vault, "op", op_id)?.iter().map(|r| r.coin.value().minor_units() as i64).sum();
+    tx.execute("UPDATE ops SET amount = ?2 WHERE id = ?1", params![op_id, total])?;
+    Ok(op_id)
+}
+
+/// Work to do in the same transaction as an operation's success (a merchant marks the
+/// payment done and stores the receipt there).
+pub type OnDone = Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> Result<(), DbError> + Send>;
+
 /// Exchanges (or deposits) coins now in `from` state at their bank, as one operation.
 /// `denominations` applies to exchanges (empty: the bank's split). Returns the new coins
 /// of an exchange (already stored as available).
@@ -147,24 +182,10 @@ pub async fn exchange_or_deposit(
     }
     let request_id: [u8; 16] = pmtp_proto::rng::bytes(&mut pmtp_proto::rng::os());
     let b = bank.to_owned();
-    let op_id = w
-        .db
-        .call(move |c, vault| {
+    let op_id =
+        w.db.call(move |c, vault| {
             let tx = c.transaction()?;
-            tx.execute(
-                "INSERT INTO ops(kind, state, bank_id, request_id, amount, payment, created) VALUES (?1, 'started', ?2, ?3, 0, ?4, ?5)",
-                params![kind.as_str(), b, &request_id[..], payment, db::i(db::now())?],
-            )?;
-            let op_id = tx.last_insert_rowid();
-            if from == CoinState::Available {
-                move_coins(&tx, &serials, CoinState::Pending, None, Some(op_id))?;
-            } else {
-                for s in &serials {
-                    tx.execute("UPDATE coins SET op = ?2 WHERE serial = ?1", params![&s.0[..], op_id])?;
-                }
-            }
-            let total: i64 = coins_of(&tx, vault, "op", op_id)?.iter().map(|r| r.coin.value().minor_units() as i64).sum();
-            tx.execute("UPDATE ops SET amount = ?2 WHERE id = ?1", params![op_id, total])?;
+            let op_id = start_op(&tx, vault, kind, &b, &request_id, payment, &serials, from)?;
             tx.commit()?;
             Ok(op_id)
         })
@@ -178,6 +199,17 @@ async fn run_exchange_or_deposit(
     op: &Op,
     denominations: Vec<Denomination>,
 ) -> Result<Vec<Coin>, WalletError> {
+    run_op_then(w, op, denominations, None).await
+}
+
+/// Runs a recorded exchange or deposit; on success, `on_done` runs in the same transaction
+/// that marks its coins spent and the operation done.
+pub async fn run_op_then(
+    w: &Arc<Wallet>,
+    op: &Op,
+    denominations: Vec<Denomination>,
+    on_done: Option<OnDone>,
+) -> Result<Vec<Coin>, WalletError> {
     let entry = w.bank(&op.bank)?;
     let op_id = op.id;
     let rows = w.db.call(move |c, vault| coins_of(c, vault, "op", op_id)).await?;
@@ -188,6 +220,9 @@ async fn run_exchange_or_deposit(
     }
     let coins: Vec<Coin> = rows.iter().map(|r| r.coin.clone()).collect();
     let serials: Vec<Serial> = coins.iter().map(|c| c.serial()).collect();
+    // Coins received from a buyer are validated all or nothing: if the bank refuses one,
+    // none is kept (they are the buyer's to recover). Only our own coins are salvaged.
+    let ours = rows.iter().all(|r| r.state == CoinState::Pending);
     let result: Result<Vec<Coin>, ClientError> = match op.kind {
         OpKind::Exchange => entry.client.exchange(op.request_id, coins.clone(), denominations).await.map(|r| r.coins),
         OpKind::Deposit => {
@@ -215,6 +250,9 @@ async fn run_exchange_or_deposit(
                     insert_coins(&tx, vault, &stored, CoinState::Available, None)?;
                 }
                 tx.execute("UPDATE ops SET state = 'done' WHERE id = ?1", params![op_id])?;
+                if let Some(f) = on_done {
+                    f(&tx)?;
+                }
                 tx.commit()?;
                 Ok(())
             })
@@ -231,8 +269,9 @@ async fn run_exchange_or_deposit(
             let reason = e.to_string();
             let spent_all =
                 matches!(code, ReasonCode::COIN_NOT_IN_CIRCULATION | ReasonCode::COIN_EXPIRED) && serials.len() == 1;
-            let split =
-                matches!(code, ReasonCode::COIN_NOT_IN_CIRCULATION | ReasonCode::COIN_EXPIRED) && serials.len() > 1;
+            let split = ours
+                && matches!(code, ReasonCode::COIN_NOT_IN_CIRCULATION | ReasonCode::COIN_EXPIRED)
+                && serials.len() > 1;
             let back = serials.clone();
             w.db.call(move |c, _| {
                 let tx = c.transaction()?;
