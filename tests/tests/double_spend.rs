@@ -148,3 +148,52 @@ fn sixty_four_ways_to_spend_one_coin() {
     let text = bank.assert_audit();
     println!("{text}");
 }
+
+/// Regression: a merchant that refuses a payment (one of its coins was already spent)
+/// keeps none of its coins; the good ones stay the buyer's to recover.
+#[test]
+fn merchant_refusing_a_payment_keeps_none_of_its_coins() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bank = TestBank::start();
+    let holder = bank.holder(1, "holder", 100);
+    let other = bank.holder(2, "other", 0);
+    let merchant = TestWallet::start("shop", "127.0.0.3", &bank, Some(0), |c| c);
+    let c = bank.client();
+    let w = rt
+        .block_on(c.withdraw(
+            &holder.identity,
+            holder.account,
+            "holder",
+            PASSWORD,
+            rng::bytes(&mut rng::os()),
+            Amount::new(12),
+            vec![],
+        ))
+        .unwrap();
+    assert_eq!(w.coins.len(), 2, "8 + 4");
+    // Spend the 8 first, then offer both coins to the merchant.
+    rt.block_on(c.deposit(
+        &other.identity,
+        other.account,
+        "other",
+        rng::bytes(&mut rng::os()),
+        vec![w.coins[0].clone()],
+    ))
+    .unwrap();
+    let (addr, task) = rt.block_on(fake_buyer(IpAddr::from([127, 0, 1, 50]), w.coins.clone()));
+    let out = std::process::Command::new(payme_tests::wallet_harness::bin())
+        .arg("--data-dir")
+        .arg(merchant.dir.path())
+        .args(["--json", "collect", "--from", &addr, "--amount", "12", "--description", "half spent"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["outcome"], "refused", "{v}");
+    task.abort();
+    let shop = bank.accounts().into_iter().find(|a| a.1 == "shop").unwrap();
+    assert_eq!(shop.2, 0, "the merchant deposited nothing");
+    // The good coin is still in circulation: its holder can exchange it.
+    let back = rt.block_on(c.exchange(rng::bytes(&mut rng::os()), vec![w.coins[1].clone()], vec![])).unwrap();
+    assert_eq!(back.coins.iter().map(|c| c.value().minor_units()).sum::<u64>(), 4);
+    bank.assert_audit();
+}
