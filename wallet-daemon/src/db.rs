@@ -211,27 +211,10 @@ pub(crate) fn i(v: u64) -> Result<i64, DbError> {
 
 impl Db {
     pub fn open(path: &Path, vault: Vault) -> Result<Db, DbError> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        let db = Db { conn: Arc::new(Mutex::new(conn)), vault: Arc::new(vault) };
-        db.with(|c| {
-            let tx = c.transaction()?;
-            tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")?;
-            let current: i64 = tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))?;
-            let known = SCHEMA.last().map(|s| s.0).unwrap_or(0);
-            if current > known {
-                return Err(DbError::Other(format!("database schema {current} is newer than this program ({known})")));
-            }
-            for (v, sql) in SCHEMA.iter().filter(|s| s.0 > current) {
-                tx.execute_batch(sql)?;
-                tx.execute("INSERT INTO schema_migrations VALUES (?1, ?2)", params![v, i(now())?])?;
-            }
-            tx.commit()?;
-            Ok(())
-        })?;
-        Ok(db)
+        use bank_daemon::store::sqlite::{apply_migrations, open_durable};
+        let mut conn = open_durable(path).map_err(|e| DbError::Other(e.to_string()))?;
+        apply_migrations(&mut conn, SCHEMA).map_err(|e| DbError::Other(e.to_string()))?;
+        Ok(Db { conn: Arc::new(Mutex::new(conn)), vault: Arc::new(vault) })
     }
 
     /// Runs `f` with the connection, synchronously (start-up and tests).

@@ -125,6 +125,43 @@ fn arr<const N: usize>(v: Vec<u8>) -> Result<[u8; N], StoreError> {
     v.try_into().map_err(|_| StoreError::Range("blob length"))
 }
 
+/// Opens a SQLite database for durable writing: WAL, `synchronous=FULL` (a committed
+/// transaction survives power loss), foreign keys on, a 10 s busy timeout. The wallet
+/// opens its database the same way.
+pub fn open_durable(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(db)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db)?;
+    Ok(conn)
+}
+
+/// Applies the numbered `migrations` newer than the database's schema, in one
+/// transaction, recording each in `schema_migrations`; refuses a database written by a
+/// newer program. Used by the bank's store and the wallet's database.
+pub fn apply_migrations(conn: &mut Connection, migrations: &[(i64, &str)]) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )
+    .map_err(db)?;
+    let current: i64 =
+        tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0)).map_err(db)?;
+    let known = migrations.last().map(|m| m.0).unwrap_or(0);
+    if current > known {
+        return Err(StoreError::NewerSchema { found: current, known });
+    }
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    for (version, sql) in migrations.iter().filter(|m| m.0 > current) {
+        tx.execute_batch(sql).map_err(db)?;
+        tx.execute("INSERT INTO schema_migrations(version, applied_at) VALUES (?1, ?2)", params![version, now])
+            .map_err(db)?;
+    }
+    tx.commit().map_err(db)
+}
+
 /// The SQLite store: one connection, used by one thread at a time.
 pub struct SqliteStore {
     conn: Connection,
@@ -133,12 +170,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` for writing, and migrates it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db)?;
-        let mut s = SqliteStore { conn };
+        let mut s = SqliteStore { conn: open_durable(path)? };
         s.migrate()?;
         Ok(s)
     }
@@ -158,25 +190,7 @@ impl SqliteStore {
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
-        tx.execute_batch(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
-        )
-        .map_err(db)?;
-        let current: i64 =
-            tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0)).map_err(db)?;
-        let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
-        if current > known {
-            return Err(StoreError::NewerSchema { found: current, known });
-        }
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-        for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-            tx.execute_batch(sql).map_err(db)?;
-            tx.execute("INSERT INTO schema_migrations(version, applied_at) VALUES (?1, ?2)", params![version, now])
-                .map_err(db)?;
-        }
-        tx.commit().map_err(db)
+        apply_migrations(&mut self.conn, MIGRATIONS)
     }
 
     /// The schema version in force.
