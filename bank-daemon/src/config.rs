@@ -63,8 +63,12 @@ pub struct Limits {
     pub idle_timeout_secs: u64,
     /// A request not answered in this time gets a `timeout` refusal.
     pub request_timeout_secs: u64,
-    /// Most coins in one withdraw, deposit or exchange.
+    /// Most coins handed in by one deposit or exchange.
     pub max_coins_per_request: usize,
+    /// Most coins minted for one withdraw or exchange: each costs an RSA signature, so
+    /// this bounds the CPU one request can spend. 64 coins make any amount up to 44 of the
+    /// largest denomination.
+    pub max_coins_minted_per_request: usize,
     /// Largest single withdrawal, minor units.
     pub max_withdraw_amount: u64,
     /// Nonce timestamps may differ from this bank's clock by this much, each way.
@@ -116,6 +120,7 @@ impl Default for Limits {
             idle_timeout_secs: 30,
             request_timeout_secs: 10,
             max_coins_per_request: 1024,
+            max_coins_minted_per_request: 64,
             max_withdraw_amount: 1 << 40,
             nonce_window_secs: 30,
             nonce_cache_capacity: 1_000_000,
@@ -158,8 +163,15 @@ impl Config {
         if self.limits.max_frame_bytes == 0 || self.limits.max_frame_bytes > pmtp_proto::frame::DEFAULT_MAX_BODY {
             return bad("limits.max_frame_bytes must be 1 to 1048576".into());
         }
-        if self.limits.max_connections == 0 || self.limits.commit_batch == 0 || self.limits.max_coins_per_request == 0 {
-            return bad("limits.max_connections, commit_batch and max_coins_per_request must be positive".into());
+        if self.limits.max_connections == 0
+            || self.limits.commit_batch == 0
+            || self.limits.max_coins_per_request == 0
+            || self.limits.max_coins_minted_per_request == 0
+        {
+            return bad(
+                "limits.max_connections, commit_batch, max_coins_per_request and max_coins_minted_per_request must be positive"
+                    .into(),
+            );
         }
         if self.coin_lifetime_secs == 0 {
             return bad("coin_lifetime_secs must be positive".into());
@@ -225,8 +237,10 @@ max_frame_bytes = {max_frame_bytes}
 idle_timeout_secs = {idle}
 # Answer `timeout` to a request not done in this many seconds.
 request_timeout_secs = {request}
-# Most coins in one withdraw, deposit or exchange.
+# Most coins handed in by one deposit or exchange.
 max_coins_per_request = {max_coins}
+# Most coins minted for one withdraw or exchange (each costs one RSA signature).
+max_coins_minted_per_request = {max_minted}
 # Largest single withdrawal, in minor units.
 max_withdraw_amount = {max_withdraw}
 # Nonce clock window each way, in seconds, and how many nonces are remembered in memory.
@@ -273,6 +287,7 @@ clearing_retry_secs = {clearing}
             idle = l.idle_timeout_secs,
             request = l.request_timeout_secs,
             max_coins = l.max_coins_per_request,
+            max_minted = l.max_coins_minted_per_request,
             max_withdraw = l.max_withdraw_amount,
             window = l.nonce_window_secs,
             cap = l.nonce_cache_capacity,

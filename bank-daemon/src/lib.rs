@@ -165,7 +165,7 @@ impl Bank {
         }
     }
 
-    /// Finds the account, checks the name, and verifies the owner's signature on `req`.
+    /// Finds the account, verifies the owner's signature on `req`, then checks the name.
     /// Returns the account as stored (read now, except for the cached name and key).
     pub async fn authenticate<T>(
         self: &Arc<Self>,
@@ -194,12 +194,14 @@ impl Bank {
                 entry
             }
         };
-        if owner_name != name {
-            return Err(Refuse::new(ReasonCode::NAME_MISMATCH, format!("account {id} is not in that name")));
-        }
+        // The signature first, and one refusal for a wrong key and a wrong name: whoever
+        // does not hold the owner's key learns nothing about the name on the account.
         let ok = writer::cpu(move || req.verify(&keys.verifying).is_ok()).await?;
-        if !ok {
-            return Err(Refuse::new(ReasonCode::BAD_SIGNATURE, "the request is not signed by the account owner's key"));
+        if !ok || owner_name != name {
+            return Err(Refuse::new(
+                ReasonCode::BAD_SIGNATURE,
+                format!("the request is not signed by the owner of account {id} under the name given"),
+            ));
         }
         Ok(id)
     }

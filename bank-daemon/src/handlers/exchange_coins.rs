@@ -1,6 +1,7 @@
 //! exchange_coins: valid coins in, new coins of the same total out. No account, no
-//! identity (the bank learns only the network address). The old serials' removal and the
-//! new serials' insertion are one transaction.
+//! identity (the bank learns only the network address). The coins handed in are checked
+//! (signatures, then circulation, then a retry by request id) before any new coin is
+//! signed; the old serials' removal and the new serials' insertion are one transaction.
 
 use super::withdraw_coins::{decode_issued, Issued};
 use super::{mint, plan_denominations, verify_coins, Refuse};
@@ -24,15 +25,31 @@ pub async fn handle(
     }
     let (coins, total) = verify_coins(&bank, req.coins.clone(), now).await?;
     let plan = plan_denominations(&bank, total, &req.denominations)?;
-    let fresh = mint(&bank, plan, now).await?;
     let mut old: Vec<_> = coins.iter().map(|c| c.serial()).collect();
     old.sort_unstable();
+    let (nonce_random, request_id) = (req.nonce.random, req.request_id);
+    let input_hash = pmtp_proto::coin::coins_hash(old.iter());
+    // Before any signing: a retry gets its coins back, and coins already spent are
+    // refused for the cost of a read (the transaction below re-checks).
+    let serials = old.clone();
+    let (previous, missing) =
+        bank.readers.read(move |tx| Ok((tx.issued(&request_id)?, tx.first_missing_serial(&serials)?))).await?;
+    let fresh = match previous {
+        Some(p) if p.input_hash != input_hash || p.balance.is_some() => {
+            return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another request"));
+        }
+        Some(_) => Vec::new(),
+        None => {
+            if let Some(s) = missing {
+                return Err(not_in_circulation(&s));
+            }
+            mint(&bank, plan, now).await?
+        }
+    };
     let new_rows: Vec<SerialRow> = fresh
         .iter()
         .map(|c| SerialRow { serial: c.serial(), value: c.value(), expiry: c.body().expiry, key_id: c.body().key_id })
         .collect();
-    let (nonce_random, request_id) = (req.nonce.random, req.request_id);
-    let input_hash = pmtp_proto::coin::coins_hash(old.iter());
     let coins_blob = bincode::serialize(&fresh).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))?;
     let nonce_expiry = bank.nonce_expiry(&req.nonce);
     let (n_old, n_new) = (old.len() as u64, new_rows.len() as u64);
@@ -47,12 +64,13 @@ pub async fn handle(
                 }
                 return Ok(Issued::Before(previous.coins, Amount::ZERO));
             }
+            if new_rows.is_empty() {
+                // The record read before signing is gone (retention ran in between).
+                return Err(Refuse::new(ReasonCode::INTERNAL, "the bank lost track of this retry; try again"));
+            }
             for s in &old {
                 if tx.remove_serial(s)?.is_none() {
-                    return Err(Refuse::new(
-                        ReasonCode::COIN_NOT_IN_CIRCULATION,
-                        format!("coin {s} is not in circulation (already spent); nothing was exchanged"),
-                    ));
+                    return Err(not_in_circulation(s));
                 }
             }
             for r in &new_rows {
@@ -76,4 +94,11 @@ pub async fn handle(
         }
     };
     Ok(ExchangeCoinsResponse { coins, nonce: Nonce::new(&mut pmtp_proto::rng::os(), bank.local_ip(peer), now) })
+}
+
+fn not_in_circulation(s: &pmtp_proto::Serial) -> Refuse {
+    Refuse::new(
+        ReasonCode::COIN_NOT_IN_CIRCULATION,
+        format!("coin {s} is not in circulation (already spent); nothing was exchanged"),
+    )
 }

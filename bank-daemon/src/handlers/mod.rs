@@ -194,14 +194,23 @@ pub async fn verify_coins(bank: &Arc<Bank>, coins: Vec<Coin>, now: u64) -> Resul
 /// The coin values to mint for `amount`: those asked for (checked), or the fewest coins.
 pub fn plan_denominations(bank: &Bank, amount: Amount, asked: &[Denomination]) -> Result<Vec<Denomination>, Refuse> {
     let max_exp = bank.config.max_denomination_exponent;
-    let limit = bank.config.limits.max_coins_per_request;
+    let limit = bank.config.limits.max_coins_minted_per_request;
+    if asked.len() > limit {
+        return Err(Refuse::new(
+            ReasonCode::TOO_MANY_COINS,
+            format!("{} coins asked for; this bank mints at most {limit} per request", asked.len()),
+        ));
+    }
     let plan = if asked.is_empty() {
         // Config validation keeps the exponent within range.
         let largest = Denomination::from_exponent(max_exp)
             .ok_or_else(|| Refuse::new(ReasonCode::INTERNAL, "max_denomination_exponent out of range"))?;
         let big = amount.minor_units() / largest.value().minor_units();
         if big > limit as u64 {
-            return Err(Refuse::new(ReasonCode::TOO_MANY_COINS, "amount needs more coins than one request may carry"));
+            return Err(Refuse::new(
+                ReasonCode::TOO_MANY_COINS,
+                format!("the amount needs more than the {limit} coins this bank mints per request; split it"),
+            ));
         }
         let rest = Amount::new(amount.minor_units() % largest.value().minor_units());
         let mut v = vec![largest; big as usize];
@@ -232,6 +241,8 @@ pub fn plan_denominations(bank: &Bank, amount: Amount, asked: &[Denomination]) -
 
 /// Signs new coins for `plan` on all cores. Their serials are not yet in circulation: the
 /// caller inserts them in the same transaction as the debit, or throws the coins away.
+/// Signing is the costly step of a request, so callers check everything a read can check
+/// (retry, balance, circulation) before they call this.
 pub async fn mint(bank: &Arc<Bank>, plan: Vec<Denomination>, now: u64) -> Result<Vec<Coin>, Refuse> {
     let b = bank.clone();
     let expiry = now.saturating_add(bank.config.coin_lifetime_secs);

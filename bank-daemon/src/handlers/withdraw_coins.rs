@@ -1,9 +1,10 @@
 //! withdraw_coins: debit an account and hand out new coins.
 //!
 //! Order: the owner's signature (no password oracle without the private key), then the
-//! password (with back-off after repeated failures), then minting on all cores, then one
-//! transaction that records the nonce, re-checks and debits the balance, writes the ledger
-//! and inserts the new serials. Coins leave the bank only after that commit; if it fails,
+//! password (with back-off after repeated failures), then the checks one read can make
+//! (a retry by request id, the balance), then minting on all cores, then one transaction
+//! that records the nonce, re-checks and debits the balance, writes the ledger and inserts
+//! the new serials. Coins leave the bank only after that commit; if it fails,
 //! the signed coins are dropped and, their serials never inserted, are worthless.
 
 use super::{cpu, mint, plan_denominations, Refuse};
@@ -32,11 +33,6 @@ pub async fn handle(
     let account = bank.account(id).await?;
     bank.check_password(&account, body.password.expose(), now).await?;
 
-    let coins = mint(&bank, plan, now).await?;
-    let rows: Vec<SerialRow> = coins
-        .iter()
-        .map(|c| SerialRow { serial: c.serial(), value: c.value(), expiry: c.body().expiry, key_id: c.body().key_id })
-        .collect();
     let (id, amount, nonce_random, request_id) = (account.id, body.amount, body.nonce.random, body.request_id);
     let input_hash = pmtp_proto::keys::tagged_hash(
         b"payme withdraw request",
@@ -46,7 +42,31 @@ pub async fn handle(
             &bincode::serialize(&body.denominations).unwrap_or_default(),
         ],
     );
-    let coins_blob = bincode::serialize(&coins).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))?;
+    // Everything a read can tell, before paying for signatures: a retry gets its coins
+    // back without new ones being signed; a request that reuses an id, or that the
+    // balance cannot cover, is refused for the cost of one read.
+    let previous = bank.readers.read(move |tx| tx.issued(&request_id)).await?;
+    let fresh = match previous {
+        Some(p) if p.input_hash != input_hash || p.balance.is_none() => {
+            return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another request"));
+        }
+        Some(_) => None,
+        None => {
+            if account.balance < amount {
+                return Err(insufficient(account.balance, amount));
+            }
+            Some(mint(&bank, plan, now).await?)
+        }
+    };
+    let rows: Vec<SerialRow> = fresh
+        .iter()
+        .flatten()
+        .map(|c| SerialRow { serial: c.serial(), value: c.value(), expiry: c.body().expiry, key_id: c.body().key_id })
+        .collect();
+    let coins_blob = match &fresh {
+        Some(coins) => bincode::serialize(coins).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))?,
+        None => Vec::new(),
+    };
     let nonce_expiry = bank.nonce_expiry(&body.nonce);
     let count = rows.len() as u64;
     let reset_failures = account.failed_attempts > 0;
@@ -60,10 +80,12 @@ pub async fn handle(
                 }
                 return Ok(Issued::Before(previous.coins, previous.balance.unwrap_or_default()));
             }
+            if rows.is_empty() {
+                // The record read before signing is gone (retention ran in between).
+                return Err(Refuse::new(ReasonCode::INTERNAL, "the bank lost track of this retry; try again"));
+            }
             let acct = tx.account(id)?.ok_or_else(|| Refuse::new(ReasonCode::UNKNOWN_ACCOUNT, "account closed"))?;
-            let balance = acct.balance.checked_sub(amount).map_err(|_| {
-                Refuse::new(ReasonCode::INSUFFICIENT_FUNDS, format!("balance {} is less than {amount}", acct.balance))
-            })?;
+            let balance = acct.balance.checked_sub(amount).map_err(|_| insufficient(acct.balance, amount))?;
             tx.set_balance(id, balance)?;
             tx.add_ledger_entry(id, now, EntryKind::Withdrawal, amount, balance, "coins withdrawn")?;
             for r in &rows {
@@ -88,7 +110,7 @@ pub async fn handle(
     let (coins, balance) = match outcome {
         Issued::Now(balance) => {
             tracing::info!(account = %id, amount = %amount, coins = count, "withdrawal");
-            (coins, balance)
+            (fresh.unwrap_or_default(), balance)
         }
         Issued::Before(blob, balance) => {
             tracing::info!(account = %id, amount = %amount, "withdrawal retried; same coins returned");
@@ -100,6 +122,10 @@ pub async fn handle(
         balance,
         nonce: Nonce::new(&mut pmtp_proto::rng::os(), bank.local_ip(peer), now),
     })
+}
+
+fn insufficient(balance: Amount, amount: Amount) -> Refuse {
+    Refuse::new(ReasonCode::INSUFFICIENT_FUNDS, format!("balance {balance} is less than {amount}"))
 }
 
 /// Whether a withdrawal or exchange was done now, or earlier under the same request id.
