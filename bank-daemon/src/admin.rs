@@ -176,6 +176,9 @@ pub fn account_adjust(
 pub struct AuditReport {
     pub counters: Counters,
     pub circulation: Circulation,
+    /// This bank's own coins held by clearings waiting for a peer: out of circulation, not
+    /// yet redeemed (settlement redeems them; a refusal puts them back).
+    pub held: Circulation,
     /// Accounts whose ledger does not sum to their balance: (id, balance, ledger sum).
     pub ledger_mismatches: Vec<(AccountId, Amount, i128)>,
     pub total_balances: u128,
@@ -183,13 +186,18 @@ pub struct AuditReport {
 
 impl AuditReport {
     pub fn holds(&self) -> bool {
-        self.counters.expected_circulation() == Some(self.circulation.value) && self.ledger_mismatches.is_empty()
+        self.counters.expected_circulation() == self.accounted() && self.ledger_mismatches.is_empty()
+    }
+
+    /// What the counters must equal: the serials in circulation plus those held by clearings.
+    pub fn accounted(&self) -> Option<Amount> {
+        self.circulation.value.checked_add(self.held.value).ok()
     }
 
     pub fn describe(&self) -> String {
         let c = &self.counters;
         let mut s = format!(
-            "minted {} ({} coins) - redeemed {} ({} coins) - expired {} ({} coins) = {}; in circulation {} ({} serials)\n",
+            "minted {} ({} coins) - redeemed {} ({} coins) - expired {} ({} coins) = {}; in circulation {} ({} serials); held by pending clearings {} ({} serials)\n",
             c.minted_value,
             c.minted_count,
             c.redeemed_value,
@@ -198,14 +206,16 @@ impl AuditReport {
             c.expired_count,
             c.expected_circulation().map(|a| a.to_string()).unwrap_or_else(|| "NEGATIVE".into()),
             self.circulation.value,
-            self.circulation.count
+            self.circulation.count,
+            self.held.value,
+            self.held.count
         );
+        let accounted = self.circulation.value.minor_units() as i128 + self.held.value.minor_units() as i128;
         match c.expected_circulation() {
-            Some(e) if e == self.circulation.value => s.push_str("circulation: OK\n"),
-            Some(e) => s.push_str(&format!(
-                "circulation: VIOLATION: difference {}\n",
-                e.minor_units() as i128 - self.circulation.value.minor_units() as i128
-            )),
+            Some(e) if e.minor_units() as i128 == accounted => s.push_str("circulation: OK\n"),
+            Some(e) => {
+                s.push_str(&format!("circulation: VIOLATION: difference {}\n", e.minor_units() as i128 - accounted))
+            }
             None => s.push_str("circulation: VIOLATION: counters go negative\n"),
         }
         s.push_str(&format!("account balances total {}\n", self.total_balances));
@@ -229,6 +239,7 @@ pub fn audit_store(store: &mut dyn Store) -> Result<AuditReport, StoreError> {
     let mut tx = store.begin_read()?;
     let counters = tx.counters()?;
     let circulation = tx.circulation()?;
+    let held = tx.held_by_clearings()?;
     let sums: std::collections::HashMap<AccountId, i128> = tx.ledger_sums()?.into_iter().collect();
     let mut ledger_mismatches = Vec::new();
     let mut total_balances = 0u128;
@@ -239,7 +250,7 @@ pub fn audit_store(store: &mut dyn Store) -> Result<AuditReport, StoreError> {
             ledger_mismatches.push((a.id, a.balance, sum));
         }
     }
-    Ok(AuditReport { counters, circulation, ledger_mismatches, total_balances })
+    Ok(AuditReport { counters, circulation, held, ledger_mismatches, total_balances })
 }
 
 /// One peer's position, from this bank's books and the peer's statement.

@@ -150,7 +150,8 @@ pub async fn deposit(
     }
 }
 
-type SerialTuple = ([u8; 16], u64, u64, [u8; 8]);
+/// How a clearing stores each local serial it holds: (serial, value, expiry, key id).
+pub(crate) type SerialTuple = ([u8; 16], u64, u64, [u8; 8]);
 
 fn serial_tuple(r: &SerialRow) -> SerialTuple {
     (r.serial.0, r.value.minor_units(), r.expiry, r.key_id.0)

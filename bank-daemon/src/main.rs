@@ -226,6 +226,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "redeemed": c.redeemed_value.minor_units(), "redeemed_coins": c.redeemed_count,
                         "expired": c.expired_value.minor_units(), "expired_coins": c.expired_count,
                         "circulating": report.circulation.value.minor_units(), "circulating_coins": report.circulation.count,
+                        "held_by_clearings": report.held.value.minor_units(), "held_coins": report.held.count,
                         "total_balances": report.total_balances.to_string(),
                         "ledger_mismatches": report.ledger_mismatches.len(),
                     })

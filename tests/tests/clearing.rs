@@ -172,6 +172,10 @@ fn peer_down_gives_a_retryable_refusal_then_reconciles() {
     // A's own coin is held by the pending deposit: it cannot be spent elsewhere meanwhile.
     let x = rt.block_on(banks[0].client().exchange(rid(2), w_a.coins.clone(), vec![])).unwrap_err();
     assert_eq!(x.code(), Some(ReasonCode::COIN_NOT_IN_CIRCULATION));
+    // Regression: the audit counts what the pending clearing holds (A's coin of 8 is out
+    // of circulation but not yet redeemed) instead of reporting a violation.
+    let text = banks[0].assert_audit();
+    assert!(text.contains("held by pending clearings 8 (1 serials)"), "{text}");
 
     banks[1].restart_same_port();
     // The resolver settles it (retry every second); the depositor's retry of the same

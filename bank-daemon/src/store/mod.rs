@@ -167,6 +167,9 @@ pub trait Tx {
     fn insert_serial(&mut self, row: &SerialRow) -> Result<bool, StoreError>;
     /// Removes a serial, returning its row if it was in circulation.
     fn remove_serial(&mut self, serial: &Serial) -> Result<Option<SerialRow>, StoreError>;
+    /// The first of `serials` that is not in circulation, if any (reads only: the check a
+    /// request makes before it pays for signing; the transaction that spends re-checks).
+    fn first_missing_serial(&mut self, serials: &[Serial]) -> Result<Option<Serial>, StoreError>;
     fn circulation(&mut self) -> Result<Circulation, StoreError>;
     /// Removes up to `limit` serials that expired before `now`; returns what was removed.
     fn purge_expired_serials(&mut self, now: u64, limit: usize) -> Result<Circulation, StoreError>;
@@ -190,6 +193,9 @@ pub trait Tx {
     fn set_clearing_state(&mut self, request_id: &[u8; 16], state: &str, reason: &str) -> Result<(), StoreError>;
     /// Clearings still waiting for their peer, oldest first.
     fn pending_clearings(&mut self, limit: usize) -> Result<Vec<ClearingRow>, StoreError>;
+    /// This bank's own coins taken out of circulation by clearings still waiting for their
+    /// peer: neither in circulation nor redeemed until the clearing settles or is undone.
+    fn held_by_clearings(&mut self) -> Result<Circulation, StoreError>;
     /// Per peer: the value of foreign coins this bank deposited there (settled clearings).
     fn clearing_totals(&mut self) -> Result<Vec<(String, Amount)>, StoreError>;
 

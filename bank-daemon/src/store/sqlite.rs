@@ -458,6 +458,16 @@ impl Tx for SqliteTx<'_> {
         .transpose()
     }
 
+    fn first_missing_serial(&mut self, serials: &[Serial]) -> Result<Option<Serial>, StoreError> {
+        let mut st = self.tx.prepare_cached("SELECT 1 FROM serials WHERE serial = ?1").map_err(db)?;
+        for s in serials {
+            if !st.exists(params![&s.0[..]]).map_err(db)? {
+                return Ok(Some(*s));
+            }
+        }
+        Ok(None)
+    }
+
     fn circulation(&mut self) -> Result<Circulation, StoreError> {
         let mut st = self.tx.prepare_cached("SELECT value FROM serials").map_err(db)?;
         let rows = st.query_map([], |r| r.get::<_, i64>(0)).map_err(db)?;
@@ -690,6 +700,22 @@ impl Tx for SqliteTx<'_> {
         let mut st = self.tx.prepare_cached(&sql).map_err(db)?;
         let rows = st.query_map(params![i(limit as u64)?], clearing_raw).map_err(db)?;
         rows.map(|r| r.map_err(db).and_then(to_clearing)).collect()
+    }
+
+    fn held_by_clearings(&mut self) -> Result<Circulation, StoreError> {
+        let mut st =
+            self.tx.prepare_cached("SELECT local_serials FROM clearing WHERE state = 'pending'").map_err(db)?;
+        let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(db)?;
+        let mut held = Circulation::default();
+        for blob in rows {
+            let serials: Vec<crate::clearing::SerialTuple> =
+                bincode::deserialize(&blob.map_err(db)?).map_err(|_| StoreError::Range("held serials"))?;
+            for t in serials {
+                held.count += 1;
+                held.value = held.value.checked_add(Amount::new(t.1)).map_err(|_| StoreError::Range("held value"))?;
+            }
+        }
+        Ok(held)
     }
 
     fn clearing_totals(&mut self) -> Result<Vec<(String, Amount)>, StoreError> {
