@@ -55,7 +55,8 @@ pub struct PeerBank {
 pub struct Limits {
     /// Connections served at once; further ones wait in the kernel's accept queue.
     pub max_connections: usize,
-    /// Connections from one IP address at once; more are closed at accept.
+    /// Connections from one source (IPv4 address, IPv6 /64) at once; more are closed at
+    /// accept.
     pub max_connections_per_ip: usize,
     /// Largest frame body accepted, bytes (at most 1 MiB).
     pub max_frame_bytes: usize,
@@ -114,8 +115,8 @@ impl Default for Config {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_connections: 1024,
-            max_connections_per_ip: 256,
+            max_connections: 4096,
+            max_connections_per_ip: 16,
             max_frame_bytes: pmtp_proto::frame::DEFAULT_MAX_BODY,
             idle_timeout_secs: 30,
             request_timeout_secs: 10,
@@ -227,8 +228,9 @@ coin_lifetime_secs = {lifetime}
 exchange_enabled = {exchange}
 
 [limits]
-# Connections served at once, and from one IP address (more are closed at once, so one
-# source cannot take every slot).
+# Connections served at once, and from one source: an IPv4 address or an IPv6 /64 (more
+# are closed at once, so taking every slot needs max_connections / max_connections_per_ip
+# sources). max_connections is capped by the open-file limit (ulimit -n).
 max_connections = {max_connections}
 max_connections_per_ip = {per_ip}
 # Largest frame body accepted, in bytes (at most 1048576).

@@ -41,12 +41,47 @@ pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
 pub struct ConnectionLimits {
     /// Connections served at once; more wait in the kernel's backlog.
     pub total: usize,
-    /// Connections from one IP address at once; more are closed at accept, so one source
-    /// (a flood, slowloris) cannot take every slot from everyone else.
+    /// Connections from one source at once (an IPv4 address, or an IPv6 /64, which one
+    /// host can fill); more are closed at accept, so a few sources (a flood, slowloris)
+    /// cannot take every slot from everyone else: exhausting `total` takes
+    /// `total / per_source` sources.
     pub per_ip: usize,
 }
 
-/// Counts connections per source address; a slot is released when its guard drops.
+/// File descriptors kept back from connections: the database, its WAL, logs, the
+/// listener, outbound connections to banks.
+const RESERVED_FDS: u64 = 64;
+
+/// How many connections this process can really hold: `wanted`, raised open-file limit
+/// permitting (the soft limit is raised to the hard one). Serving more than the file
+/// descriptors allow would make `accept` fail for everyone, which is what the limit is
+/// there to prevent.
+pub fn connection_capacity(wanted: usize) -> usize {
+    let fds = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let room = usize::try_from(fds.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX).max(1);
+    if room < wanted {
+        tracing::warn!(
+            wanted,
+            room,
+            "the open-file limit (ulimit -n) allows fewer connections than max_connections; serving at most {room}"
+        );
+    }
+    wanted.min(room)
+}
+
+/// The source a connection counts against: its IPv4 address (also when mapped into
+/// IPv6), or the /64 network of an IPv6 address.
+pub fn source_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V4(_) => ip,
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => std::net::IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
+/// Counts connections per source; a slot is released when its guard drops.
 #[derive(Default)]
 struct PerIp(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
 
@@ -54,13 +89,14 @@ struct IpSlot(Arc<PerIp>, std::net::IpAddr);
 
 impl PerIp {
     fn take(self: &Arc<Self>, ip: std::net::IpAddr, limit: usize) -> Option<IpSlot> {
+        let key = source_key(ip);
         let mut m = self.0.lock().ok()?;
-        let n = m.entry(ip).or_insert(0);
+        let n = m.entry(key).or_insert(0);
         if *n >= limit {
             return None;
         }
         *n += 1;
-        Some(IpSlot(self.clone(), ip))
+        Some(IpSlot(self.clone(), key))
     }
 }
 
@@ -79,7 +115,8 @@ impl Drop for IpSlot {
 
 /// Accepts connections until `shutdown` completes, serving each with `handle` on
 /// `tracker`. A permit is taken before `accept`, so at most `limits.total` are served at
-/// once; a source address over `limits.per_ip` has its new connection closed at once.
+/// once (fewer if the open-file limit cannot hold that many); a source over
+/// `limits.per_ip` has its new connection closed at once.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     limits: ConnectionLimits,
@@ -90,7 +127,7 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(TcpStream) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(limits.total.max(1)));
+    let permits = Arc::new(Semaphore::new(connection_capacity(limits.total.max(1))));
     let per_ip = Arc::new(PerIp::default());
     tokio::pin!(shutdown);
     loop {
@@ -120,5 +157,29 @@ pub async fn accept_loop<F, Fut>(
             let _slot = slot;
             work.await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    #[test]
+    fn ipv6_sources_count_per_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap_or(IpAddr::from([0u8; 4]));
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap_or(IpAddr::from([0u8; 4]));
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap_or(IpAddr::from([0u8; 4]));
+        assert_eq!(source_key(a), source_key(b), "one /64, one source");
+        assert_ne!(source_key(a), source_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap_or(IpAddr::from([0u8; 4]));
+        assert_eq!(source_key(mapped), IpAddr::from([192, 0, 2, 7]));
+        let slots = Arc::new(PerIp::default());
+        let held: Vec<_> = (0..4).filter_map(|_| slots.take(a, 4)).collect();
+        assert_eq!(held.len(), 4);
+        assert!(slots.take(b, 4).is_none(), "another address in the same /64 is over the limit");
+        assert!(slots.take(c, 4).is_some());
+        drop(held);
+        assert!(slots.take(b, 4).is_some(), "slots come back when connections close");
     }
 }

@@ -110,7 +110,10 @@ fn sixty_four_ways_to_spend_one_coin() {
         }
         // 20 deposits and 20 exchanges at the bank.
         for i in 0..40u8 {
-            let (c, coins, dep, h) = (bank.client(), coin.clone(), depositor.clone(), rt.handle().clone());
+            let (mut c, coins, dep, h) = (bank.client(), coin.clone(), depositor.clone(), rt.handle().clone());
+            // From four addresses, so the bank's per-source connection limit (16) lets
+            // all 40 reach it at once.
+            c.bind_ip = Some(std::net::IpAddr::from([127, 0, 0, 20 + i % 4]));
             let kind = if i % 2 == 0 { "deposit" } else { "exchange" };
             attempts.push((
                 kind,

@@ -22,11 +22,9 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn bank_survives_hostile_peers_and_keeps_serving() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let bank = TestBank::start_with("bank-a", |c| {
-        c.replace("max_connections = 1024", "max_connections = 256")
-            .replace("max_connections_per_ip = 256", "max_connections_per_ip = 32")
-            .replace("idle_timeout_secs = 30", "idle_timeout_secs = 2")
-    });
+    // The shipped connection limits; a short idle deadline so half frames are closed
+    // within the attack.
+    let bank = TestBank::start_with("bank-a", |c| c.replace("idle_timeout_secs = 30", "idle_timeout_secs = 2"));
     let alice = bank.holder(1, "alice", 100);
     let pid = bank.child.as_ref().unwrap().id();
     let rss_before = rss_kib(pid);
@@ -136,5 +134,69 @@ fn bank_survives_hostile_peers_and_keeps_serving() {
     let after = rt.block_on(bank.client().statement(&alice.identity, alice.account, "alice", None)).unwrap();
     assert_eq!(after.balance, pmtp_proto::Amount::new(100));
     assert!(bank.child.is_some());
+    bank.assert_audit();
+}
+
+/// Opens `per_source` connections from each of `sources` to `target`, sending half a
+/// frame on each, and returns them (held open by the caller). Connections the daemon
+/// closes at accept are kept too: they cost it nothing.
+async fn hold_half_frames(sources: &[IpAddr], per_source: usize, target: &str) -> Vec<tokio::net::TcpStream> {
+    let mut held = Vec::new();
+    for ip in sources {
+        for _ in 0..per_source {
+            // A connect that does not complete at once means the daemon's backlog is
+            // full: this source has done what it can.
+            match tokio::time::timeout(Duration::from_millis(500), connect_from(*ip, target)).await {
+                Ok(Ok(mut s)) => {
+                    let _ = s.write_all(b"PMTP\x01\x11\x00\x00\x04\x00abc").await;
+                    held.push(s);
+                }
+                Ok(Err(_)) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    held
+}
+
+/// Whether a daemon still serves a newcomer: an oversize frame header from 127.0.0.1
+/// gets a refusal frame back (a connection stuck in the kernel's backlog gets nothing).
+async fn answers_newcomer(target: &str) -> bool {
+    use tokio::io::AsyncReadExt;
+    let probe = async {
+        let mut s = connect_from(IpAddr::from([127, 0, 0, 1]), target).await?;
+        s.write_all(b"PMTP\x01\x01\xff\xff\xff\xff").await?;
+        let mut buf = [0u8; 64];
+        s.read(&mut buf).await
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(5), probe).await, Ok(Ok(n)) if n > 0)
+}
+
+/// Regression: under the shipped defaults, 5 addresses with 256 half-open frames each
+/// took every connection slot of a bank (1024 slots, 256 per address), and 10 addresses
+/// every slot of a wallet. At the shipped defaults now, 10 addresses with 300 half-open
+/// frames each leave both serving newcomers, and the bank's real clients.
+#[test]
+fn a_handful_of_addresses_cannot_take_every_slot_at_the_shipped_defaults() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let bank = TestBank::start();
+    let alice = bank.holder(1, "alice", 100);
+    let wallet = payme_tests::wallet_harness::TestWallet::start("buyer", "127.0.0.2", &bank, None, |c| c);
+    let sources: Vec<IpAddr> = (100..110u8).map(|i| IpAddr::from([127, 0, 0, i])).collect();
+    rt.block_on(async {
+        for target in [bank.addr.clone(), wallet.addr.clone()] {
+            let held = hold_half_frames(&sources, 300, &target).await;
+            println!("{target}: {} connections opened from {} addresses", held.len(), sources.len());
+            assert!(answers_newcomer(&target).await, "{target} still answers a newcomer while the slots are held");
+            drop(held);
+        }
+        // And a real request at the bank, with the attack in place again.
+        let held = hold_half_frames(&sources, 300, &bank.addr).await;
+        let mut client = bank.client();
+        client.timeout = Duration::from_secs(5);
+        let s = client.statement(&alice.identity, alice.account, "alice", None).await.unwrap();
+        assert_eq!(s.balance, pmtp_proto::Amount::new(100));
+        drop(held);
+    });
     bank.assert_audit();
 }

@@ -85,7 +85,8 @@ pub struct Merchant {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_connections: usize,
-    /// Connections from one IP address at once.
+    /// Connections from one source (IPv4 address, IPv6 /64) at once: taking every slot
+    /// needs max_connections / max_connections_per_ip sources.
     pub max_connections_per_ip: usize,
     pub max_frame_bytes: usize,
     pub idle_timeout_secs: u64,
@@ -129,8 +130,8 @@ impl Default for Merchant {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_connections: 256,
-            max_connections_per_ip: 32,
+            max_connections: 1024,
+            max_connections_per_ip: 8,
             max_frame_bytes: pmtp_proto::frame::DEFAULT_MAX_BODY,
             idle_timeout_secs: 60,
             nonce_window_secs: 30,
@@ -231,7 +232,9 @@ collect_timeout_secs = {collect}
 
 [limits]
 max_connections = {maxc}
-# Connections from one IP address at once (a merchant asks one request at a time).
+# Connections from one source, an IPv4 address or an IPv6 /64 (a merchant asks one
+# request at a time); taking every slot needs max_connections / max_connections_per_ip
+# sources. max_connections is capped by the open-file limit (ulimit -n).
 max_connections_per_ip = {perip}
 max_frame_bytes = {maxf}
 idle_timeout_secs = {idle}

@@ -113,7 +113,9 @@ fn main() {
     let mut bank = match (&cli.bank_dir, &cli.bank_addr) {
         (Some(dir), Some(addr)) => TestBank::attach(dir.clone(), addr.clone()),
         _ => TestBank::start_with("bank-a", |c| {
+            // All load comes from 127.0.0.1, one connection per client.
             c.replace("nonce_window_secs = 30", "nonce_window_secs = 600")
+                .replace("max_connections_per_ip = 16", "max_connections_per_ip = 1024")
                 .replace("max_withdraw_amount = 1099511627776", "max_withdraw_amount = 4611686018427387904")
         }),
     };
@@ -240,7 +242,7 @@ fn purchases(rt: &tokio::runtime::Runtime, bank: &TestBank, cli: &Cli, pid: u32)
     let buyer = TestWallet::start("buyer", "127.0.0.2", bank, Some(1 << 40), |c| {
         c.replace("auto_approve_limit = 0", "auto_approve_limit = 1000000")
             .replace("max_pending_requests = 32", "max_pending_requests = 1024")
-            .replace("max_connections_per_ip = 32", "max_connections_per_ip = 1024")
+            .replace("max_connections_per_ip = 8", "max_connections_per_ip = 1024")
     });
     let merchant = TestWallet::start("merchant", "127.0.0.3", bank, Some(0), |c| c);
     // Pin the merchant once (the person approves), then the policy pays.
