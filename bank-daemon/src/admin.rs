@@ -85,7 +85,8 @@ pub fn open_bank(
             config.bank_id
         );
     }
-    let store = SqliteStore::open(&dir.database())?;
+    let mut store = open_checked(dir)?;
+    check_at_start(dir, &mut store)?;
     let (writer, thread) = crate::writer::Writer::start(Box::new(store), config.limits.commit_batch, 4096);
     let db = dir.database();
     let readers = crate::writer::Readers::new(Box::new(move || {
@@ -99,7 +100,54 @@ fn open_store(dir: &DataDir) -> anyhow::Result<SqliteStore> {
     if !dir.database().exists() {
         bail!("no bank in {} (run `payme-bank init --data-dir {}` first)", dir.0.display(), dir.0.display());
     }
+    match dir.lock() {
+        // No `serve` is running: this may be the first open since a crash, which would
+        // let SQLite drop damaged committed frames for good. Check first.
+        Ok(_lock) => open_checked(dir),
+        // `serve` checked the database when it started and keeps it open.
+        Err(_) => Ok(SqliteStore::open(&dir.database())?),
+    }
+}
+
+/// What to do when the database fails a check: one line for the log, and the way out.
+fn damaged(dir: &DataDir, what: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "refusing to use the database in {}: {what}. Nothing was changed. Restore the data directory from \
+         a backup (README.md, \"Backups and recovery\"); keep this copy for inspection",
+        dir.0.display()
+    )
+}
+
+/// Opens the bank's database after checking that its WAL holds every committed
+/// transaction (see [`crate::store::wal`]). The caller holds the serve lock.
+fn open_checked(dir: &DataDir) -> anyhow::Result<SqliteStore> {
+    if let crate::store::wal::WalCheck::Damaged(what) = crate::store::wal::check(&dir.database())? {
+        return Err(damaged(dir, &format!("committed transactions in its write-ahead log are damaged ({what})")));
+    }
     Ok(SqliteStore::open(&dir.database())?)
+}
+
+/// The checks `serve` makes before it answers anyone: SQLite's integrity check, and the
+/// audit (counters against the serials in circulation, every account's ledger against its
+/// balance). A bank that fails them would serve damaged numbers as the truth.
+pub fn check_at_start(dir: &DataDir, store: &mut dyn Store) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let problems = store.integrity_check()?;
+    if !problems.is_empty() {
+        let first: Vec<&str> = problems.iter().take(3).map(String::as_str).collect();
+        return Err(damaged(dir, &format!("SQLite's integrity check failed: {}", first.join("; "))));
+    }
+    let report = audit_store(store)?;
+    if !report.holds() {
+        let what = report.describe().lines().filter(|l| l.contains("VIOLATION")).collect::<Vec<_>>().join("; ");
+        return Err(damaged(dir, &format!("the audit failed: {what}")));
+    }
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        serials = report.circulation.count,
+        "database checked: integrity and audit hold"
+    );
+    Ok(())
 }
 
 /// Hashes an account password with Argon2id and a random salt.

@@ -59,6 +59,11 @@ impl Writer {
                     }
                     run_batch(store.as_mut(), &mut batch);
                 }
+                // Every handle is gone: the daemon is stopping cleanly.
+                match store.checkpoint() {
+                    Ok(()) => tracing::info!("database checkpointed"),
+                    Err(e) => tracing::warn!(error = %e, "checkpoint at stop failed"),
+                }
             })
             .ok();
         (Writer { jobs: tx }, WriterThread(handle))

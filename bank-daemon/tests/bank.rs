@@ -470,3 +470,103 @@ async fn doomed_requests_cost_no_signatures() {
     assert_eq!(bank.balance(&alice).await, balance, "nothing was charged");
     bank.assert_audit();
 }
+
+/// Runs `payme-bank serve` on a bank that must refuse to start; returns what it said.
+/// Bounded: 30 s, then the test fails (it would be serving).
+fn serve_must_refuse(bank: &TestBank) -> String {
+    let mut child = std::process::Command::new(bin())
+        .arg("--data-dir")
+        .arg(bank.dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("PAYME_BANK_PASSPHRASE", PASSPHRASE)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            assert!(!status.success(), "serve should refuse: {err}");
+            return err;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("payme-bank serve started on a damaged database");
+}
+
+fn flip_all(path: &std::path::Path, pattern: &[u8]) -> usize {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mut n = 0;
+    let mut i = 0;
+    while i + pattern.len() <= bytes.len() {
+        if &bytes[i..i + pattern.len()] == pattern {
+            bytes[i + pattern.len() - 1] ^= 0x01;
+            n += 1;
+        }
+        i += 1;
+    }
+    std::fs::write(path, bytes).unwrap();
+    n
+}
+
+/// Regression: one flipped byte in an account's balance was served in statements. The
+/// bank checks its database at start (SQLite's integrity check, and the audit with every
+/// ledger against its balance) and refuses to serve a damaged one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_balance_byte_stops_the_bank_at_start() {
+    let mut bank = TestBank::start();
+    // A balance whose bytes appear nowhere else: credited 0x3A5B7C9D1F, then 1 withdrawn.
+    let alice = bank.holder(1, "alice", 0x3A_5B7C_9D1F);
+    let c = bank.client();
+    c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, rid(), Amount::new(1), vec![]).await.unwrap();
+    bank.stop();
+    let db = bank.dir.path().join("bank.db");
+    let wal = bank.dir.path().join("bank.db-wal");
+    assert!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) == 0, "a clean stop leaves no WAL to recover");
+    // SQLite stores 0x3A5B7C9D1E as a 6-byte big-endian integer.
+    let flipped = flip_all(&db, &[0x00, 0x3A, 0x5B, 0x7C, 0x9D, 0x1E]);
+    assert!(flipped >= 1, "the balance is in the database file");
+    let said = serve_must_refuse(&bank);
+    assert!(said.contains("audit failed") && said.contains("ledger"), "{said}");
+    assert!(said.contains("Restore the data directory from a backup"), "{said}");
+    assert_eq!(said.trim().lines().count(), 1, "one line: {said}");
+}
+
+/// Regression: after kill -9, a damaged WAL tail made SQLite silently drop a committed
+/// deposit (its coins back in circulation, the depositor's wallet holding them as spent).
+/// The bank reads the WAL itself before SQLite opens it, and refuses to serve, or to run
+/// an admin command that would let SQLite drop the frames, when committed ones are damaged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_wal_after_kill_9_stops_the_bank_at_start() {
+    let mut bank = TestBank::start();
+    let alice = bank.holder(1, "alice", 1000);
+    let shop = bank.holder(2, "shop", 0);
+    let c = bank.client();
+    let w = c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, rid(), Amount::new(300), vec![]);
+    let coins = w.await.unwrap().coins;
+    c.deposit(&shop.identity, shop.account, "shop", rid(), coins).await.unwrap();
+    let mut child = bank.child.take().unwrap();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let wal = bank.dir.path().join("bank.db-wal");
+    let len = std::fs::metadata(&wal).unwrap().len() as usize;
+    assert!(len > 4096, "the crash left committed frames in the WAL");
+    let mut bytes = std::fs::read(&wal).unwrap();
+    bytes[len - 100] ^= 0x40; // inside the last committed frame
+    std::fs::write(&wal, &bytes).unwrap();
+    let said = serve_must_refuse(&bank);
+    assert!(said.contains("write-ahead log") && said.contains("committed"), "{said}");
+    // An admin command refuses too, instead of letting SQLite drop the frames.
+    let out = payme_bank(bank.dir.path(), &["audit"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("write-ahead log"));
+    // Undamaged, the same crash recovers: restore the byte and the bank serves again.
+    bytes[len - 100] ^= 0x40;
+    std::fs::write(&wal, &bytes).unwrap();
+    bank.restart();
+    assert_eq!(bank.balance(&shop).await, Amount::new(300), "the deposit survived the crash");
+    bank.assert_audit();
+}

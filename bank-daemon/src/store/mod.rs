@@ -12,6 +12,7 @@
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
+pub mod wal;
 
 use pmtp_proto::bank_statement::{EntryKind, LedgerEntry};
 use pmtp_proto::keys::KeyId;
@@ -25,6 +26,10 @@ pub enum StoreError {
     Range(&'static str),
     #[error("the data directory is in use by another payme-bank ({0})")]
     Locked(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("the database is damaged: {0}")]
+    Damaged(String),
     #[error("database schema version {found} is newer than this program knows ({known})")]
     NewerSchema { found: i64, known: i64 },
 }
@@ -209,6 +214,11 @@ pub trait Store: Send {
     fn begin(&mut self) -> Result<Box<dyn Tx + '_>, StoreError>;
     /// A transaction for reading a consistent snapshot (writes in it may fail).
     fn begin_read(&mut self) -> Result<Box<dyn Tx + '_>, StoreError>;
+    /// The engine's own consistency check: the problems it finds, none when sound.
+    fn integrity_check(&mut self) -> Result<Vec<String>, StoreError>;
+    /// Called once when the daemon stops cleanly: leaves nothing for crash recovery
+    /// (SQLite: copies the WAL into the database and empties it).
+    fn checkpoint(&mut self) -> Result<(), StoreError>;
 }
 
 impl Counters {

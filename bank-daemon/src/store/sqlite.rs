@@ -211,6 +211,26 @@ impl Store for SqliteStore {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Deferred).map_err(db)?;
         Ok(Box::new(SqliteTx { tx }))
     }
+
+    fn integrity_check(&mut self) -> Result<Vec<String>, StoreError> {
+        let mut st = self.conn.prepare("PRAGMA integrity_check").map_err(db)?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(db)?;
+        let found: Vec<String> = rows.collect::<Result<_, _>>().map_err(db)?;
+        Ok(found.into_iter().filter(|r| r != "ok").collect())
+    }
+
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        // TRUNCATE: every frame copied into the database and the WAL emptied, so a clean
+        // stop leaves no WAL for the next start to recover (and nothing there to damage).
+        let (busy, _, _): (i64, i64, i64) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(db)?;
+        if busy != 0 {
+            return Err(StoreError::Db("checkpoint blocked by a reader; the WAL stays for the next start".into()));
+        }
+        Ok(())
+    }
 }
 
 struct SqliteTx<'c> {
