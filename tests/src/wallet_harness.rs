@@ -29,10 +29,25 @@ pub struct TestWallet {
     /// Where the daemon's log (stderr, level info) goes, for tests that read it; `None`:
     /// the test's own stderr.
     pub log: Option<PathBuf>,
+    /// The daemon's limit on open file descriptors, when a test lowers it.
+    pub fd_limit: Option<u32>,
 }
 
 fn wallet_cmd(dir: &Path) -> Command {
-    let mut c = Command::new(bin());
+    wallet_cmd_limited(dir, None)
+}
+
+/// The wallet command, run with at most `fd_limit` open file descriptors when given (a
+/// shell lowers the limit, then becomes the wallet: the child's pid is the wallet's).
+fn wallet_cmd_limited(dir: &Path, fd_limit: Option<u32>) -> Command {
+    let mut c = match fd_limit {
+        None => Command::new(bin()),
+        Some(n) => {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(format!("ulimit -n {n} && exec \"$@\"")).arg("sh").arg(bin());
+            c
+        }
+    };
     c.arg("--data-dir")
         .arg(dir)
         .env("PAYME_WALLET_PASSPHRASE", WALLET_PASSPHRASE)
@@ -92,6 +107,7 @@ impl TestWallet {
             ip: ip.to_owned(),
             account: account.map(|a| a.0),
             log: None,
+            fd_limit: None,
         }
     }
 
@@ -99,6 +115,12 @@ impl TestWallet {
     /// next start, readable with [`TestWallet::log_text`].
     pub fn with_log(mut self) -> TestWallet {
         self.log = Some(self.dir.path().join("daemon.log"));
+        self
+    }
+
+    /// Runs the daemon with at most `n` open file descriptors from its next start.
+    pub fn with_fd_limit(mut self, n: u32) -> TestWallet {
+        self.fd_limit = Some(n);
         self
     }
 
@@ -137,12 +159,13 @@ impl TestWallet {
             ip: ip.to_owned(),
             account: self.account,
             log: None,
+            fd_limit: None,
         }
     }
 
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let mut cmd = wallet_cmd(self.dir.path());
+        let mut cmd = wallet_cmd_limited(self.dir.path(), self.fd_limit);
         cmd.arg("serve");
         let (child, addr) = spawn_daemon_logging(cmd, self.log.as_deref());
         self.addr = addr;

@@ -350,6 +350,39 @@ fn an_idle_control_connection_is_closed() {
     assert_eq!(w.available(), 0, "the daemon still serves");
 }
 
+/// Seconds since midnight of a log line's timestamp (`2026-11-22T08:05:17.524092Z ...`).
+fn log_time(line: &str) -> f64 {
+    let t = &line[11..line.find('Z').unwrap()];
+    let mut parts = t.split(':').map(|p| p.parse::<f64>().unwrap());
+    let (h, m, s) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+    h * 3600.0 + m * 60.0 + s
+}
+
+#[test]
+fn out_of_file_descriptors_the_control_socket_pauses_instead_of_spinning() {
+    let bank = TestBank::start();
+    let w = TestWallet::create("fds", "127.0.0.2", &bank, None, |c| c).with_log().with_fd_limit(48).started();
+    let socket = w.dir.path().join("control.sock");
+    // More connections than the daemon has descriptors for: they wait in the backlog and
+    // each accept fails with EMFILE until some close.
+    let held: Vec<_> = (0..100).map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap()).collect();
+    let failures = wait_for("six accept failures in the log", || {
+        let lines: Vec<String> =
+            w.log_text().lines().filter(|l| l.contains("accept failed")).map(String::from).collect();
+        (lines.len() >= 6).then_some(lines)
+    });
+    assert!(failures[0].contains("Too many open files"), "{}", failures[0]);
+    // Pauses of 10, 20, 40, 80 and 160 ms between the first six: not a spin.
+    let mut span = log_time(&failures[5]) - log_time(&failures[0]);
+    if span < 0.0 {
+        span += 86_400.0;
+    }
+    assert!(span >= 0.3, "six failures within {span} s: the loop did not pause");
+    // Descriptors freed: the daemon serves again.
+    drop(held);
+    wait_for("the control socket to serve again", || w.run(&["balance"]).0.then_some(()));
+}
+
 #[test]
 fn printing_commands_exit_cleanly_when_the_reader_is_gone() {
     let bank = TestBank::start();
