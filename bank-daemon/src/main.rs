@@ -175,10 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut cfg = Config::load(&dir.config())?;
             cfg.peers.push(peer.clone());
             cfg.validate()?;
-            let mut text = std::fs::read_to_string(dir.config())
-                .with_context(|| format!("cannot read {}", dir.config().display()))?;
-            text.push_str(&Config::peer_section(&peer));
-            pmtp_proto::keyfile::fs::write_atomic(&dir.config(), text.as_bytes(), 0o600)?;
+            pmtp_proto::keyfile::fs::append_atomic(&dir.config(), Config::peer_section(&peer).as_bytes())?;
             println!("peer {} added; restart `payme-bank serve` to use it", peer.id);
         }
         Command::Clearing { passphrase_file, json } => {

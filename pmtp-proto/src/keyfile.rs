@@ -171,6 +171,16 @@ pub mod fs {
         std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| io(&dir, e))
     }
 
+    /// Appends `bytes` to the existing file at `path` durably: reads it, appends in memory
+    /// and replaces it through [`write_atomic`], keeping its permissions. A crash leaves the
+    /// old content or the new, never half a section.
+    pub fn append_atomic(path: &Path, bytes: &[u8]) -> Result<(), KeyFileError> {
+        let mode = std::fs::metadata(path).map_err(|e| io(path, e))?.permissions().mode() & 0o7777;
+        let mut content = std::fs::read(path).map_err(|e| io(path, e))?;
+        content.extend_from_slice(bytes);
+        write_atomic(path, &content, mode)
+    }
+
     /// Reads a private file, refusing it when group or others may read or write it.
     pub fn read_private(path: &Path) -> Result<Vec<u8>, KeyFileError> {
         let meta = std::fs::metadata(path).map_err(|e| io(path, e))?;
@@ -222,7 +232,7 @@ mod tests {
 
     #[cfg(feature = "fs")]
     #[test]
-    fn write_atomic_replaces_keeps_mode_and_leaves_no_temporary_file() {
+    fn write_atomic_replaces_keeps_mode_and_leaves_no_temporary_file_and_appends() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
@@ -236,6 +246,11 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         fs::write_atomic(&path, b"third", 0o600).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        // Appending keeps the file's mode and adds to its content.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        fs::append_atomic(&path, b" and more").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"third and more");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("config.toml")], "no temporary file left");
         // A directory that does not exist: an error naming the path, nothing written.

@@ -200,10 +200,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut cfg = load_config(&dir)?;
             cfg.banks.push(b.clone());
             cfg.validate()?;
-            let mut text = std::fs::read_to_string(dir.config())
-                .with_context(|| format!("cannot read {}", dir.config().display()))?;
-            text.push_str(&Config::bank_section(&b));
-            keyfile::fs::write_atomic(&dir.config(), text.as_bytes(), 0o600)?;
+            keyfile::fs::append_atomic(&dir.config(), Config::bank_section(&b).as_bytes())?;
             writeln!(std::io::stdout().lock(), "bank {} added; restart `payme-wallet serve` to use it", b.id)?;
             return Ok(ExitCode::SUCCESS);
         }
