@@ -2,11 +2,12 @@
 //!
 //! Check the merchant's signature and nonce; compare its keys with the pinned ones (a
 //! changed key is refused, like SSH's known_hosts); ask the person, unless their policy
-//! pays this merchant and amount at once; choose coins that make the exact amount
-//! (exchanging a larger coin first when the denominations do not fit); record the payment
-//! and mark its coins pending (committed) before they leave; send pay_coins_request sealed
-//! to the merchant; store the receipt. Without a receipt, the coins are resolved by
-//! exchange at their bank.
+//! pays this merchant and amount at once (one source address may hold only its share of
+//! the requests waiting for the person, `limits.max_pending_per_source`); choose coins
+//! that make the exact amount (exchanging a larger coin first when the denominations do
+//! not fit); record the payment and mark its coins pending (committed) before they leave;
+//! send pay_coins_request sealed to the merchant; store the receipt. Without a receipt,
+//! the coins are resolved by exchange at their bank.
 
 use crate::db::{self, move_coins, CoinState};
 use crate::ops::{self, OpKind};

@@ -2,7 +2,9 @@
 //!
 //! The socket file is created with mode 0600 and every connection's peer credentials are
 //! checked (SO_PEERCRED): only the user running the wallet may use it. The `payme-wallet`
-//! subcommands and the CGI program are its clients.
+//! subcommands and the CGI program are its clients. A connection silent for
+//! `limits.control_idle_timeout_secs` between requests is closed, and a failing `accept`
+//! (out of file descriptors) pauses with a bounded backoff instead of spinning.
 //!
 //! Request: `{"cmd": "balance"}`, `{"cmd": "collect", "from": "host:port", "amount": 100,
 //! "description": "..."}`, ... (see [`Request`]). Answer: `{"ok": true, "result": ...}` or
