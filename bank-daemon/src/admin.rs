@@ -52,9 +52,9 @@ pub fn init(dir: &DataDir, passphrase: &str, opts: &InitOptions) -> anyhow::Resu
     let sealed = keyfile::seal_identity(&mut rng, &identity, passphrase.as_bytes(), opts.kdf)?;
     keyfile::fs::write_private(&dir.key(), &sealed)?;
     let public = identity.public();
-    std::fs::write(dir.public(), format!("{}\n", public.to_text()))?;
+    keyfile::fs::write_atomic(&dir.public(), format!("{}\n", public.to_text()).as_bytes(), 0o644)?;
     if !dir.config().exists() {
-        std::fs::write(dir.config(), config.commented_toml())?;
+        keyfile::fs::write_atomic(&dir.config(), config.commented_toml().as_bytes(), 0o600)?;
     }
     let mut store = SqliteStore::open(&dir.database())?;
     let mut tx = store.begin()?;

@@ -26,9 +26,10 @@ pub enum ClientError {
     Io(String),
     #[error("the bank did not answer in time; the outcome is unknown")]
     Timeout,
-    #[error("the bank refused: {} ({})", .0.text, .0.code)]
+    // The bank's text is a peer's: escaped wherever this is shown or logged.
+    #[error("the bank refused: {} ({})", .0.text.escaped(), .0.code)]
     Refused(Refusal),
-    #[error("the bank could not read the request: {} ({})", .0.text, .0.code)]
+    #[error("the bank could not read the request: {} ({})", .0.text.escaped(), .0.code)]
     PlainRefused(PlainRefusal),
     #[error("protocol error: {0}")]
     Proto(#[from] ProtoError),

@@ -123,8 +123,8 @@ pub mod fs {
         KeyFileError::Io { path: path.display().to_string(), message: e.to_string() }
     }
 
-    /// Writes `bytes` to `path` with mode 0600, atomically (temporary file, fsync, rename),
-    /// refusing to replace an existing file.
+    /// Writes `bytes` to `path` with mode 0600, atomically (see [`write_atomic`]), refusing
+    /// to replace an existing file.
     pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyFileError> {
         if path.exists() {
             return Err(KeyFileError::Io {
@@ -132,19 +132,53 @@ pub mod fs {
                 message: "already exists; refusing to overwrite a key".into(),
             });
         }
-        let tmp = path.with_extension("tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut f =
-            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(|e| io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| io(&tmp, e))?;
-        f.sync_all().map_err(|e| io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
-        if let Some(dir) = path.parent() {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
+        write_atomic(path, bytes, 0o600)
+    }
+
+    /// Writes `bytes` to `path` with permissions `mode`, replacing any file there, so that
+    /// after a crash or a power loss the path holds either the old content or the new, never
+    /// a mix or nothing: a temporary file in the same directory is written and fsynced, then
+    /// renamed over `path`, and the directory is fsynced so the rename itself is durable.
+    /// To append, read the file, append in memory and write the whole through this.
+    pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyFileError> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // A name no other writer uses (process id and a counter): concurrent writers never
+        // share a temporary file, and a leftover from a crash is never reused.
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+        let written = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&tmp)
+                .map_err(|e| io(&tmp, e))?;
+            // The umask may have narrowed `mode` at creation: set it exactly.
+            f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| io(&tmp, e))?;
+            f.write_all(bytes).map_err(|e| io(&tmp, e))?;
+            f.sync_all().map_err(|e| io(&tmp, e))?;
+            std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+            return written;
         }
-        Ok(())
+        std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| io(&dir, e))
+    }
+
+    /// Appends `bytes` to the existing file at `path` durably: reads it, appends in memory
+    /// and replaces it through [`write_atomic`], keeping its permissions. A crash leaves the
+    /// old content or the new, never half a section.
+    pub fn append_atomic(path: &Path, bytes: &[u8]) -> Result<(), KeyFileError> {
+        let mode = std::fs::metadata(path).map_err(|e| io(path, e))?.permissions().mode() & 0o7777;
+        let mut content = std::fs::read(path).map_err(|e| io(path, e))?;
+        content.extend_from_slice(bytes);
+        write_atomic(path, &content, mode)
     }
 
     /// Reads a private file, refusing it when group or others may read or write it.
@@ -194,5 +228,33 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         let err = fs::read_private(&path).unwrap_err();
         assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+
+    #[cfg(feature = "fs")]
+    #[test]
+    fn write_atomic_replaces_keeps_mode_and_leaves_no_temporary_file_and_appends() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        // 0664: a usual umask (022) would narrow it at creation; the helper must not.
+        fs::write_atomic(&path, b"first version, rather long", 0o664).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"first version, rather long");
+        fs::write_atomic(&path, b"second", 0o664).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second", "replaced, not overwritten in place");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o664);
+        // The mode given is the mode the file gets, whatever the old file's mode was.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        fs::write_atomic(&path, b"third", 0o600).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        // Appending keeps the file's mode and adds to its content.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        fs::append_atomic(&path, b" and more").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"third and more");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("config.toml")], "no temporary file left");
+        // A directory that does not exist: an error naming the path, nothing written.
+        let err = fs::write_atomic(&dir.path().join("missing/x"), b"y", 0o600).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
     }
 }

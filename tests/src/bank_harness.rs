@@ -61,10 +61,24 @@ pub fn workspace_binary(name: &str, package: &str) -> std::path::PathBuf {
 }
 
 /// Spawns a daemon command and waits (at most 60 s) for its "... listening on ADDR" line.
-pub fn spawn_daemon(mut cmd: Command) -> (Child, String) {
-    let log = std::env::var("PAYME_TEST_LOG").unwrap_or_else(|_| "warn".into());
-    let mut child =
-        cmd.env("RUST_LOG", log).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("daemon starts");
+pub fn spawn_daemon(cmd: Command) -> (Child, String) {
+    spawn_daemon_logging(cmd, None)
+}
+
+/// [`spawn_daemon`], with the daemon's log (stderr, at level info) appended to `log`
+/// when given, for tests that check what a daemon logs.
+pub fn spawn_daemon_logging(mut cmd: Command, log: Option<&Path>) -> (Child, String) {
+    let level = std::env::var("PAYME_TEST_LOG").unwrap_or_else(|_| "warn".into());
+    match log {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+            cmd.env("RUST_LOG", "info").stderr(file);
+        }
+        None => {
+            cmd.env("RUST_LOG", level).stderr(Stdio::inherit());
+        }
+    }
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("daemon starts");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

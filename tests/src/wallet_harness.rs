@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use crate::bank_harness::{spawn_daemon, stop_daemon, workspace_binary, TestBank, PASSWORD};
+use crate::bank_harness::{spawn_daemon_logging, stop_daemon, workspace_binary, TestBank, PASSWORD};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -26,10 +26,28 @@ pub struct TestWallet {
     pub addr: String,
     pub ip: String,
     pub account: Option<u64>,
+    /// Where the daemon's log (stderr, level info) goes, for tests that read it; `None`:
+    /// the test's own stderr.
+    pub log: Option<PathBuf>,
+    /// The daemon's limit on open file descriptors, when a test lowers it.
+    pub fd_limit: Option<u32>,
 }
 
 fn wallet_cmd(dir: &Path) -> Command {
-    let mut c = Command::new(bin());
+    wallet_cmd_limited(dir, None)
+}
+
+/// The wallet command, run with at most `fd_limit` open file descriptors when given (a
+/// shell lowers the limit, then becomes the wallet: the child's pid is the wallet's).
+fn wallet_cmd_limited(dir: &Path, fd_limit: Option<u32>) -> Command {
+    let mut c = match fd_limit {
+        None => Command::new(bin()),
+        Some(n) => {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(format!("ulimit -n {n} && exec \"$@\"")).arg("sh").arg(bin());
+            c
+        }
+    };
     c.arg("--data-dir")
         .arg(dir)
         .env("PAYME_WALLET_PASSPHRASE", WALLET_PASSPHRASE)
@@ -41,6 +59,17 @@ impl TestWallet {
     /// Creates a wallet named `name` listening on `ip`, with an account at `bank` holding
     /// `funds` (none if `None`), `edit` applied to its config.toml, and starts it.
     pub fn start(
+        name: &str,
+        ip: &str,
+        bank: &TestBank,
+        funds: Option<u64>,
+        edit: impl FnOnce(String) -> String,
+    ) -> TestWallet {
+        TestWallet::create(name, ip, bank, funds, edit).started()
+    }
+
+    /// [`TestWallet::start`] without starting: the wallet is initialised and configured.
+    pub fn create(
         name: &str,
         ip: &str,
         bank: &TestBank,
@@ -70,23 +99,75 @@ impl TestWallet {
         let cfg_path = dir.path().join("config.toml");
         let cfg = std::fs::read_to_string(&cfg_path).unwrap();
         std::fs::write(&cfg_path, edit(cfg)).unwrap();
-        let mut w = TestWallet {
+        TestWallet {
             dir,
             name: name.to_owned(),
             child: None,
             addr: String::new(),
             ip: ip.to_owned(),
             account: account.map(|a| a.0),
-        };
-        w.restart();
-        w
+            log: None,
+            fd_limit: None,
+        }
+    }
+
+    /// Keeps the daemon's log (level info) in `daemon.log` in its data directory from its
+    /// next start, readable with [`TestWallet::log_text`].
+    pub fn with_log(mut self) -> TestWallet {
+        self.log = Some(self.dir.path().join("daemon.log"));
+        self
+    }
+
+    /// Runs the daemon with at most `n` open file descriptors from its next start.
+    pub fn with_fd_limit(mut self, n: u32) -> TestWallet {
+        self.fd_limit = Some(n);
+        self
+    }
+
+    /// Starts the daemon (after [`TestWallet::create`]).
+    pub fn started(mut self) -> TestWallet {
+        self.restart();
+        self
+    }
+
+    /// What the daemon has logged so far (empty unless made [`TestWallet::with_log`]).
+    pub fn log_text(&self) -> String {
+        self.log.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default()
+    }
+
+    /// A second wallet holding a copy of this one's data (keys, coins, pins), as a person
+    /// who copied their wallet directory would have, listening on `ip`. This wallet must be
+    /// stopped (its database quiet) while the copy is made; neither is started.
+    pub fn copy_to(&self, ip: &str) -> TestWallet {
+        assert!(self.child.is_none(), "stop the wallet before copying it");
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["config.toml", "wallet.key", "wallet.pub", "wallet.db", "wallet.db-wal", "wallet.db-shm"] {
+            let from = self.dir.path().join(name);
+            if from.exists() {
+                std::fs::copy(&from, dir.path().join(name)).unwrap();
+            }
+        }
+        let cfg_path = dir.path().join("config.toml");
+        let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+        let cfg = cfg.replace(&format!("listen = \"{}:", self.ip), &format!("listen = \"{ip}:"));
+        std::fs::write(&cfg_path, cfg).unwrap();
+        TestWallet {
+            dir,
+            name: self.name.clone(),
+            child: None,
+            addr: String::new(),
+            ip: ip.to_owned(),
+            account: self.account,
+            log: None,
+            fd_limit: None,
+        }
     }
 
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let mut cmd = wallet_cmd(self.dir.path());
+        let mut cmd = wallet_cmd_limited(self.dir.path(), self.fd_limit);
         cmd.arg("serve");
-        let (child, addr) = spawn_daemon(cmd);
+        let (child, addr) = spawn_daemon_logging(cmd, self.log.as_deref());
         self.addr = addr;
         self.child = Some(child);
     }

@@ -2,11 +2,12 @@
 //!
 //! Check the merchant's signature and nonce; compare its keys with the pinned ones (a
 //! changed key is refused, like SSH's known_hosts); ask the person, unless their policy
-//! pays this merchant and amount at once; choose coins that make the exact amount
-//! (exchanging a larger coin first when the denominations do not fit); record the payment
-//! and mark its coins pending (committed) before they leave; send pay_coins_request sealed
-//! to the merchant; store the receipt. Without a receipt, the coins are resolved by
-//! exchange at their bank.
+//! pays this merchant and amount at once (one source address may hold only its share of
+//! the requests waiting for the person, `limits.max_pending_per_source`); choose coins
+//! that make the exact amount (exchanging a larger coin first when the denominations do
+//! not fit); record the payment and mark its coins pending (committed) before they leave;
+//! send pay_coins_request sealed to the merchant; store the receipt. Without a receipt,
+//! the coins are resolved by exchange at their bank.
 
 use crate::db::{self, move_coins, CoinState};
 use crate::ops::{self, OpKind};
@@ -65,7 +66,7 @@ pub async fn on_ask_payment(w: Arc<Wallet>, frame: Frame, peer: IpAddr, conn: &m
 }
 
 async fn plain(conn: &mut Conn, code: ReasonCode, text: &str) {
-    tracing::info!(%code, reason = text, "unreadable payment request refused");
+    tracing::info!(%code, reason = %pmtp_proto::text::escape_control(text), "unreadable payment request refused");
     if let Ok(f) = Frame::plain_refusal(AskPaymentRefusal::ID, code, text) {
         let _ = conn.send(f).await;
     }
@@ -105,9 +106,7 @@ async fn decide_and_pay(
     conn: &mut Conn,
 ) -> Result<(), WalletError> {
     let amount = ask.body.amount;
-    if amount.is_zero() || amount > Amount::MAX {
-        return Err(WalletError::new(ReasonCode::INVALID_AMOUNT, "the amount must be positive"));
-    }
+    crate::checked_amount(amount.minor_units())?;
     let known = known_merchant(w, merchant).await?;
     let policy = &w.config.policy;
     if !known && policy.unknown_merchants == crate::config::UnknownMerchants::Refuse {
@@ -137,6 +136,17 @@ async fn ask_person(
         let mut pending = w.pending.lock().map_err(|_| WalletError::new(ReasonCode::INTERNAL, "internal error"))?;
         if pending.len() >= w.config.limits.max_pending_requests {
             return Err(WalletError::new(ReasonCode::BUSY, "too many payment requests are waiting; try again later"));
+        }
+        // One source's share of the list, so a flood from one address (or one IPv6 /64)
+        // cannot keep every other shop out.
+        let source = crate::source_of(peer);
+        let share = w.config.limits.pending_per_source();
+        if pending.values().filter(|r| crate::source_of(r.peer) == source).count() >= share {
+            tracing::info!(%peer, share, "payment request refused: its address already has its share waiting");
+            return Err(WalletError::new(
+                ReasonCode::BUSY,
+                format!("{share} payment requests from your address are already waiting; try again later"),
+            ));
         }
         pending.insert(
             id,
@@ -374,8 +384,9 @@ async fn send_coins(
             tracing::info!(payment, merchant = %merchant.name.escaped(), amount = %ask.body.amount, "paid; receipt stored");
             Ok(())
         }
-        Ok(Reply::Refused(r)) => Err(Outcome::Refused(format!("{} ({})", r.text, r.code))),
-        Ok(Reply::PlainRefused(p)) => Err(Outcome::Refused(format!("{} ({})", p.text, p.code))),
+        // The merchant's text is stored, shown and logged: escaped.
+        Ok(Reply::Refused(r)) => Err(Outcome::Refused(format!("{} ({})", r.text.escaped(), r.code))),
+        Ok(Reply::PlainRefused(p)) => Err(Outcome::Refused(format!("{} ({})", p.text.escaped(), p.code))),
         Err(e) => Err(Outcome::Unknown(format!("unreadable answer: {e}"))),
     }
 }

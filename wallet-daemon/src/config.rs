@@ -96,10 +96,25 @@ pub struct Limits {
     pub nonce_check_address: bool,
     /// Payment requests waiting for consent at once; more are refused as busy.
     pub max_pending_requests: usize,
+    /// Payment requests waiting for consent from one source (an IPv4 address, an IPv6 /64)
+    /// at once; more from it are refused as busy. Never more than a quarter of
+    /// `max_pending_requests` (at least 1), so one source cannot crowd out the others.
+    pub max_pending_per_source: usize,
+    /// Seconds a control-socket connection may stay silent between requests before it is
+    /// closed.
+    pub control_idle_timeout_secs: u64,
     /// Coins within this many seconds of expiry are exchanged for fresh ones.
     pub refresh_before_secs: u64,
     /// Seconds between background rounds (refresh, retry of unresolved operations).
     pub maintenance_interval_secs: u64,
+}
+
+impl Limits {
+    /// Pending requests one source may have: the configured share, capped at a quarter of
+    /// the list and at least 1.
+    pub fn pending_per_source(&self) -> usize {
+        self.max_pending_per_source.min(self.max_pending_requests / 4).max(1)
+    }
 }
 
 impl Default for Config {
@@ -138,6 +153,8 @@ impl Default for Limits {
             nonce_cache_capacity: 100_000,
             nonce_check_address: true,
             max_pending_requests: 32,
+            max_pending_per_source: 4,
+            control_idle_timeout_secs: 60,
             refresh_before_secs: 7 * 86_400,
             maintenance_interval_secs: 30,
         }
@@ -245,6 +262,10 @@ nonce_cache_capacity = {cap}
 nonce_check_address = {check}
 # Payment requests waiting for your answer at once.
 max_pending_requests = {pending}
+# ...of which from one address (IPv6: one /64); never more than a quarter of the above.
+max_pending_per_source = {per_source}
+# Seconds a control-socket client may stay silent between requests before it is closed.
+control_idle_timeout_secs = {control_idle}
 # Coins this close to expiry (seconds) are exchanged for fresh ones.
 refresh_before_secs = {refresh}
 # Seconds between background rounds: refresh, and retrying unfinished operations.
@@ -275,6 +296,8 @@ maintenance_interval_secs = {maint}
             cap = l.nonce_cache_capacity,
             check = l.nonce_check_address,
             pending = l.max_pending_requests,
+            per_source = l.max_pending_per_source,
+            control_idle = l.control_idle_timeout_secs,
             refresh = l.refresh_before_secs,
             maint = l.maintenance_interval_secs,
         )

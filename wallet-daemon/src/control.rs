@@ -2,7 +2,9 @@
 //!
 //! The socket file is created with mode 0600 and every connection's peer credentials are
 //! checked (SO_PEERCRED): only the user running the wallet may use it. The `payme-wallet`
-//! subcommands and the CGI program are its clients.
+//! subcommands and the CGI program are its clients. A connection silent for
+//! `limits.control_idle_timeout_secs` between requests is closed, and a failing `accept`
+//! (out of file descriptors) pauses with a bounded backoff instead of spinning.
 //!
 //! Request: `{"cmd": "balance"}`, `{"cmd": "collect", "from": "host:port", "amount": 100,
 //! "description": "..."}`, ... (see [`Request`]). Answer: `{"ok": true, "result": ...}` or
@@ -10,7 +12,7 @@
 
 use crate::db::{self, CoinState};
 use crate::ops;
-use crate::{Wallet, WalletError};
+use crate::{checked_amount, Wallet, WalletError};
 use futures::{SinkExt, StreamExt};
 use pmtp_proto::{Amount, ReasonCode};
 use rusqlite::params;
@@ -59,12 +61,51 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// The pause after a failed `accept` (out of file descriptors, EMFILE, and the like):
+/// doubling from 10 ms to at most 1 s while failures last, back to nothing after a success.
+/// Retrying at once would spin a core, since the cause persists until a descriptor closes.
+#[derive(Debug, Default)]
+pub struct AcceptBackoff {
+    pause: Option<std::time::Duration>,
+}
+
+impl AcceptBackoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(10);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// The pause to take after one more failure.
+    pub fn failed(&mut self) -> std::time::Duration {
+        let next = self.pause.map_or(Self::FIRST, |p| p.saturating_mul(2).min(Self::MAX));
+        self.pause = Some(next);
+        next
+    }
+
+    pub fn succeeded(&mut self) {
+        self.pause = None;
+    }
+}
+
 pub async fn serve(w: Arc<Wallet>, listener: UnixListener, token: CancellationToken, tracker: TaskTracker) {
     let me = my_uid();
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let stream = tokio::select! {
+        let accepted = tokio::select! {
             _ = token.cancelled() => break,
-            r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+            r = listener.accept() => r,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => {
+                backoff.succeeded();
+                s
+            }
+            Err(e) => {
+                let pause = backoff.failed();
+                tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, "control socket accept failed; pausing");
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tokio::time::sleep(pause) => continue,
+                }
+            }
         };
         let uid = stream.peer_cred().ok().map(|c| c.uid());
         if me.is_none() || uid != me {
@@ -78,10 +119,19 @@ pub async fn serve(w: Arc<Wallet>, listener: UnixListener, token: CancellationTo
 
 async fn client_loop(w: Arc<Wallet>, stream: UnixStream, token: CancellationToken) {
     let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
+    // Between requests only: a request being handled (a collect waiting for a buyer) is
+    // bounded by its own deadlines.
+    let idle = std::time::Duration::from_secs(w.config.limits.control_idle_timeout_secs.max(1));
     loop {
         let line = tokio::select! {
             _ = token.cancelled() => return,
-            l = lines.next() => l,
+            l = tokio::time::timeout(idle, lines.next()) => match l {
+                Ok(l) => l,
+                Err(_) => {
+                    tracing::debug!("control connection idle; closed");
+                    return;
+                }
+            },
         };
         let answer = match line {
             Some(Ok(l)) => match serde_json::from_str::<Request>(&l) {
@@ -132,12 +182,12 @@ async fn handle(w: &Arc<Wallet>, req: Request) -> Result<Value, WalletError> {
         }
         Request::Withdraw { bank, amount, password } => {
             let bank = bank_or_default(w, bank, true)?;
-            let balance = ops::withdraw(w, &bank, Amount::new(amount), &password).await?;
+            let balance = ops::withdraw(w, &bank, checked_amount(amount)?, &password).await?;
             Ok(json!({"bank": bank, "amount": amount, "account_balance": balance.minor_units()}))
         }
         Request::Deposit { bank, amount } => {
             let bank = bank_or_default(w, bank, true)?;
-            let done = ops::deposit(w, &bank, amount.map(Amount::new)).await?;
+            let done = ops::deposit(w, &bank, amount.map(checked_amount).transpose()?).await?;
             Ok(json!({"bank": bank, "amount": done.minor_units()}))
         }
         Request::Exchange { bank } => {
@@ -257,12 +307,14 @@ async fn history(w: &Arc<Wallet>) -> Result<Value, WalletError> {
             let key = if dir == "in" { Some(w.public.clone()) } else { pinned_identity(w, &merchant) };
             Some(key?.parse().ok().map(|k| r.verify(&k.verifying).is_ok()).unwrap_or(false))
         });
+        // Names, descriptions and reasons may hold what a peer wrote.
+        use pmtp_proto::text::escape_control;
         out.push(json!({
             "id": id, "direction": dir, "state": state, "peer": peer,
-            "merchant": pmtp_proto::text::escape_control(&merchant), "merchant_fingerprint": fp,
-            "amount": amount, "description": pmtp_proto::text::escape_control(&desc),
+            "merchant": escape_control(&merchant), "merchant_fingerprint": fp,
+            "amount": amount, "description": escape_control(&desc),
             "receipt": receipt.map(hex::encode), "receipt_valid": receipt_valid,
-            "reason": reason, "time": created,
+            "reason": escape_control(&reason), "time": created,
         }));
     }
     Ok(Value::Array(out))
@@ -296,5 +348,23 @@ pub async fn call(socket: &Path, req: &Request) -> anyhow::Result<Result<Value, 
             v["label"].as_str().unwrap_or("error").to_owned(),
             v["error"].as_str().unwrap_or("").to_owned(),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn accept_failures_pause_longer_each_time_up_to_a_second() {
+        let mut b = AcceptBackoff::default();
+        let pauses: Vec<Duration> = (0..10).map(|_| b.failed()).collect();
+        assert_eq!(pauses[0], Duration::from_millis(10));
+        assert_eq!(pauses[1], Duration::from_millis(20));
+        assert!(pauses.windows(2).all(|w| w[1] >= w[0]), "{pauses:?}");
+        assert_eq!(pauses[9], Duration::from_secs(1), "bounded");
+        b.succeeded();
+        assert_eq!(b.failed(), Duration::from_millis(10), "a success resets the pause");
     }
 }

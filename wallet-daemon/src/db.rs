@@ -23,6 +23,9 @@ pub enum DbError {
     Decrypt,
     #[error("coin {serial} cannot go from {from:?} to {to:?}")]
     Transition { serial: Serial, from: CoinState, to: CoinState },
+    /// A coin to insert is already in this wallet (under any state).
+    #[error("coin {0} is already in this wallet")]
+    DuplicateCoin(Serial),
 }
 
 /// Where a coin is in its life in this wallet.
@@ -272,7 +275,7 @@ pub fn insert_coins(
     )?;
     for c in coins {
         let b = c.body();
-        st.execute(params![
+        let inserted = st.execute(params![
             &b.serial.0[..],
             b.bank_id.as_str(),
             i(c.value().minor_units())?,
@@ -281,7 +284,16 @@ pub fn insert_coins(
             payment,
             vault.seal_coin(c)?,
             i(now())?
-        ])?;
+        ]);
+        match inserted {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+            {
+                return Err(DbError::DuplicateCoin(b.serial));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }

@@ -24,7 +24,7 @@ pub mod peer;
 
 use bank_daemon::client::BankClient;
 use pmtp_proto::keys::{Identity, PublicIdentity};
-use pmtp_proto::{AccountId, NonceChecker, NonceConfig, ReasonCode};
+use pmtp_proto::{AccountId, Amount, NonceChecker, NonceConfig, ReasonCode};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -40,15 +40,38 @@ pub struct WalletError {
 }
 
 impl WalletError {
+    /// The text is escaped here, once for every path: it often quotes a peer (a bank's or
+    /// a merchant's refusal, a name), and it is shown in terminals, logged and sent on.
     pub fn new(code: ReasonCode, text: impl Into<String>) -> Self {
-        WalletError { code, text: text.into() }
+        WalletError { code, text: pmtp_proto::text::escape_control(&text.into()) }
     }
 }
 
 impl From<db::DbError> for WalletError {
     fn from(e: db::DbError) -> Self {
-        tracing::error!(error = %e, "database error");
-        WalletError::new(ReasonCode::INTERNAL, e.to_string())
+        match e {
+            // A peer sent a coin this wallet already has: the peer's doing, not a fault here.
+            db::DbError::DuplicateCoin(serial) => WalletError::new(
+                ReasonCode::DUPLICATE_COIN,
+                format!("coin {serial} was already received by this wallet (paid twice, or from a copied wallet)"),
+            ),
+            e => {
+                tracing::error!(error = %e, "database error");
+                WalletError::new(ReasonCode::INTERNAL, e.to_string())
+            }
+        }
+    }
+}
+
+/// The source a peer's requests are counted under: its IPv4 address, or the /64 of its
+/// IPv6 address (one host usually holds a whole /64).
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
+        },
     }
 }
 
@@ -57,6 +80,18 @@ impl From<bank_daemon::client::ClientError> for WalletError {
         let code = e.code().unwrap_or(ReasonCode::PEER_BANK_UNAVAILABLE);
         WalletError::new(code, e.to_string())
     }
+}
+
+/// An amount a person or a peer named: from 1 to the protocol's maximum ([`Amount::MAX`]).
+pub fn checked_amount(minor_units: u64) -> Result<Amount, WalletError> {
+    let a = Amount::new(minor_units);
+    if a.is_zero() || a > Amount::MAX {
+        return Err(WalletError::new(
+            ReasonCode::INVALID_AMOUNT,
+            format!("amounts are whole minor units from 1 to {}", Amount::MAX),
+        ));
+    }
+    Ok(a)
 }
 
 /// File names inside a wallet's data directory.
@@ -239,9 +274,13 @@ pub async fn run_daemon(dir: DataDir, cfg: config::Config, passphrase: &str) -> 
     }
     tracker.spawn(control::serve(w.clone(), control, token.clone(), tracker.clone()));
     tracing::info!(addr = %local, control = %socket_path.display(), "wallet serving");
-    println!("payme-wallet listening on {local}");
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
+    {
+        // Whoever started the daemon may have closed stdout: that must not stop it.
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "payme-wallet listening on {local}");
+        let _ = out.flush();
+    }
     let shutdown = async move {
         tokio::select! {
             _ = int.recv() => {}
@@ -256,4 +295,39 @@ pub async fn run_daemon(dir: DataDir, cfg: config::Config, passphrase: &str) -> 
     let _ = std::fs::remove_file(&socket_path);
     drop(lock);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_are_ipv4_addresses_and_ipv6_slash_64s() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(source_of(ip("127.0.0.2")), ip("127.0.0.2"));
+        assert_ne!(source_of(ip("127.0.0.2")), source_of(ip("127.0.0.3")));
+        assert_eq!(source_of(ip("2001:db8:1:2:aaaa::1")), source_of(ip("2001:db8:1:2:bbbb::2")));
+        assert_eq!(source_of(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_ne!(source_of(ip("2001:db8:1:2::1")), source_of(ip("2001:db8:1:3::1")));
+        assert_eq!(source_of(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn a_source_gets_at_most_a_quarter_of_the_pending_list() {
+        let mut l = config::Limits::default();
+        assert_eq!(l.pending_per_source(), 4, "default: 4 of 32");
+        l.max_pending_requests = 8;
+        assert_eq!(l.pending_per_source(), 2, "a quarter of 8");
+        l.max_pending_requests = 2;
+        assert_eq!(l.pending_per_source(), 1, "never zero");
+        l.max_pending_requests = 1000;
+        l.max_pending_per_source = 10;
+        assert_eq!(l.pending_per_source(), 10);
+    }
+
+    #[test]
+    fn error_texts_never_carry_control_characters() {
+        let e = WalletError::new(ReasonCode::MALFORMED, "bank says \x1b]0;pwned\x07\x1b[31m\nFAKE");
+        assert_eq!(e.text, "bank says \\u{1b}]0;pwned\\u{7}\\u{1b}[31m\\u{a}FAKE");
+    }
 }

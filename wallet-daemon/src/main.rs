@@ -6,7 +6,9 @@ use clap::{Parser, Subcommand};
 use pmtp_proto::keyfile::{self, KdfParams};
 use pmtp_proto::keys::{Identity, PublicIdentity};
 use pmtp_proto::text::Name;
+use pmtp_proto::Amount;
 use serde_json::Value;
+use std::io::{ErrorKind, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +61,7 @@ enum Command {
     Balance,
     /// Withdraw AMOUNT (minor units) from your account.
     Withdraw {
+        #[arg(value_parser = parse_amount)]
         amount: u64,
         #[arg(long)]
         bank: Option<String>,
@@ -68,6 +71,7 @@ enum Command {
     },
     /// Deposit AMOUNT, or everything with --all, into your account.
     Deposit {
+        #[arg(value_parser = parse_amount)]
         amount: Option<u64>,
         #[arg(long)]
         all: bool,
@@ -104,7 +108,7 @@ enum Command {
     Collect {
         #[arg(long)]
         from: String,
-        #[arg(long)]
+        #[arg(long, value_parser = parse_amount)]
         amount: u64,
         #[arg(long)]
         description: String,
@@ -135,16 +139,43 @@ enum MerchantsCommand {
     Forget { name: String },
 }
 
+/// An amount on the command line: whole minor units, from 1 to the protocol's maximum
+/// ([`Amount::MAX`]), refused here before anything is read or contacted.
+fn parse_amount(s: &str) -> Result<u64, String> {
+    let max = Amount::MAX.minor_units();
+    match s.trim().parse::<u64>() {
+        Ok(v) if (1..=max).contains(&v) => Ok(v),
+        _ => Err(format!("amounts are whole minor units from 1 to {max}")),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A bad value (an amount out of range): one line saying which and what is allowed,
+        // without the usage block.
+        Err(e) if e.kind() == clap::error::ErrorKind::ValueValidation => {
+            let text = e.render().to_string();
+            let line = text.lines().next().unwrap_or_default();
+            let _ = writeln!(std::io::stderr(), "payme-wallet: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     bank_daemon::daemon::init_tracing();
     match run(cli) {
         Ok(code) => code,
+        // The reader went away (`payme-wallet history | head -1`): not an error of ours.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("payme-wallet: {e:#}");
+            let _ = writeln!(std::io::stderr(), "payme-wallet: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == ErrorKind::BrokenPipe))
 }
 
 fn load_config(dir: &DataDir) -> anyhow::Result<Config> {
@@ -169,16 +200,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut cfg = load_config(&dir)?;
             cfg.banks.push(b.clone());
             cfg.validate()?;
-            let mut f = std::fs::OpenOptions::new().append(true).open(dir.config())?;
-            std::io::Write::write_all(&mut f, Config::bank_section(&b).as_bytes())?;
-            println!("bank {} added; restart `payme-wallet serve` to use it", b.id);
+            keyfile::fs::append_atomic(&dir.config(), Config::bank_section(&b).as_bytes())?;
+            writeln!(std::io::stdout().lock(), "bank {} added; restart `payme-wallet serve` to use it", b.id)?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::PublicKey => {
-            print!(
+            write!(
+                std::io::stdout().lock(),
                 "{}",
                 std::fs::read_to_string(dir.public()).with_context(|| format!("no wallet in {}", dir.0.display()))?
-            );
+            )?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Serve { listen, passphrase_file } => {
@@ -219,13 +250,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let socket = cfg.control_socket_path(&dir.0);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let answer = rt.block_on(control::call(&socket, &req))?;
+    let mut out = std::io::stdout().lock();
     match answer {
         Ok(v) => {
             if json {
-                println!("{v}");
+                writeln!(out, "{v}")?;
             } else {
-                print_human(&req, &v);
+                print_human(&mut out, &req, &v)?;
             }
+            out.flush()?;
             // A collect that was refused is a failure for scripts.
             if matches!(req, Request::Collect { .. }) && v["outcome"] != "paid" {
                 return Ok(ExitCode::from(2));
@@ -234,33 +267,45 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Err((code, label, text)) => {
             if json {
-                println!("{}", serde_json::json!({"ok": false, "code": code, "label": label, "error": text}));
+                writeln!(out, "{}", serde_json::json!({"ok": false, "code": code, "label": label, "error": text}))?;
+                out.flush()?;
             } else {
-                eprintln!("payme-wallet: {text} ({label})");
+                let _ = writeln!(std::io::stderr(), "payme-wallet: {text} ({label})");
             }
             Ok(ExitCode::FAILURE)
         }
     }
 }
 
-fn print_human(req: &Request, v: &Value) {
+/// A string field of a result, for a terminal. The daemon escapes what peers wrote; this
+/// escapes again (a no-op on escaped text), so a terminal never gets a raw control character.
+fn text(v: &Value) -> String {
+    pmtp_proto::text::escape_control(v.as_str().unwrap_or(""))
+}
+
+/// Prints a result for a person.
+fn print_human(out: &mut impl Write, req: &Request, v: &Value) -> std::io::Result<()> {
     match req {
         Request::Balance => {
-            println!("available: {}", v["total_available"]);
+            writeln!(out, "available: {}", v["total_available"])?;
             for b in v["banks"].as_array().into_iter().flatten() {
-                println!(
+                writeln!(
+                    out,
                     "  bank {}: available {}, pending {}, received {}",
-                    b["bank"], b["available"], b["pending"], b["received"]
-                );
+                    text(&b["bank"]),
+                    b["available"],
+                    b["pending"],
+                    b["received"]
+                )?;
                 for c in b["coins"].as_array().into_iter().flatten() {
-                    println!("    {} x {}", c["count"], c["value"]);
+                    writeln!(out, "    {} x {}", c["count"], c["value"])?;
                 }
             }
         }
         Request::Pending => {
             let list = v.as_array().cloned().unwrap_or_default();
             if list.is_empty() {
-                println!("no payment requests waiting");
+                writeln!(out, "no payment requests waiting")?;
             }
             for p in list {
                 let new = if p["new_merchant"].as_bool() == Some(true) {
@@ -268,15 +313,17 @@ fn print_human(req: &Request, v: &Value) {
                 } else {
                     ""
                 };
-                println!(
-                    "#{}  {} asks {} for {}{}\n     key {}",
+                writeln!(
+                    out,
+                    "#{}  {} asks {} for {}{}\n     from {}, key {}",
                     p["id"],
-                    p["merchant"].as_str().unwrap_or(""),
+                    text(&p["merchant"]),
                     p["amount"],
-                    p["description"].as_str().unwrap_or(""),
+                    text(&p["description"]),
                     new,
-                    p["fingerprint"].as_str().unwrap_or("")
-                );
+                    text(&p["peer"]),
+                    text(&p["fingerprint"])
+                )?;
             }
         }
         Request::History => {
@@ -286,26 +333,28 @@ fn print_human(req: &Request, v: &Value) {
                     Some(false) => "RECEIPT INVALID",
                     None => "no receipt",
                 };
-                println!(
+                writeln!(
+                    out,
                     "#{} {} {} {} {} \"{}\" [{}; {}] {}",
                     p["id"],
-                    p["direction"].as_str().unwrap_or(""),
+                    text(&p["direction"]),
                     p["amount"],
-                    p["merchant"].as_str().unwrap_or(""),
-                    p["peer"].as_str().unwrap_or(""),
-                    p["description"].as_str().unwrap_or(""),
-                    p["state"].as_str().unwrap_or(""),
+                    text(&p["merchant"]),
+                    text(&p["peer"]),
+                    text(&p["description"]),
+                    text(&p["state"]),
                     verified,
-                    p["reason"].as_str().unwrap_or("")
-                );
+                    text(&p["reason"])
+                )?;
             }
         }
         Request::Collect { .. } => match v["outcome"].as_str() {
-            Some("paid") => println!("paid: {} (payment #{})", v["amount"], v["payment"]),
-            _ => println!("refused: {} ({})", v["reason"].as_str().unwrap_or(""), v["label"].as_str().unwrap_or("")),
+            Some("paid") => writeln!(out, "paid: {} (payment #{})", v["amount"], v["payment"])?,
+            _ => writeln!(out, "refused: {} ({})", text(&v["reason"]), text(&v["label"]))?,
         },
-        _ => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        _ => writeln!(out, "{}", serde_json::to_string_pretty(v).unwrap_or_default())?,
     }
+    Ok(())
 }
 
 fn init(
@@ -333,14 +382,15 @@ fn init(
     let sealed = keyfile::seal_identity(&mut rng, &identity, pass.as_bytes(), KdfParams::default())?;
     keyfile::fs::write_private(&dir.key(), &sealed)?;
     let public: PublicIdentity = identity.public();
-    std::fs::write(dir.public(), format!("{}\n", public.to_text()))?;
+    keyfile::fs::write_atomic(&dir.public(), format!("{}\n", public.to_text()).as_bytes(), 0o644)?;
     let cfg = Config { listen, ..Config::default() };
     if !dir.config().exists() {
-        std::fs::write(dir.config(), cfg.commented_toml())?;
+        keyfile::fs::write_atomic(&dir.config(), cfg.commented_toml().as_bytes(), 0o600)?;
     }
     wallet_daemon::db::Db::open(&dir.database(), wallet_daemon::db::Vault::new(&identity))?;
-    println!("created wallet {name} in {}", dir.0.display());
-    println!("public key: {} (fingerprint {})", dir.public().display(), public.fingerprint());
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "created wallet {name} in {}", dir.0.display())?;
+    writeln!(out, "public key: {} (fingerprint {})", dir.public().display(), public.fingerprint())?;
     Ok(())
 }
 

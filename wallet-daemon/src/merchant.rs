@@ -58,7 +58,11 @@ pub fn accepted_banks(w: &Wallet) -> Vec<String> {
 pub async fn collect(w: &Arc<Wallet>, from: &str, amount: Amount, description: &str) -> Collected {
     match collect_inner(w, from, amount, description).await {
         Ok(c) => c,
-        Err(e) => Collected::refused(&e),
+        Err(e) => {
+            // The text may quote the buyer's wallet: WalletError holds it escaped.
+            tracing::info!(%from, code = %e.code, reason = %e.text, "collect refused");
+            Collected::refused(&e)
+        }
     }
 }
 
@@ -68,9 +72,7 @@ async fn collect_inner(
     amount: Amount,
     description: &str,
 ) -> Result<Collected, WalletError> {
-    if amount.is_zero() || amount > Amount::MAX {
-        return Err(WalletError::new(ReasonCode::INVALID_AMOUNT, "the amount must be positive"));
-    }
+    crate::checked_amount(amount.minor_units())?;
     let description = Description::new(description)
         .map_err(|e| WalletError::new(ReasonCode::INVALID_AMOUNT, format!("description: {e}")))?;
     let accepted = accepted_banks(w);
@@ -113,7 +115,9 @@ async fn collect_inner(
     };
     let pay: PayCoinsRequest = if reply.id == AskPaymentRefusal::ID {
         return Err(match reply.envelope() {
-            Ok(frame::Envelope::Plain(p)) => WalletError::new(p.code, p.text.to_string()),
+            Ok(frame::Envelope::Plain(p)) => {
+                WalletError::new(p.code, format!("the buyer's wallet refused: {}", p.text.escaped()))
+            }
             _ => match reply.open_sealed::<AskPaymentRefusal>(&w.identity.x25519) {
                 Ok(r) => WalletError::new(r.refusal.code, format!("the buyer refused: {}", r.refusal.text.escaped())),
                 Err(e) => WalletError::new(ReasonCode::MALFORMED, format!("unreadable refusal: {e}")),
@@ -352,7 +356,12 @@ async fn refuse(
     key: &SessionKey,
     e: &WalletError,
 ) {
-    tracing::info!(code = %e.code, reason = %e.text, "payment refused");
+    if e.code == ReasonCode::DUPLICATE_COIN {
+        // A copied wallet, or a buyer trying to pay twice with one coin.
+        tracing::warn!(code = %e.code, reason = %e.text, "payment refused: a coin was offered twice");
+    } else {
+        tracing::info!(code = %e.code, reason = %e.text, "payment refused");
+    }
     let r = PayCoinsRefusal(Refusal {
         code: e.code,
         text: reason_text(&e.text),
