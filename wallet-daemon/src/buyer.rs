@@ -186,13 +186,14 @@ async fn pin(w: &Arc<Wallet>, merchant: &PeerKeys) -> Result<(), WalletError> {
 }
 
 /// Chooses coins for `amount` from one acceptable bank, exchanging a larger coin first if
-/// needed, and marks them pending under a new payment record. Returns (payment id, coins).
+/// needed, and marks them pending under a new payment record. Returns (payment id, coins,
+/// the claim on the payment).
 async fn reserve(
     w: &Arc<Wallet>,
     ask: &AskPaymentRequest,
     merchant: &PeerKeys,
     peer: IpAddr,
-) -> Result<(i64, Vec<Coin>), WalletError> {
+) -> Result<(i64, Vec<Coin>, Option<crate::Claim>), WalletError> {
     let amount = ask.body.amount;
     let accepted: Vec<String> = ask.body.accepted_banks.iter().map(|b| b.as_str().to_owned()).collect();
     let banks: Vec<String> = w.banks.keys().filter(|b| accepted.is_empty() || accepted.contains(b)).cloned().collect();
@@ -218,17 +219,21 @@ async fn reserve(
                         description: ask.body.description.as_str().to_owned(),
                         request: bincode::serialize(&ask.body.nonce).unwrap_or_default(),
                     };
-                    let payment =
+                    let claims = w.in_flight.clone();
+                    let (payment, claim) =
                         w.db.call(move |c, _| {
                             let tx = c.transaction()?;
                             let id = db::insert_payment(&tx, &record)?;
                             move_coins(&tx, &serials, CoinState::Pending, Some(id), None)?;
+                            // Claimed before it is visible, so maintenance never resolves a
+                            // payment that is being sent.
+                            let claim = claims.claim(id);
                             tx.commit()?;
-                            Ok(id)
+                            Ok((id, claim))
                         })
                         .await?;
                     drop(guard);
-                    return Ok((payment, coins));
+                    return Ok((payment, coins, claim));
                 }
                 Err(SelectError::NeedsExchange { missing, break_index, .. }) => {
                     let (serial, value, _) = rows[break_index];
@@ -267,14 +272,8 @@ async fn pay(
     peer: IpAddr,
     conn: &mut Conn,
 ) -> Result<(), WalletError> {
-    let (payment, coins) = reserve(w, ask, merchant, peer).await?;
-    if let Ok(mut f) = w.in_flight.lock() {
-        f.insert(payment);
-    }
+    let (payment, coins, claim) = reserve(w, ask, merchant, peer).await?;
     let result = send_coins(w, ask, merchant, payment, coins, conn).await;
-    if let Ok(mut f) = w.in_flight.lock() {
-        f.remove(&payment);
-    }
     match result {
         Ok(()) => Ok(()),
         Err(Outcome::Refused(reason)) => {
@@ -282,16 +281,20 @@ async fn pay(
             tracing::info!(payment, %reason, "merchant refused the payment; resolving its coins");
             set_state(w, payment, "refused_unresolved", &reason).await;
             let w2 = w.clone();
+            // The claim goes with the task: maintenance does not resolve it alongside.
             tokio::spawn(async move {
                 let _ = ops::resolve_payment(&w2, payment).await;
+                drop(claim);
             });
             Ok(())
         }
         Err(Outcome::Unknown(reason)) => {
             tracing::warn!(payment, %reason, "no receipt; resolving the payment's coins at the bank");
             let w2 = w.clone();
+            // The claim goes with the task: maintenance does not resolve it alongside.
             tokio::spawn(async move {
                 let _ = ops::resolve_payment(&w2, payment).await;
+                drop(claim);
             });
             Ok(())
         }

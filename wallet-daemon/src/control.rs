@@ -128,7 +128,10 @@ async fn handle(w: &Arc<Wallet>, req: Request) -> Result<Value, WalletError> {
                 }
             }
             let available = w.db.call(|c, _| db::total(c, CoinState::Available)).await?;
-            Ok(json!({"total_available": available.minor_units(), "banks": banks.into_values().collect::<Vec<_>>()}))
+            // While the start-up recovery runs, pending values may still move.
+            let recovering = !w.recovered.load(std::sync::atomic::Ordering::SeqCst);
+            Ok(json!({"total_available": available.minor_units(), "recovering": recovering,
+                      "banks": banks.into_values().collect::<Vec<_>>()}))
         }
         Request::Withdraw { bank, amount, password } => {
             let bank = bank_or_default(w, bank, true)?;

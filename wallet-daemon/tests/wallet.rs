@@ -244,7 +244,8 @@ fn buyer_killed_before_the_receipt_loses_nothing() {
             rt.block_on(c.deposit(&me, shop_account.account, &shop_account.name, [9; 16], pay.coins.clone())).unwrap();
         }
         buyer.restart();
-        // Start-up resolved the payment before the wallet announced itself.
+        // The start-up recovery (in the background) resolves the payment.
+        buyer.wait_recovered();
         let after = buyer.holding() + balance_of(&bank, "dave") + balance_of(&bank, &shop_account.name);
         assert_eq!(after, before, "value lost must be zero");
         let h = buyer.ok(&["history"]);
@@ -310,4 +311,145 @@ fn coins_near_expiry_are_refreshed() {
     assert_eq!(a["expired_coins"], 0, "no coin lapsed: {a}");
     assert_eq!(w.holding(), 40);
     assert_eq!(a["holds"], true);
+}
+
+/// A bank that accepts connections and never answers must not hold up the wallet's
+/// start: the wallet serves first and recovers unfinished operations in the background.
+#[test]
+fn wallet_serves_while_a_silent_bank_holds_up_recovery() {
+    use std::time::Duration;
+    let mut bank = TestBank::start();
+    let mut w = TestWallet::start("erin", "127.0.0.2", &bank, Some(100), |c| c);
+    // A withdrawal that cannot reach the bank stays recorded, unfinished.
+    bank.stop();
+    let (ok, v) = w.run(&["withdraw", "10"]);
+    assert!(!ok, "{v}");
+    w.stop();
+    // The bank's address now leads to a listener that accepts and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.5:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    thread::spawn(move || {
+        // Holds every connection open, never reading or writing (bounded: 64 of them).
+        let held: Vec<_> = silent.incoming().take(64).collect();
+        drop(held);
+    });
+    w.set_bank_addr(&bank.addr, &silent_addr);
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        w.restart();
+        let v = w.ok(&["balance"]);
+        let _ = tx.send((v, w));
+    });
+    // The bank client waits 15 s for an answer: recovery before serving would miss this.
+    let (v, mut w) = rx
+        .recv_timeout(Duration::from_secs(8))
+        .expect("the wallet answers balance within 8 s of starting, whatever its bank does");
+    assert_eq!(v["recovering"], true, "the recovery is still waiting for the silent bank: {v}");
+    assert_eq!(v["total_available"], 0);
+    // Shutdown does not wait for the silent bank either (stop asserts a clean exit in 15 s).
+    w.stop();
+}
+
+/// The bank's record of an account: (balance, failed password attempts). Read straight
+/// from its database (the admin commands do not show the lockout).
+fn bank_account_row(bank: &TestBank, name: &str) -> (u64, u64) {
+    let c = rusqlite::Connection::open(bank.dir.path().join("bank.db")).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    c.query_row("SELECT balance, failed_attempts FROM accounts WHERE name = ?1", [name], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+    })
+    .unwrap()
+}
+
+/// Operations recorded in a wallet's database: (kind, state, has a stored secret).
+fn wallet_ops(w: &TestWallet) -> Vec<(String, String, bool)> {
+    let c = rusqlite::Connection::open(w.dir.path().join("wallet.db")).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let mut st = c.prepare("SELECT kind, state, secret IS NOT NULL FROM ops ORDER BY id").unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
+}
+
+/// Runs `payme-wallet withdraw AMOUNT` with `password`; returns (success, stderr).
+fn withdraw_with(w: &TestWallet, amount: &str, password: &str) -> (bool, String) {
+    let out = std::process::Command::new(payme_tests::wallet_harness::bin())
+        .arg("--data-dir")
+        .arg(w.dir.path())
+        .args(["withdraw", amount])
+        .env("PAYME_ACCOUNT_PASSWORD", password)
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A withdrawal refused for its password, for the account's lock, or because the bank
+/// cannot read it (a wrong bank key) ends at once as failed, and its request is never
+/// sent again: not by the maintenance rounds, not after a restart. The bank counts one
+/// wrong password, and no money moves.
+#[test]
+fn failed_withdrawals_end_at_once_and_are_never_retried() {
+    let mut bank = TestBank::start();
+    let mut w = TestWallet::start("frank", "127.0.0.2", &bank, Some(100), |c| {
+        c.replace("maintenance_interval_secs = 30", "maintenance_interval_secs = 1")
+    });
+    // A wrong password: one failure at the bank.
+    let (ok, err) = withdraw_with(&w, "10", "wrong password");
+    assert!(!ok && err.contains("wrong_password"), "{err}");
+    assert_eq!(bank_account_row(&bank, "frank"), (100, 1));
+
+    // The account locked (as after repeated wrong passwords): the right password is
+    // refused with too_many_attempts, and that withdrawal must not happen later either.
+    let db = rusqlite::Connection::open(bank.dir.path().join("bank.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let lock = |until: u64| {
+        db.execute("UPDATE accounts SET locked_until = ?1 WHERE name = 'frank'", [until as i64]).unwrap();
+    };
+    lock(unix_now() + 3600);
+    let (ok, err) = withdraw_with(&w, "20", payme_tests::bank_harness::PASSWORD);
+    assert!(!ok && err.contains("too_many_attempts"), "{err}");
+    lock(0);
+
+    // A wrong key for the bank: the bank cannot read the request (decrypt_failed).
+    let other = tempfile::tempdir().unwrap();
+    let out = payme_tests::bank_harness::payme_bank(
+        other.path(),
+        &["init", "--bank-id", "bank-a", "--public-addr", "127.0.0.1:0", "--listen", "127.0.0.1:0"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cfg_path = w.dir.path().join("config.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    let key = |dir: &std::path::Path| std::fs::read_to_string(dir.join("bank.pub")).unwrap().trim().to_owned();
+    let (right, wrong) = (format!("{:?}", key(bank.dir.path())), format!("{:?}", key(other.path())));
+    assert!(cfg.contains(&right));
+    std::fs::write(&cfg_path, cfg.replace(&right, &wrong)).unwrap();
+    w.stop();
+    w.restart();
+    let (ok, err) = withdraw_with(&w, "30", payme_tests::bank_harness::PASSWORD);
+    assert!(!ok && err.contains("decrypt_failed"), "{err}");
+
+    // All three ended as failed at once, their passwords forgotten.
+    let failed = vec![
+        ("withdraw".to_owned(), "failed".to_owned(), false),
+        ("withdraw".to_owned(), "failed".to_owned(), false),
+        ("withdraw".to_owned(), "failed".to_owned(), false),
+    ];
+    assert_eq!(wallet_ops(&w), failed);
+    // With the right key back, after a restart and its whole recovery round, and a bank
+    // restart too: nothing was sent again, nothing moved, one wrong password counted.
+    std::fs::write(&cfg_path, std::fs::read_to_string(&cfg_path).unwrap().replace(&wrong, &right)).unwrap();
+    bank.stop();
+    bank.restart_same_port();
+    w.stop();
+    w.restart();
+    let v = w.wait_recovered();
+    assert_eq!(v["total_available"], 0, "{v}");
+    assert_eq!(wallet_ops(&w), failed);
+    assert_eq!(bank_account_row(&bank, "frank"), (100, 1), "balance unchanged, one wrong password counted");
+    // The wallet still withdraws with the right password (and that resets the count).
+    w.ok(&["withdraw", "5"]);
+    assert_eq!(bank_account_row(&bank, "frank"), (95, 0));
+    bank.assert_audit();
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
