@@ -197,9 +197,11 @@ async fn reserve(
     let amount = ask.body.amount;
     let accepted: Vec<String> = ask.body.accepted_banks.iter().map(|b| b.as_str().to_owned()).collect();
     let banks: Vec<String> = w.banks.keys().filter(|b| accepted.is_empty() || accepted.contains(b)).cloned().collect();
-    // Bounded: each bank at most twice (before and after one exchange).
+    // Bounded: each bank at most eight choices, and two exchanges. A choice that meets a
+    // damaged coin quarantines it and chooses again among the others.
     for bank in banks {
-        for _attempt in 0..2 {
+        let mut exchanges = 0;
+        for _attempt in 0..8 {
             let guard = w.coin_lock.lock().await;
             let b = bank.clone();
             let rows = w.db.call(move |c, _| db::values_in(c, CoinState::Available, &b)).await?;
@@ -207,8 +209,6 @@ async fn reserve(
             match select_exact(&denoms, amount) {
                 Ok(idx) => {
                     let serials: Vec<Serial> = idx.iter().map(|&i| rows[i].0).collect();
-                    let s2 = serials.clone();
-                    let coins: Vec<Coin> = w.db.call(move |c, vault| db::coins_by_serial(c, vault, &s2)).await?;
                     let record = db::NewPayment {
                         direction: "out",
                         state: "sending",
@@ -220,24 +220,40 @@ async fn reserve(
                         request: bincode::serialize(&ask.body.nonce).unwrap_or_default(),
                     };
                     let claims = w.in_flight.clone();
-                    let (payment, claim) =
-                        w.db.call(move |c, _| {
+                    let reserved =
+                        w.db.call(move |c, vault| {
                             let tx = c.transaction()?;
+                            // Opening the chosen coins quarantines any damaged one.
+                            let coins = db::coins_by_serial(&tx, vault, &serials)?;
+                            if coins.len() != serials.len() {
+                                tx.commit()?;
+                                return Ok(None);
+                            }
                             let id = db::insert_payment(&tx, &record)?;
                             move_coins(&tx, &serials, CoinState::Pending, Some(id), None)?;
                             // Claimed before it is visible, so maintenance never resolves a
                             // payment that is being sent.
                             let claim = claims.claim(id);
                             tx.commit()?;
-                            Ok((id, claim))
+                            Ok(Some((id, coins, claim)))
                         })
                         .await?;
                     drop(guard);
-                    return Ok((payment, coins, claim));
+                    match reserved {
+                        Some(r) => return Ok(r),
+                        None => {
+                            tracing::warn!(bank = %bank, "a chosen coin was damaged and is quarantined; choosing again");
+                            continue;
+                        }
+                    }
                 }
                 Err(SelectError::NeedsExchange { missing, break_index, .. }) => {
                     let (serial, value, _) = rows[break_index];
                     drop(guard);
+                    if exchanges == 2 {
+                        break;
+                    }
+                    exchanges += 1;
                     // Break the coin into what is missing plus change for ourselves.
                     let missing_total = Amount::checked_sum(missing.iter().map(|d| d.value())).unwrap_or_default();
                     let rest = value.value().checked_sub(missing_total).unwrap_or_default();

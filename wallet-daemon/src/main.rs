@@ -247,10 +247,19 @@ fn print_human(req: &Request, v: &Value) {
     match req {
         Request::Balance => {
             println!("available: {}", v["total_available"]);
+            if v["recovering"] == true {
+                println!("recovering: unfinished payments and operations of the last run are being resolved");
+            }
+            if v["quarantined_coins"].as_u64().unwrap_or(0) > 0 {
+                println!(
+                    "quarantined {} coins (their rows claim {}): damaged in storage, kept, never spent; see the log",
+                    v["quarantined_coins"], v["total_quarantined"]
+                );
+            }
             for b in v["banks"].as_array().into_iter().flatten() {
                 println!(
-                    "  bank {}: available {}, pending {}, received {}",
-                    b["bank"], b["available"], b["pending"], b["received"]
+                    "  bank {}: available {}, pending {}, received {}, quarantined {}",
+                    b["bank"], b["available"], b["pending"], b["received"], b["quarantined"]
                 );
                 for c in b["coins"].as_array().into_iter().flatten() {
                     println!("    {} x {}", c["count"], c["value"]);

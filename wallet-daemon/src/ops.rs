@@ -432,12 +432,13 @@ pub async fn run_op_then(
     }
 }
 
-/// Marks coins spent, from pending or received.
+/// Marks coins spent, from pending or received. A coin quarantined while its operation
+/// was under way stays quarantined (kept and reported; its row is not to be trusted).
 fn finish_coins(tx: &rusqlite::Transaction<'_>, serials: &[Serial]) -> Result<(), DbError> {
     for s in serials {
         let state: String =
             tx.query_row("SELECT state FROM coins WHERE serial = ?1", params![&s.0[..]], |r| r.get(0))?;
-        if state != "spent" {
+        if !matches!(CoinState::parse(&state)?, CoinState::Spent | CoinState::Quarantined) {
             move_coins(tx, &[*s], CoinState::Spent, None, None)?;
         }
     }

@@ -28,6 +28,16 @@ fn collect(
     })
 }
 
+/// `collect` that the buyer approves; asserts it was paid.
+fn collect_approved(merchant: &TestWallet, buyer: &TestWallet, amount: u64, description: &str) -> Value {
+    let job = collect(merchant, buyer, amount, description);
+    let p = buyer.wait_pending();
+    buyer.ok(&["approve", &p["id"].to_string()]);
+    let (ok, out) = job.join().unwrap();
+    assert!(ok, "{out}");
+    out
+}
+
 fn balance_of(bank: &TestBank, name: &str) -> u64 {
     bank.accounts().into_iter().find(|a| a.1 == name).map(|a| a.2).unwrap()
 }
@@ -272,11 +282,7 @@ fn merchant_validating_by_exchange_holds_fresh_coins() {
         c.replace("validate = \"deposit\"", "validate = \"exchange\"")
     });
     buyer.ok(&["withdraw", "16"]);
-    let job = collect(&merchant, &buyer, 16, "a coffee");
-    let p = buyer.wait_pending();
-    buyer.ok(&["approve", &p["id"].to_string()]);
-    let (ok, out) = job.join().unwrap();
-    assert!(ok, "{out}");
+    collect_approved(&merchant, &buyer, 16, "a coffee");
     assert_eq!(merchant.available(), 16, "the merchant holds fresh coins of the same value");
     assert_eq!(buyer.available(), 0);
     let h = merchant.ok(&["history"]);
@@ -452,4 +458,76 @@ fn failed_withdrawals_end_at_once_and_are_never_retried() {
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Runs `edit` on the wallet's database (the daemon may be running: SQLite locks), with
+/// the serial of one available coin of value `value`.
+fn edit_stored_coin(w: &TestWallet, value: u64, edit: impl FnOnce(&rusqlite::Connection, Vec<u8>)) {
+    let c = rusqlite::Connection::open(w.dir.path().join("wallet.db")).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let serial: Vec<u8> = c
+        .query_row("SELECT serial FROM coins WHERE state = 'available' AND value = ?1 LIMIT 1", [value as i64], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    edit(&c, serial);
+}
+
+/// A damaged stored coin blocks nothing: the payment that chooses it quarantines it and
+/// pays with other coins; a forged clear value is not counted; both are kept and shown
+/// apart by `balance`.
+#[test]
+fn damaged_stored_coins_are_quarantined_and_other_coins_still_pay() {
+    let bank = TestBank::start();
+    let buyer = TestWallet::start("gina", "127.0.0.2", &bank, Some(200), |c| c);
+    let merchant = TestWallet::start("kiosk", "127.0.0.3", &bank, Some(0), |c| c);
+    buyer.ok(&["withdraw", "48"]);
+    assert_eq!(
+        buyer.ok(&["balance"])["banks"][0]["coins"],
+        serde_json::json!([{"value": 32, "count": 1}, {"value": 16, "count": 1}])
+    );
+    // One byte of the 16 coin's ciphertext flipped, under the running daemon.
+    edit_stored_coin(&buyer, 16, |c, serial| {
+        let mut sealed: Vec<u8> =
+            c.query_row("SELECT sealed FROM coins WHERE serial = ?1", [&serial], |r| r.get(0)).unwrap();
+        sealed[30] ^= 0x40;
+        c.execute("UPDATE coins SET sealed = ?2 WHERE serial = ?1", rusqlite::params![serial, sealed]).unwrap();
+    });
+    // A payment of 16 chooses that coin first; it is quarantined, and the 32 is broken
+    // by exchange to pay instead.
+    collect_approved(&merchant, &buyer, 16, "a paperback");
+    assert_eq!(balance_of(&bank, "kiosk"), 16);
+    let b = buyer.ok(&["balance"]);
+    assert_eq!(b["total_available"], 16, "{b}");
+    assert_eq!(
+        (&b["quarantined_coins"], &b["total_quarantined"]),
+        (&serde_json::json!(1), &serde_json::json!(16)),
+        "{b}"
+    );
+    assert_eq!(b["banks"][0]["quarantined"], 16);
+
+    // The clear value column of the last coin forged (16 -> 128) with raw SQL.
+    edit_stored_coin(&buyer, 16, |c, serial| {
+        c.execute("UPDATE coins SET value = 128 WHERE serial = ?1", [&serial]).unwrap();
+    });
+    let b = buyer.ok(&["balance"]);
+    assert_eq!(b["total_available"], 0, "a forged value is never counted: {b}");
+    assert_eq!(buyer.holding(), 0);
+    assert_eq!(
+        (&b["quarantined_coins"], &b["total_quarantined"]),
+        (&serde_json::json!(2), &serde_json::json!(16 + 128)),
+        "{b}"
+    );
+    // Nothing is deleted: every coin the wallet ever held is still a row.
+    let rows: i64 = rusqlite::Connection::open(buyer.dir.path().join("wallet.db"))
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM coins WHERE state = 'quarantined'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 2);
+    // And the wallet still works: a fresh withdrawal pays.
+    buyer.ok(&["withdraw", "4"]);
+    collect_approved(&merchant, &buyer, 4, "a bookmark");
+    assert_eq!(balance_of(&bank, "kiosk"), 20);
+    assert_eq!(buyer.ok(&["balance"])["total_quarantined"], 16 + 128, "quarantined coins stay out of payments");
+    bank.assert_audit();
 }
