@@ -690,3 +690,47 @@ pub async fn refresh(w: &Arc<Wallet>) -> Result<(), WalletError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pmtp_proto::refusal::{reason_text, PlainRefusal, Refusal};
+
+    #[test]
+    fn op_transition_table_is_exactly_as_documented() {
+        use OpState::*;
+        let all = [Started, Done, Failed];
+        for from in all {
+            assert_eq!(OpState::parse(from.as_str()).unwrap(), from);
+            for to in all {
+                assert_eq!(from.can_become(to), from == Started && to != Started, "{from:?} -> {to:?}");
+            }
+        }
+        assert!(OpState::parse("retrying").is_err());
+        assert!(OpKind::parse("refund").is_err());
+    }
+
+    #[test]
+    fn which_failures_end_a_withdrawal() {
+        let sealed = |code| {
+            ClientError::Refused(Refusal {
+                code,
+                text: reason_text("no"),
+                nonce: pmtp_proto::Nonce::new(&mut pmtp_proto::rng::os(), [127, 0, 0, 1].into(), 0),
+            })
+        };
+        let plain = |code| ClientError::PlainRefused(PlainRefusal { code, text: reason_text("no") });
+        for first in [true, false] {
+            assert!(ends_withdrawal(&sealed(ReasonCode::WRONG_PASSWORD), first));
+            assert!(ends_withdrawal(&sealed(ReasonCode::INSUFFICIENT_FUNDS), first));
+            assert!(ends_withdrawal(&plain(ReasonCode::DECRYPT_FAILED), first), "the bank cannot read our requests");
+            assert!(!ends_withdrawal(&ClientError::Timeout, first));
+            assert!(!ends_withdrawal(&sealed(ReasonCode::BUSY), first));
+            assert!(!ends_withdrawal(&plain(ReasonCode::NONCE_OUTSIDE_WINDOW), first));
+        }
+        // A lock on the first attempt: nothing of this request ever executed. On a retry
+        // the lock may hide an earlier attempt that did, so it goes on (costing nothing).
+        assert!(ends_withdrawal(&sealed(ReasonCode::TOO_MANY_ATTEMPTS), true));
+        assert!(!ends_withdrawal(&sealed(ReasonCode::TOO_MANY_ATTEMPTS), false));
+    }
+}
