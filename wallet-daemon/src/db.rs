@@ -424,10 +424,27 @@ fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
     let serial = Serial(serial.try_into().map_err(|_| bad(0, "a stored serial is not 16 bytes".into()))?);
     let state: String = r.get(6)?;
     let state = CoinState::parse(&state).map_err(|e| bad(6, e.to_string()))?;
+    // Any other column of the wrong type is damage of that one coin, not of the whole
+    // read: it is read as a value that cannot open (and so gets quarantined).
+    use rusqlite::types::ValueRef;
+    let int = |i: usize| -> rusqlite::Result<i64> {
+        Ok(match r.get_ref(i)? {
+            ValueRef::Integer(v) => v,
+            _ => -1,
+        })
+    };
+    let bank_id = match r.get_ref(1)? {
+        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+        _ => String::new(),
+    };
+    let sealed = match r.get_ref(5)? {
+        ValueRef::Blob(b) => b.to_vec(),
+        _ => Vec::new(),
+    };
     Ok(StoredRow {
-        clear: Clear { serial, bank_id: r.get(1)?, value: r.get(2)?, expiry: r.get(3)? },
-        seal: r.get(4)?,
-        sealed: r.get(5)?,
+        clear: Clear { serial, bank_id, value: int(2)?, expiry: int(3)? },
+        seal: int(4)?,
+        sealed,
         state,
         payment: r.get(7)?,
         op: r.get(8)?,
@@ -513,8 +530,10 @@ pub fn values_in(conn: &Connection, state: CoinState, bank: &str) -> Result<Vec<
     let mut st = conn.prepare_cached(
         "SELECT serial, value, expiry FROM coins WHERE state = ?1 AND bank_id = ?2 ORDER BY value DESC, serial",
     )?;
+    // A value or expiry that is not an integer (damage) reads as -1: left out below.
+    let int = |v: rusqlite::types::ValueRef<'_>| v.as_i64().unwrap_or(-1);
     let rows = st.query_map(params![state.as_str(), bank], |r| {
-        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        Ok((r.get::<_, Vec<u8>>(0)?, int(r.get_ref(1)?), int(r.get_ref(2)?)))
     })?;
     let mut out = Vec::new();
     for r in rows {
@@ -522,7 +541,7 @@ pub fn values_in(conn: &Connection, state: CoinState, bank: &str) -> Result<Vec<
         let serial = Serial(serial.try_into().map_err(|_| DbError::Other("a stored serial is not 16 bytes".into()))?);
         // A value that is no denomination is a lie of the clear column: leave the coin out
         // here; the next read that opens it quarantines it.
-        if let Ok(d) = Denomination::try_from(value.max(0) as u64) {
+        if let (Ok(d), true) = (Denomination::try_from(value.max(0) as u64), expiry >= 0) {
             out.push((serial, d, expiry.max(0) as u64));
         }
     }
@@ -684,7 +703,7 @@ mod tests {
     fn damaged_rows_are_quarantined_kept_reported_and_never_handed_out() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("w.db"), Vault::new(&pmtp_proto::testing::identity(1))).unwrap();
-        let coins = sample_coins(&[8, 16, 32]);
+        let coins = sample_coins(&[8, 16, 32, 4]);
         db.with(|c| {
             let tx = c.transaction()?;
             insert_coins(&tx, &db.vault, &coins, CoinState::Available, None)?;
@@ -692,7 +711,13 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        // One ciphertext byte flipped; one clear value forged (the seal binds it).
+        // One ciphertext byte flipped; one clear value forged (the seal binds it); one
+        // sealed column turned to text (damage of one row must not fail every read).
+        db.with(|c| {
+            c.execute("UPDATE coins SET sealed = 'x' || sealed WHERE serial = ?1", params![&coins[3].serial().0[..]])?;
+            Ok(())
+        })
+        .unwrap();
         db.with(|c| {
             let mut sealed: Vec<u8> =
                 c.query_row("SELECT sealed FROM coins WHERE serial = ?1", params![&coins[0].serial().0[..]], |r| {
@@ -704,6 +729,9 @@ mod tests {
             Ok(())
         })
         .unwrap();
+        let b = db.with(|c| balance(c, &db.vault)).unwrap();
+        assert_eq!(available_value(&b), 32, "only the sound coin counts: {b:?}");
+        assert_eq!(state_of(&db, &coins[3]).0, "quarantined");
         let serials: Vec<Serial> = coins.iter().map(|c| c.serial()).collect();
         let got = db.with(|c| coins_by_serial(c, &db.vault, &serials)).unwrap();
         assert_eq!(got, vec![coins[2].clone()], "only the sound coin is handed out");
@@ -714,7 +742,7 @@ mod tests {
         let b = db.with(|c| balance(c, &db.vault)).unwrap();
         assert_eq!(available_value(&b), 32, "forged and damaged coins are not counted: {b:?}");
         let bank = coins[0].body().bank_id.as_str().to_owned();
-        assert_eq!(b.quarantined, vec![(bank, 2, 8 + 64)], "reported apart, with the value claimed");
+        assert_eq!(b.quarantined, vec![(bank, 3, 8 + 64 + 4)], "reported apart, with the value claimed");
         // Kept, and never leaving quarantine by the ordinary moves.
         let moved = db.with(|c| {
             let tx = c.transaction()?;
@@ -722,7 +750,7 @@ mod tests {
         });
         assert!(matches!(moved, Err(DbError::Transition { .. })));
         let rows: i64 = db.with(|c| Ok(c.query_row("SELECT COUNT(*) FROM coins", [], |r| r.get(0))?)).unwrap();
-        assert_eq!(rows, 3);
+        assert_eq!(rows, 4);
     }
 
     #[test]

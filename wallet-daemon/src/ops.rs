@@ -507,14 +507,29 @@ pub async fn exchange_all(w: &Arc<Wallet>, bank: &str) -> Result<Amount, WalletE
 /// Exchanges the pending coins of an outgoing payment whose outcome is unknown. Returns
 /// the value that came back (the rest was spent: the merchant has it).
 pub async fn resolve_payment(w: &Arc<Wallet>, payment: i64) -> Result<Amount, WalletError> {
-    let rows = w.db.call(move |c, vault| coins_of(c, vault, "payment", payment)).await?;
+    let (rows, quarantined) =
+        w.db.call(move |c, vault| {
+            let rows = coins_of(c, vault, "payment", payment)?;
+            let quarantined: i64 = c.query_row(
+                "SELECT COUNT(*) FROM coins WHERE payment = ?1 AND state = 'quarantined'",
+                params![payment],
+                |r| r.get(0),
+            )?;
+            Ok((rows, quarantined))
+        })
+        .await?;
     let pending: Vec<_> = rows.into_iter().filter(|r| r.state == CoinState::Pending).collect();
     let mut by_bank: std::collections::BTreeMap<String, Vec<Serial>> = Default::default();
     for r in &pending {
         by_bank.entry(r.coin.body().bank_id.as_str().to_owned()).or_default().push(r.coin.serial());
     }
     let mut returned = Amount::ZERO;
-    let mut unresolved = false;
+    // A quarantined coin of the payment cannot be exchanged to learn its fate: the
+    // payment stays unresolved (not "spent") until someone looks at it.
+    let mut unresolved = quarantined > 0;
+    if unresolved {
+        tracing::warn!(payment, coins = quarantined, "payment has quarantined coins; left unresolved");
+    }
     for (bank, serials) in by_bank {
         // The coins are pending under the payment; the exchange takes them as they are.
         let request_id: [u8; 16] = pmtp_proto::rng::bytes(&mut pmtp_proto::rng::os());
@@ -664,7 +679,8 @@ async fn maintenance_inner(w: &Arc<Wallet>) -> Result<(), WalletError> {
     w.db.call(|c, _| {
         c.execute(
             "UPDATE payments SET state = 'done' WHERE direction = 'in' AND state = 'received'
-             AND NOT EXISTS (SELECT 1 FROM coins WHERE coins.payment = payments.id AND coins.state = 'received')",
+             AND NOT EXISTS (SELECT 1 FROM coins WHERE coins.payment = payments.id
+                             AND coins.state IN ('received', 'quarantined'))",
             [],
         )?;
         Ok(())

@@ -587,3 +587,47 @@ fn damaged_stored_coins_are_quarantined_and_other_coins_still_pay() {
     assert_eq!(buyer.ok(&["balance"])["total_quarantined"], 16 + 128, "quarantined coins stay out of payments");
     bank.assert_audit();
 }
+
+/// A payment without a receipt whose coin was damaged while pending: recovery returns
+/// the sound coins, quarantines the damaged one, and leaves the payment unresolved
+/// rather than calling it spent or returned; no value goes missing from the report.
+#[test]
+fn a_damaged_pending_coin_leaves_its_payment_unresolved() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bank = TestBank::start();
+    let mut buyer = TestWallet::start("hana", "127.0.0.2", &bank, Some(200), |c| c);
+    buyer.ok(&["withdraw", "64"]);
+    let addr = buyer.addr.clone();
+    let taker = rt.spawn(async move {
+        merchant_that_takes_coins(&addr, &pmtp_proto::testing::named_identity(5, "taker"), 40).await
+    });
+    let p = buyer.wait_pending();
+    buyer.ok(&["approve", &p["id"].to_string()]);
+    let (pay, _conn) = rt.block_on(taker).unwrap();
+    let values: Vec<u64> = pay.coins.iter().map(|c| c.value().minor_units()).collect();
+    assert_eq!(values.iter().sum::<u64>(), 40);
+    buyer.kill9();
+    // The 32 coin sent (pending, no receipt) is damaged on disk before the restart.
+    let c = rusqlite::Connection::open(buyer.dir.path().join("wallet.db")).unwrap();
+    let (serial, mut sealed): (Vec<u8>, Vec<u8>) = c
+        .query_row("SELECT serial, sealed FROM coins WHERE state = 'pending' AND value = 32", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    sealed[40] ^= 1;
+    c.execute("UPDATE coins SET sealed = ?2 WHERE serial = ?1", rusqlite::params![serial, sealed]).unwrap();
+    drop(c);
+    buyer.restart();
+    let b = buyer.wait_recovered();
+    assert_eq!(b["banks"][0]["pending"], 0, "{b}");
+    assert_eq!(
+        (&b["quarantined_coins"], &b["total_quarantined"]),
+        (&serde_json::json!(1), &serde_json::json!(32)),
+        "{b}"
+    );
+    assert_eq!(b["total_available"], 64 - 32, "the change (24) and the returned 8: {b}");
+    let h = buyer.ok(&["history"]);
+    assert_eq!(h[0]["state"], "sending", "neither spent nor returned while a coin is quarantined: {h}");
+    assert_eq!(balance_of(&bank, "hana"), 136);
+    bank.assert_audit();
+}
