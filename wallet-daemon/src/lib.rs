@@ -113,10 +113,6 @@ impl Claims {
         let mut set = self.0.lock().ok()?;
         set.insert(id).then(|| Claim { claims: self.clone(), id })
     }
-
-    pub fn contains(&self, id: i64) -> bool {
-        self.0.lock().map(|s| s.contains(&id)).unwrap_or(true)
-    }
 }
 
 /// A held claim on a payment or operation id; released on drop.
