@@ -221,6 +221,29 @@ impl TestWallet {
             .sum()
     }
 
+    /// Polls `balance` (bounded: 600 tries, 30 s) until the start-up recovery (which runs
+    /// in the background after the daemon starts serving) has ended; returns that balance.
+    pub fn wait_recovered(&self) -> Value {
+        for _ in 0..600 {
+            let v = self.ok(&["balance"]);
+            if v["recovering"] == false {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the wallet's start-up recovery did not end within 30 s");
+    }
+
+    /// Points the wallet's config at another address for its bank (takes effect at the
+    /// next start).
+    pub fn set_bank_addr(&self, from: &str, to: &str) {
+        let path = self.dir.path().join("config.toml");
+        let cfg = std::fs::read_to_string(&path).unwrap();
+        let (old, new) = (format!("addr = {from:?}"), format!("addr = {to:?}"));
+        assert!(cfg.contains(&old), "no bank at {from} in {cfg}");
+        std::fs::write(&path, cfg.replace(&old, &new)).unwrap();
+    }
+
     /// Polls `pending` (bounded: 300 tries, 15 s) until a request appears.
     pub fn wait_pending(&self) -> Value {
         for _ in 0..300 {

@@ -196,19 +196,22 @@ async fn pin(w: &Arc<Wallet>, merchant: &PeerKeys) -> Result<(), WalletError> {
 }
 
 /// Chooses coins for `amount` from one acceptable bank, exchanging a larger coin first if
-/// needed, and marks them pending under a new payment record. Returns (payment id, coins).
+/// needed, and marks them pending under a new payment record. Returns (payment id, coins,
+/// the claim on the payment).
 async fn reserve(
     w: &Arc<Wallet>,
     ask: &AskPaymentRequest,
     merchant: &PeerKeys,
     peer: IpAddr,
-) -> Result<(i64, Vec<Coin>), WalletError> {
+) -> Result<(i64, Vec<Coin>, Option<crate::Claim>), WalletError> {
     let amount = ask.body.amount;
     let accepted: Vec<String> = ask.body.accepted_banks.iter().map(|b| b.as_str().to_owned()).collect();
     let banks: Vec<String> = w.banks.keys().filter(|b| accepted.is_empty() || accepted.contains(b)).cloned().collect();
-    // Bounded: each bank at most twice (before and after one exchange).
+    // Bounded: each bank at most eight choices, and two exchanges. A choice that meets a
+    // damaged coin quarantines it and chooses again among the others.
     for bank in banks {
-        for _attempt in 0..2 {
+        let mut exchanges = 0;
+        for _attempt in 0..8 {
             let guard = w.coin_lock.lock().await;
             let b = bank.clone();
             let rows = w.db.call(move |c, _| db::values_in(c, CoinState::Available, &b)).await?;
@@ -216,8 +219,6 @@ async fn reserve(
             match select_exact(&denoms, amount) {
                 Ok(idx) => {
                     let serials: Vec<Serial> = idx.iter().map(|&i| rows[i].0).collect();
-                    let s2 = serials.clone();
-                    let coins: Vec<Coin> = w.db.call(move |c, vault| db::coins_by_serial(c, vault, &s2)).await?;
                     let record = db::NewPayment {
                         direction: "out",
                         state: "sending",
@@ -228,21 +229,41 @@ async fn reserve(
                         description: ask.body.description.as_str().to_owned(),
                         request: bincode::serialize(&ask.body.nonce).unwrap_or_default(),
                     };
-                    let payment =
-                        w.db.call(move |c, _| {
+                    let claims = w.in_flight.clone();
+                    let reserved =
+                        w.db.call(move |c, vault| {
                             let tx = c.transaction()?;
+                            // Opening the chosen coins quarantines any damaged one.
+                            let coins = db::coins_by_serial(&tx, vault, &serials)?;
+                            if coins.len() != serials.len() {
+                                tx.commit()?;
+                                return Ok(None);
+                            }
                             let id = db::insert_payment(&tx, &record)?;
                             move_coins(&tx, &serials, CoinState::Pending, Some(id), None)?;
+                            // Claimed before it is visible, so maintenance never resolves a
+                            // payment that is being sent.
+                            let claim = claims.claim(id);
                             tx.commit()?;
-                            Ok(id)
+                            Ok(Some((id, coins, claim)))
                         })
                         .await?;
                     drop(guard);
-                    return Ok((payment, coins));
+                    match reserved {
+                        Some(r) => return Ok(r),
+                        None => {
+                            tracing::warn!(bank = %bank, "a chosen coin was damaged and is quarantined; choosing again");
+                            continue;
+                        }
+                    }
                 }
                 Err(SelectError::NeedsExchange { missing, break_index, .. }) => {
                     let (serial, value, _) = rows[break_index];
                     drop(guard);
+                    if exchanges == 2 {
+                        break;
+                    }
+                    exchanges += 1;
                     // Break the coin into what is missing plus change for ourselves.
                     let missing_total = Amount::checked_sum(missing.iter().map(|d| d.value())).unwrap_or_default();
                     let rest = value.value().checked_sub(missing_total).unwrap_or_default();
@@ -277,14 +298,8 @@ async fn pay(
     peer: IpAddr,
     conn: &mut Conn,
 ) -> Result<(), WalletError> {
-    let (payment, coins) = reserve(w, ask, merchant, peer).await?;
-    if let Ok(mut f) = w.in_flight.lock() {
-        f.insert(payment);
-    }
+    let (payment, coins, claim) = reserve(w, ask, merchant, peer).await?;
     let result = send_coins(w, ask, merchant, payment, coins, conn).await;
-    if let Ok(mut f) = w.in_flight.lock() {
-        f.remove(&payment);
-    }
     match result {
         Ok(()) => Ok(()),
         Err(Outcome::Refused(reason)) => {
@@ -292,16 +307,20 @@ async fn pay(
             tracing::info!(payment, %reason, "merchant refused the payment; resolving its coins");
             set_state(w, payment, "refused_unresolved", &reason).await;
             let w2 = w.clone();
+            // The claim goes with the task: maintenance does not resolve it alongside.
             tokio::spawn(async move {
                 let _ = ops::resolve_payment(&w2, payment).await;
+                drop(claim);
             });
             Ok(())
         }
         Err(Outcome::Unknown(reason)) => {
             tracing::warn!(payment, %reason, "no receipt; resolving the payment's coins at the bank");
             let w2 = w.clone();
+            // The claim goes with the task: maintenance does not resolve it alongside.
             tokio::spawn(async move {
                 let _ = ops::resolve_payment(&w2, payment).await;
+                drop(claim);
             });
             Ok(())
         }

@@ -161,24 +161,37 @@ fn bank_or_default(w: &Wallet, bank: Option<String>, need_account: bool) -> Resu
 async fn handle(w: &Arc<Wallet>, req: Request) -> Result<Value, WalletError> {
     match req {
         Request::Balance => {
-            let rows = w.db.call(|c, _| db::balance(c)).await?;
+            let b = w.db.call(|c, vault| db::balance(c, vault)).await?;
             let mut banks: std::collections::BTreeMap<String, Value> = Default::default();
-            for (bank, value, count, state) in rows {
-                let e = banks.entry(bank.clone()).or_insert_with(
-                    || json!({"bank": bank, "available": 0u64, "pending": 0u64, "received": 0u64, "coins": []}),
-                );
+            let mut available = 0u64;
+            for (bank, value, count, state) in b.coins {
+                let e = bank_entry(&mut banks, &bank);
                 let sum = value.saturating_mul(count);
                 if let Some(v) = e.get_mut(state.as_str()) {
                     *v = json!(v.as_u64().unwrap_or(0).saturating_add(sum));
                 }
-                if state == "available" {
+                if state == CoinState::Available {
+                    available = available.saturating_add(sum);
                     if let Some(Value::Array(a)) = e.get_mut("coins") {
                         a.push(json!({"value": value, "count": count}));
                     }
                 }
             }
-            let available = w.db.call(|c, _| db::total(c, CoinState::Available)).await?;
-            Ok(json!({"total_available": available.minor_units(), "banks": banks.into_values().collect::<Vec<_>>()}))
+            // Damaged coins: kept and shown apart, with the value their clear columns
+            // claim (unverifiable), never counted as available.
+            let (mut q_coins, mut q_value) = (0u64, 0u64);
+            for (bank, count, value) in b.quarantined {
+                let e = bank_entry(&mut banks, &bank);
+                e["quarantined"] = json!(value);
+                e["quarantined_coins"] = json!(count);
+                q_coins = q_coins.saturating_add(count);
+                q_value = q_value.saturating_add(value);
+            }
+            // While the start-up recovery runs, pending values may still move.
+            let recovering = !w.recovered.load(std::sync::atomic::Ordering::SeqCst);
+            Ok(json!({"total_available": available, "recovering": recovering,
+                      "total_quarantined": q_value, "quarantined_coins": q_coins,
+                      "banks": banks.into_values().collect::<Vec<_>>()}))
         }
         Request::Withdraw { bank, amount, password } => {
             let bank = bank_or_default(w, bank, true)?;
@@ -269,6 +282,14 @@ async fn handle(w: &Arc<Wallet>, req: Request) -> Result<Value, WalletError> {
             serde_json::to_value(out).map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))
         }
     }
+}
+
+/// The `balance` entry of one bank, created empty.
+fn bank_entry<'a>(banks: &'a mut std::collections::BTreeMap<String, Value>, bank: &str) -> &'a mut Value {
+    banks.entry(bank.to_owned()).or_insert_with(|| {
+        json!({"bank": bank, "available": 0u64, "pending": 0u64, "received": 0u64,
+               "quarantined": 0u64, "quarantined_coins": 0u64, "coins": []})
+    })
 }
 
 async fn history(w: &Arc<Wallet>) -> Result<Value, WalletError> {

@@ -5,6 +5,16 @@
 //! [`CoinState::can_become`] allows, and each change is committed before anything is sent
 //! on the network. All access goes through [`Db::call`], which runs on tokio's blocking
 //! pool, never on an async worker.
+//!
+//! A coin row has clear columns (bank id, value, expiry) that coin choice reads without
+//! decrypting, and the sealed coin. The seal's associated data covers the clear columns
+//! (seal format 2), so a row whose columns were edited no longer opens. Rows of format 1
+//! (serial only) are re-sealed when the database is opened, after their columns are
+//! checked against the decrypted coin. Every read that hands out coins or reports value
+//! opens the seal and compares the columns again; a row that fails is damaged: it moves to
+//! [`CoinState::Quarantined`] (kept, never spent, reported by `balance`), and the reader
+//! carries on with the other coins. Balances are summed from opened coins, never from the
+//! clear value column alone.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce as GcmNonce};
@@ -39,6 +49,9 @@ pub enum CoinState {
     Received,
     /// Gone: paid, deposited, exchanged, or proven spent by the bank.
     Spent,
+    /// Damaged in storage (does not decrypt, or its clear columns disagree with the
+    /// sealed coin): kept for inspection, never spent, reported apart in `balance`.
+    Quarantined,
 }
 
 impl CoinState {
@@ -48,6 +61,7 @@ impl CoinState {
             CoinState::Pending => "pending",
             CoinState::Received => "received",
             CoinState::Spent => "spent",
+            CoinState::Quarantined => "quarantined",
         }
     }
     pub fn parse(s: &str) -> Result<Self, DbError> {
@@ -56,6 +70,7 @@ impl CoinState {
             "pending" => CoinState::Pending,
             "received" => CoinState::Received,
             "spent" => CoinState::Spent,
+            "quarantined" => CoinState::Quarantined,
             _ => return Err(DbError::Other(format!("unknown coin state {s:?}"))),
         })
     }
@@ -68,6 +83,10 @@ impl CoinState {
     /// | pending | spent | receipt, deposit acknowledgement, exchange done, or the bank says spent |
     /// | pending | available | the operation is known not to have spent it (refused before use) |
     /// | received | spent | deposited or exchanged by the merchant |
+    /// | available, pending, received | quarantined | its stored row is damaged |
+    ///
+    /// Spent and quarantined are final (a quarantined coin leaves only by an operator's
+    /// hand, after inspection).
     pub fn can_become(self, to: CoinState) -> bool {
         matches!(
             (self, to),
@@ -75,13 +94,15 @@ impl CoinState {
                 | (CoinState::Pending, CoinState::Spent)
                 | (CoinState::Pending, CoinState::Available)
                 | (CoinState::Received, CoinState::Spent)
+                | (CoinState::Available | CoinState::Pending | CoinState::Received, CoinState::Quarantined)
         )
     }
 }
 
-const SCHEMA: &[(i64, &str)] = &[(
-    1,
-    "
+const SCHEMA: &[(i64, &str)] = &[
+    (
+        1,
+        "
     CREATE TABLE coins (
         serial BLOB PRIMARY KEY,
         bank_id TEXT NOT NULL,
@@ -133,7 +154,17 @@ const SCHEMA: &[(i64, &str)] = &[(
         last_seen INTEGER NOT NULL
     );
     ",
-)];
+    ),
+    (
+        2,
+        "
+    -- seal: what the sealed coin's associated data covers (1: serial; 2: serial, bank id,
+    -- value, expiry). damage: why a quarantined coin was quarantined.
+    ALTER TABLE coins ADD COLUMN seal INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE coins ADD COLUMN damage TEXT NOT NULL DEFAULT '';
+    ",
+    ),
+];
 
 /// Encrypts stored coins and secrets under a key derived from the wallet's private key
 /// (itself under the passphrase): without the passphrase the coins cannot be spent.
@@ -173,18 +204,76 @@ impl Vault {
             .map_err(|_| DbError::Decrypt)
     }
 
+    /// Seals a coin in the current format ([`SEAL_V2`]): its clear columns are bound in.
     pub fn seal_coin(&self, coin: &Coin) -> Result<Vec<u8>, DbError> {
         let plain = bincode::serialize(coin).map_err(|e| DbError::Other(e.to_string()))?;
-        self.seal(&coin.serial().0, &plain)
+        self.seal(&Clear::of(coin)?.aad(SEAL_V2), &plain)
     }
 
-    pub fn open_coin(&self, serial: &Serial, sealed: &[u8]) -> Result<Coin, DbError> {
-        let plain = self.open(&serial.0, sealed)?;
-        let coin: Coin = bincode::deserialize(&plain).map_err(|_| DbError::Decrypt)?;
-        if coin.serial() != *serial {
-            return Err(DbError::Decrypt);
+    /// Opens a stored coin given its row's clear columns and seal format, and checks that
+    /// the columns are the coin's. Any failure is damage, reported with why.
+    pub fn open_coin(&self, clear: &Clear, seal: i64, sealed: &[u8]) -> Result<Coin, Damage> {
+        if seal != SEAL_V1 && seal != SEAL_V2 {
+            return Err(Damage(format!("unknown seal format {seal}")));
+        }
+        let plain = self
+            .open(&clear.aad(seal), sealed)
+            .map_err(|_| Damage("does not decrypt with this wallet's key and its clear columns".into()))?;
+        let coin: Coin = bincode::deserialize(&plain).map_err(|_| Damage("decrypts to no coin".into()))?;
+        let actual = Clear::of(&coin).map_err(|e| Damage(e.to_string()))?;
+        if actual != *clear {
+            return Err(Damage(format!(
+                "clear columns (bank {:?}, value {}, expiry {}) disagree with the coin (bank {:?}, value {}, expiry {})",
+                clear.bank_id, clear.value, clear.expiry, actual.bank_id, actual.value, actual.expiry
+            )));
         }
         Ok(coin)
+    }
+}
+
+/// Seal format 1: the associated data is the serial alone (rows written before format 2).
+pub const SEAL_V1: i64 = 1;
+/// Seal format 2: the associated data binds the clear columns (serial, bank id, value,
+/// expiry), so that editing any of them makes the coin fail to open.
+pub const SEAL_V2: i64 = 2;
+
+/// Why a stored coin is damaged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage(pub String);
+
+/// A coin row's clear columns, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clear {
+    pub serial: Serial,
+    pub bank_id: String,
+    pub value: i64,
+    pub expiry: i64,
+}
+
+impl Clear {
+    pub fn of(coin: &Coin) -> Result<Clear, DbError> {
+        let b = coin.body();
+        Ok(Clear {
+            serial: b.serial,
+            bank_id: b.bank_id.as_str().to_owned(),
+            value: i(coin.value().minor_units())?,
+            expiry: i(b.expiry)?,
+        })
+    }
+
+    /// The associated data of seal format `seal`: every field length-prefixed or fixed
+    /// width, so that no two rows share an encoding.
+    fn aad(&self, seal: i64) -> Vec<u8> {
+        if seal == SEAL_V1 {
+            return self.serial.0.to_vec();
+        }
+        let mut aad = b"payme wallet coin v2".to_vec();
+        aad.extend_from_slice(&self.serial.0);
+        aad.extend_from_slice(&(self.bank_id.len() as u64).to_le_bytes());
+        aad.extend_from_slice(self.bank_id.as_bytes());
+        aad.extend_from_slice(&self.value.to_le_bytes());
+        aad.extend_from_slice(&self.expiry.to_le_bytes());
+        aad
     }
 }
 
@@ -217,6 +306,7 @@ impl Db {
         use bank_daemon::store::sqlite::{apply_migrations, open_durable};
         let mut conn = open_durable(path).map_err(|e| DbError::Other(e.to_string()))?;
         apply_migrations(&mut conn, SCHEMA).map_err(|e| DbError::Other(e.to_string()))?;
+        reseal_v1(&mut conn, &vault)?;
         Ok(Db { conn: Arc::new(Mutex::new(conn)), vault: Arc::new(vault) })
     }
 
@@ -271,7 +361,7 @@ pub fn insert_coins(
     payment: Option<i64>,
 ) -> Result<(), DbError> {
     let mut st = tx.prepare_cached(
-        "INSERT INTO coins(serial, bank_id, value, expiry, state, payment, op, sealed, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8)",
+        "INSERT INTO coins(serial, bank_id, value, expiry, state, payment, op, sealed, updated, seal) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8, 2)",
     )?;
     for c in coins {
         let b = c.body();
@@ -324,103 +414,213 @@ pub fn move_coins(
     Ok(())
 }
 
-/// Coins in `state`, optionally of one bank, decrypted.
+/// One stored coin row, still sealed.
+struct StoredRow {
+    clear: Clear,
+    seal: i64,
+    sealed: Vec<u8>,
+    state: CoinState,
+    payment: Option<i64>,
+    op: Option<i64>,
+}
+
+const ROW_COLUMNS: &str = "serial, bank_id, value, expiry, seal, sealed, state, payment, op";
+
+/// Reads one row of [`ROW_COLUMNS`]. A serial that is not 16 bytes or an unknown state
+/// fails the read loudly: such a row cannot even be named to quarantine it.
+fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
+    let bad = |i: usize, e: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, Box::new(DbError::Other(e)))
+    };
+    let serial: Vec<u8> = r.get(0)?;
+    let serial = Serial(serial.try_into().map_err(|_| bad(0, "a stored serial is not 16 bytes".into()))?);
+    let state: String = r.get(6)?;
+    let state = CoinState::parse(&state).map_err(|e| bad(6, e.to_string()))?;
+    // Any other column of the wrong type is damage of that one coin, not of the whole
+    // read: it is read as a value that cannot open (and so gets quarantined).
+    use rusqlite::types::ValueRef;
+    let int = |i: usize| -> rusqlite::Result<i64> {
+        Ok(match r.get_ref(i)? {
+            ValueRef::Integer(v) => v,
+            _ => -1,
+        })
+    };
+    let bank_id = match r.get_ref(1)? {
+        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+        _ => String::new(),
+    };
+    let sealed = match r.get_ref(5)? {
+        ValueRef::Blob(b) => b.to_vec(),
+        _ => Vec::new(),
+    };
+    Ok(StoredRow {
+        clear: Clear { serial, bank_id, value: int(2)?, expiry: int(3)? },
+        seal: int(4)?,
+        sealed,
+        state,
+        payment: r.get(7)?,
+        op: r.get(8)?,
+    })
+}
+
+/// Rows matching `filter` (an SQL condition on `coins` with parameters `p`), still sealed.
+fn load_rows(conn: &Connection, filter: &str, p: impl rusqlite::Params) -> Result<Vec<StoredRow>, DbError> {
+    let mut st =
+        conn.prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM coins WHERE {filter} ORDER BY value DESC, serial"))?;
+    let rows = st.query_map(p, stored_row)?.collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Opens `rows`: returns the sound ones decrypted, and moves each damaged one that still
+/// counts (available, pending or received) to quarantined, through `conn` (inside the
+/// caller's transaction when there is one). Damaged spent coins are only skipped.
+fn open_rows(conn: &Connection, vault: &Vault, rows: Vec<StoredRow>) -> Result<Vec<CoinRow>, DbError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        match vault.open_coin(&row.clear, row.seal, &row.sealed) {
+            Ok(coin) => out.push(CoinRow { coin, state: row.state, payment: row.payment, op: row.op }),
+            Err(damage) if row.state.can_become(CoinState::Quarantined) => quarantine(conn, &row, &damage)?,
+            Err(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Moves one damaged coin to quarantined (kept, never spent) and says so.
+fn quarantine(conn: &Connection, row: &StoredRow, damage: &Damage) -> Result<(), DbError> {
+    let changed = conn.execute(
+        "UPDATE coins SET state = 'quarantined', damage = ?2, updated = ?3 WHERE serial = ?1 AND state = ?4",
+        params![&row.clear.serial.0[..], damage.0, i(now())?, row.state.as_str()],
+    )?;
+    if changed == 1 {
+        tracing::warn!(
+            serial = %row.clear.serial, bank = %row.clear.bank_id, claimed_value = row.clear.value, was = row.state.as_str(),
+            damage = %damage.0, "stored coin is damaged: quarantined (kept, never spent, shown by balance)"
+        );
+    }
+    Ok(())
+}
+
+/// Re-seals coins of format 1 in format 2, in one transaction, after checking their clear
+/// columns against the decrypted coin; damaged ones are quarantined instead. Spent coins
+/// are left as they are (nothing reads their value).
+fn reseal_v1(conn: &mut Connection, vault: &Vault) -> Result<(), DbError> {
+    let tx = conn.transaction()?;
+    let rows = load_rows(&tx, "seal = 1 AND state IN ('available', 'pending', 'received')", [])?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let count = rows.len();
+    for row in open_rows(&tx, vault, rows)? {
+        tx.execute(
+            "UPDATE coins SET sealed = ?2, seal = 2 WHERE serial = ?1",
+            params![&row.coin.serial().0[..], vault.seal_coin(&row.coin)?],
+        )?;
+    }
+    tx.commit()?;
+    tracing::info!(coins = count, "stored coins re-sealed with their clear columns bound");
+    Ok(())
+}
+
+/// Coins in `state`, optionally of one bank, decrypted (damaged ones are quarantined and
+/// left out).
 pub fn coins_in(
     conn: &Connection,
     vault: &Vault,
     state: CoinState,
     bank: Option<&str>,
 ) -> Result<Vec<CoinRow>, DbError> {
-    let mut st = conn.prepare_cached(
-        "SELECT serial, sealed, payment, op FROM coins WHERE state = ?1 AND (?2 IS NULL OR bank_id = ?2) ORDER BY value DESC, serial",
-    )?;
-    let rows = st.query_map(params![state.as_str(), bank], |r| {
-        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Option<i64>>(2)?, r.get::<_, Option<i64>>(3)?))
-    })?;
-    rows.map(|r| {
-        let (serial, sealed, payment, op) = r?;
-        let serial = Serial(serial.try_into().map_err(|_| DbError::Decrypt)?);
-        Ok(CoinRow { coin: vault.open_coin(&serial, &sealed)?, state, payment, op })
-    })
-    .collect()
+    let rows = load_rows(conn, "state = ?1 AND (?2 IS NULL OR bank_id = ?2)", params![state.as_str(), bank])?;
+    open_rows(conn, vault, rows)
 }
 
-/// Serials, values and expiries of coins in `state` of one bank, without decrypting
-/// anything (coin selection needs only values; the refresher only expiries).
+/// Serials, values and expiries of coins in `state` of one bank, as the clear columns say,
+/// without decrypting anything (coin choice needs only values; the refresher only
+/// expiries). Whoever then takes coins opens them ([`coins_by_serial`], [`coins_of`]), which
+/// catches a row whose columns lie.
 pub fn values_in(conn: &Connection, state: CoinState, bank: &str) -> Result<Vec<(Serial, Denomination, u64)>, DbError> {
     let mut st = conn.prepare_cached(
         "SELECT serial, value, expiry FROM coins WHERE state = ?1 AND bank_id = ?2 ORDER BY value DESC, serial",
     )?;
+    // A value or expiry that is not an integer (damage) reads as -1: left out below.
+    let int = |v: rusqlite::types::ValueRef<'_>| v.as_i64().unwrap_or(-1);
     let rows = st.query_map(params![state.as_str(), bank], |r| {
-        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        Ok((r.get::<_, Vec<u8>>(0)?, int(r.get_ref(1)?), int(r.get_ref(2)?)))
     })?;
-    rows.map(|r| {
+    let mut out = Vec::new();
+    for r in rows {
         let (serial, value, expiry) = r?;
-        let serial = Serial(serial.try_into().map_err(|_| DbError::Decrypt)?);
-        let d = Denomination::try_from(value.max(0) as u64).map_err(|e| DbError::Other(e.to_string()))?;
-        Ok((serial, d, expiry.max(0) as u64))
-    })
-    .collect()
+        let serial = Serial(serial.try_into().map_err(|_| DbError::Other("a stored serial is not 16 bytes".into()))?);
+        // A value that is no denomination is a lie of the clear column: leave the coin out
+        // here; the next read that opens it quarantines it.
+        if let (Ok(d), true) = (Denomination::try_from(value.max(0) as u64), expiry >= 0) {
+            out.push((serial, d, expiry.max(0) as u64));
+        }
+    }
+    Ok(out)
 }
 
-/// The coins with these serials, decrypted.
+/// The sound coins among these serials, decrypted, in the order asked; damaged ones are
+/// quarantined and left out (the caller compares lengths, and chooses again).
 pub fn coins_by_serial(conn: &Connection, vault: &Vault, serials: &[Serial]) -> Result<Vec<Coin>, DbError> {
-    let mut st = conn.prepare_cached("SELECT sealed FROM coins WHERE serial = ?1")?;
-    serials
-        .iter()
-        .map(|s| {
-            let sealed: Vec<u8> = st.query_row(params![&s.0[..]], |r| r.get(0))?;
-            vault.open_coin(s, &sealed)
-        })
-        .collect()
+    let mut out = Vec::with_capacity(serials.len());
+    for s in serials {
+        let rows = load_rows(conn, "serial = ?1", params![&s.0[..]])?;
+        out.extend(open_rows(conn, vault, rows)?.into_iter().map(|r| r.coin));
+    }
+    Ok(out)
 }
 
-/// Coins tagged with a payment or an operation.
+/// Coins tagged with a payment or an operation (damaged ones quarantined and left out;
+/// quarantined ones are not read).
 pub fn coins_of(conn: &Connection, vault: &Vault, column: &str, id: i64) -> Result<Vec<CoinRow>, DbError> {
-    let sql = match column {
-        "payment" => "SELECT serial, sealed, state, payment, op FROM coins WHERE payment = ?1",
-        _ => "SELECT serial, sealed, state, payment, op FROM coins WHERE op = ?1",
+    let filter = match column {
+        "payment" => "payment = ?1 AND state != 'quarantined'",
+        _ => "op = ?1 AND state != 'quarantined'",
     };
-    let mut st = conn.prepare_cached(sql)?;
-    let rows = st.query_map(params![id], |r| {
-        Ok((
-            r.get::<_, Vec<u8>>(0)?,
-            r.get::<_, Vec<u8>>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, Option<i64>>(3)?,
-            r.get::<_, Option<i64>>(4)?,
-        ))
-    })?;
-    rows.map(|r| {
-        let (serial, sealed, state, payment, op) = r?;
-        let serial = Serial(serial.try_into().map_err(|_| DbError::Decrypt)?);
-        Ok(CoinRow { coin: vault.open_coin(&serial, &sealed)?, state: CoinState::parse(&state)?, payment, op })
-    })
-    .collect()
+    let rows = load_rows(conn, filter, params![id])?;
+    open_rows(conn, vault, rows)
 }
 
-/// Balance per bank and denomination: (bank, value, count, state).
-pub fn balance(conn: &Connection) -> Result<Vec<(String, u64, u64, String)>, DbError> {
+/// What `balance` shows.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Balance {
+    /// (bank, value, count, state) of sound coins not spent, from the opened coins.
+    pub coins: Vec<(String, u64, u64, CoinState)>,
+    /// (bank, count, value the clear columns claim) of quarantined coins, per bank.
+    pub quarantined: Vec<(String, u64, u64)>,
+}
+
+/// The balance: every coin not spent is opened (damaged ones are quarantined on the way),
+/// and value is summed from the coins themselves, never from the clear column alone.
+pub fn balance(conn: &Connection, vault: &Vault) -> Result<Balance, DbError> {
+    let rows = load_rows(conn, "state IN ('available', 'pending', 'received')", [])?;
+    let mut sums: std::collections::BTreeMap<(String, std::cmp::Reverse<u64>, &'static str), (u64, CoinState)> =
+        Default::default();
+    for r in open_rows(conn, vault, rows)? {
+        let key = (
+            r.coin.body().bank_id.as_str().to_owned(),
+            std::cmp::Reverse(r.coin.value().minor_units()),
+            r.state.as_str(),
+        );
+        sums.entry(key).or_insert((0, r.state)).0 += 1;
+    }
+    let coins = sums.into_iter().map(|((bank, v, _), (n, state))| (bank, v.0, n, state)).collect();
     let mut st = conn.prepare_cached(
-        "SELECT bank_id, value, COUNT(*), state FROM coins WHERE state != 'spent' GROUP BY bank_id, value, state ORDER BY bank_id, value DESC",
+        "SELECT bank_id, COUNT(*), COALESCE(SUM(MAX(value, 0)), 0) FROM coins WHERE state = 'quarantined' GROUP BY bank_id ORDER BY bank_id",
     )?;
-    let rows = st.query_map([], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?))
-    })?;
-    rows.map(|r| {
-        let (b, v, n, s) = r?;
-        Ok((b, v as u64, n as u64, s))
-    })
-    .collect()
+    let quarantined = st
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64, r.get::<_, i64>(2)?.max(0) as u64))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Balance { coins, quarantined })
 }
 
-/// Total value of coins in `state`.
-pub fn total(conn: &Connection, state: CoinState) -> Result<Amount, DbError> {
-    let v: i64 =
-        conn.query_row("SELECT COALESCE(SUM(value), 0) FROM coins WHERE state = ?1", params![state.as_str()], |r| {
-            r.get(0)
-        })?;
-    Ok(Amount::new(v.max(0) as u64))
+/// Total value of sound coins in `state`, summed from the opened coins.
+pub fn total(conn: &Connection, vault: &Vault, state: CoinState) -> Result<Amount, DbError> {
+    Amount::checked_sum(coins_in(conn, vault, state, None)?.iter().map(|r| r.coin.value()))
+        .map_err(|e| DbError::Other(e.to_string()))
 }
 
 #[cfg(test)]
@@ -430,8 +630,20 @@ mod tests {
     #[test]
     fn transition_table_is_exactly_as_documented() {
         use CoinState::*;
-        let all = [Available, Pending, Received, Spent];
-        let allowed = [(Available, Pending), (Pending, Spent), (Pending, Available), (Received, Spent)];
+        let all = [Available, Pending, Received, Spent, Quarantined];
+        let allowed = [
+            (Available, Pending),
+            (Pending, Spent),
+            (Pending, Available),
+            (Received, Spent),
+            (Available, Quarantined),
+            (Pending, Quarantined),
+            (Received, Quarantined),
+        ];
+        for state in all {
+            assert_eq!(CoinState::parse(state.as_str()).unwrap(), state);
+        }
+        assert!(CoinState::parse("lost").is_err());
         for from in all {
             for to in all {
                 assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from:?} -> {to:?}");
@@ -460,7 +672,7 @@ mod tests {
         assert!(!raw.windows(plain.len().min(64)).any(|w| w == &plain[..plain.len().min(64)]));
         // Another wallet's key cannot read it.
         let other = Vault::new(&pmtp_proto::testing::identity(2));
-        assert!(matches!(other.open_coin(&coin.serial(), &raw), Err(DbError::Decrypt)));
+        assert!(other.open_coin(&Clear::of(&coin).unwrap(), SEAL_V2, &raw).is_err());
         let got = db.with(|c| coins_in(c, &db.vault, CoinState::Available, None)).unwrap();
         assert_eq!(got[0].coin, coin);
         let s = [coin.serial()];
@@ -477,6 +689,121 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert_eq!(db.with(|c| total(c, CoinState::Spent)).unwrap(), Amount::new(8));
+        assert_eq!(db.with(|c| total(c, &db.vault, CoinState::Spent)).unwrap(), Amount::new(8));
+    }
+
+    fn sample_coins(values: &[u64]) -> Vec<Coin> {
+        let bank = pmtp_proto::testing::samples::parties().bank;
+        let mut rng = pmtp_proto::testing::TestRng(7);
+        values.iter().map(|&v| pmtp_proto::testing::samples::coin(&bank, &mut rng, v, now() + 1000)).collect()
+    }
+
+    fn state_of(db: &Db, coin: &Coin) -> (String, String) {
+        db.with(|c| {
+            Ok(c.query_row("SELECT state, damage FROM coins WHERE serial = ?1", params![&coin.serial().0[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?)
+        })
+        .unwrap()
+    }
+
+    fn available_value(b: &Balance) -> u64 {
+        b.coins.iter().filter(|c| c.3 == CoinState::Available).map(|c| c.1 * c.2).sum()
+    }
+
+    #[test]
+    fn damaged_rows_are_quarantined_kept_reported_and_never_handed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("w.db"), Vault::new(&pmtp_proto::testing::identity(1))).unwrap();
+        let coins = sample_coins(&[8, 16, 32, 4]);
+        db.with(|c| {
+            let tx = c.transaction()?;
+            insert_coins(&tx, &db.vault, &coins, CoinState::Available, None)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .unwrap();
+        // One ciphertext byte flipped; one clear value forged (the seal binds it); one
+        // sealed column turned to text (damage of one row must not fail every read).
+        db.with(|c| {
+            c.execute("UPDATE coins SET sealed = 'x' || sealed WHERE serial = ?1", params![&coins[3].serial().0[..]])?;
+            Ok(())
+        })
+        .unwrap();
+        db.with(|c| {
+            let mut sealed: Vec<u8> =
+                c.query_row("SELECT sealed FROM coins WHERE serial = ?1", params![&coins[0].serial().0[..]], |r| {
+                    r.get(0)
+                })?;
+            sealed[20] ^= 1;
+            c.execute("UPDATE coins SET sealed = ?2 WHERE serial = ?1", params![&coins[0].serial().0[..], sealed])?;
+            c.execute("UPDATE coins SET value = 64 WHERE serial = ?1", params![&coins[1].serial().0[..]])?;
+            Ok(())
+        })
+        .unwrap();
+        let b = db.with(|c| balance(c, &db.vault)).unwrap();
+        assert_eq!(available_value(&b), 32, "only the sound coin counts: {b:?}");
+        assert_eq!(state_of(&db, &coins[3]).0, "quarantined");
+        let serials: Vec<Serial> = coins.iter().map(|c| c.serial()).collect();
+        let got = db.with(|c| coins_by_serial(c, &db.vault, &serials)).unwrap();
+        assert_eq!(got, vec![coins[2].clone()], "only the sound coin is handed out");
+        assert_eq!(state_of(&db, &coins[0]).0, "quarantined");
+        let (state, damage) = state_of(&db, &coins[1]);
+        assert_eq!(state, "quarantined");
+        assert!(damage.contains("does not decrypt"), "{damage}");
+        let b = db.with(|c| balance(c, &db.vault)).unwrap();
+        assert_eq!(available_value(&b), 32, "forged and damaged coins are not counted: {b:?}");
+        let bank = coins[0].body().bank_id.as_str().to_owned();
+        assert_eq!(b.quarantined, vec![(bank, 3, 8 + 64 + 4)], "reported apart, with the value claimed");
+        // Kept, and never leaving quarantine by the ordinary moves.
+        let moved = db.with(|c| {
+            let tx = c.transaction()?;
+            move_coins(&tx, &serials[..1], CoinState::Pending, Some(1), None)
+        });
+        assert!(matches!(moved, Err(DbError::Transition { .. })));
+        let rows: i64 = db.with(|c| Ok(c.query_row("SELECT COUNT(*) FROM coins", [], |r| r.get(0))?)).unwrap();
+        assert_eq!(rows, 4);
+    }
+
+    #[test]
+    fn format_1_rows_are_resealed_at_open_and_forged_ones_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let id = pmtp_proto::testing::identity(1);
+        let coins = sample_coins(&[8, 16]);
+        {
+            let db = Db::open(&path, Vault::new(&id)).unwrap();
+            // Rows as the previous release wrote them: sealed under the serial alone.
+            db.with(|c| {
+                for (coin, value) in coins.iter().zip([8i64, 128]) {
+                    let clear = Clear::of(coin)?;
+                    let plain = bincode::serialize(coin).map_err(|e| DbError::Other(e.to_string()))?;
+                    let sealed = db.vault.seal(&clear.aad(SEAL_V1), &plain)?;
+                    c.execute(
+                        "INSERT INTO coins(serial, bank_id, value, expiry, state, sealed, updated, seal)
+                         VALUES (?1, ?2, ?3, ?4, 'available', ?5, 0, 1)",
+                        params![&clear.serial.0[..], clear.bank_id, value, clear.expiry, sealed],
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+        let db = Db::open(&path, Vault::new(&id)).unwrap();
+        let seal: i64 = db
+            .with(|c| {
+                Ok(c.query_row("SELECT seal FROM coins WHERE serial = ?1", params![&coins[0].serial().0[..]], |r| {
+                    r.get(0)
+                })?)
+            })
+            .unwrap();
+        assert_eq!(seal, SEAL_V2, "re-sealed with its clear columns bound");
+        let got = db.with(|c| coins_in(c, &db.vault, CoinState::Available, None)).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].coin, coins[0]);
+        let (state, damage) = state_of(&db, &coins[1]);
+        assert_eq!(state, "quarantined", "its value column (128) is not the coin's (16)");
+        assert!(damage.contains("disagree"), "{damage}");
+        assert_eq!(available_value(&db.with(|c| balance(c, &db.vault)).unwrap()), 8);
     }
 }

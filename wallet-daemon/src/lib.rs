@@ -28,8 +28,8 @@ use pmtp_proto::{AccountId, Amount, NonceChecker, NonceConfig, ReasonCode};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
 
 /// An error a person or a peer sees: a reason code and a one-line text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -135,6 +135,35 @@ pub struct PendingRequest {
     pub answer: tokio::sync::oneshot::Sender<bool>,
 }
 
+/// Ids (of payments, or of operations) that a task is working on right now: the
+/// maintenance round leaves them alone instead of resolving or retrying them under the
+/// task's feet. A [`Claim`] is taken before the record is committed, and released when
+/// dropped, whatever way the task ends.
+#[derive(Clone, Default)]
+pub struct Claims(Arc<Mutex<HashSet<i64>>>);
+
+impl Claims {
+    /// Claims `id`; `None` if another task holds it.
+    pub fn claim(&self, id: i64) -> Option<Claim> {
+        let mut set = self.0.lock().ok()?;
+        set.insert(id).then(|| Claim { claims: self.clone(), id })
+    }
+}
+
+/// A held claim on a payment or operation id; released on drop.
+pub struct Claim {
+    claims: Claims,
+    id: i64,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.claims.0.lock() {
+            set.remove(&self.id);
+        }
+    }
+}
+
 /// Everything the running wallet shares.
 pub struct Wallet {
     pub config: config::Config,
@@ -149,8 +178,14 @@ pub struct Wallet {
     /// Held while choosing coins and marking them pending, so two payments never pick the
     /// same coin.
     pub coin_lock: tokio::sync::Mutex<()>,
-    /// Outgoing payments whose pay_coins exchange is in progress (not to be resolved).
-    pub in_flight: Mutex<HashSet<i64>>,
+    /// Payments (outgoing or incoming) whose exchange with the peer is in progress (not to
+    /// be resolved or validated by maintenance).
+    pub in_flight: Claims,
+    /// Bank operations a task is sending right now (not to be retried by maintenance).
+    pub ops_in_flight: Claims,
+    /// Set once the first maintenance round after start-up (the recovery of whatever a
+    /// previous run left unfinished) has ended; `balance` reports it.
+    pub recovered: AtomicBool,
     /// Outbound connections come from this address (the listen address, when specific).
     pub bind_ip: Option<IpAddr>,
 }
@@ -191,7 +226,9 @@ impl Wallet {
             pending: Mutex::new(BTreeMap::new()),
             next_pending: AtomicU64::new(1),
             coin_lock: tokio::sync::Mutex::new(()),
-            in_flight: Mutex::new(HashSet::new()),
+            in_flight: Claims::default(),
+            ops_in_flight: Claims::default(),
+            recovered: AtomicBool::new(false),
             bind_ip,
         })
     }
@@ -234,8 +271,9 @@ pub fn read_secret(
 }
 
 /// Runs the wallet daemon until SIGINT or SIGTERM: loads the key, opens the database,
-/// resolves whatever a previous run left unfinished, then serves peers and the control
-/// socket, with a background maintenance round.
+/// serves peers and the control socket at once, and resolves whatever a previous run left
+/// unfinished in the background (the first maintenance round), so that a bank that
+/// accepts connections and never answers cannot hold the wallet's start hostage.
 pub async fn run_daemon(dir: DataDir, cfg: config::Config, passphrase: &str) -> anyhow::Result<()> {
     use anyhow::Context;
     use tokio::signal::unix::{signal, SignalKind};
@@ -257,9 +295,11 @@ pub async fn run_daemon(dir: DataDir, cfg: config::Config, passphrase: &str) -> 
 
     let token = tokio_util::sync::CancellationToken::new();
     let tracker = tokio_util::task::TaskTracker::new();
-    // Finish what a previous run left (crash, kill -9) before taking new work, then keep
-    // a maintenance round going.
-    ops::maintenance(&w).await;
+    // Finish what a previous run left (crash, kill -9) in the background, then keep a
+    // maintenance round going. Work that arrives meanwhile is safe: every payment and
+    // operation a task is working on is claimed, and maintenance leaves claimed ones alone.
+    // A round cut short by shutdown is like a crash, which every operation survives (its
+    // state is durable before anything is sent).
     {
         let (w, token) = (w.clone(), token.clone());
         let every = std::time::Duration::from_secs(w.config.limits.maintenance_interval_secs.max(1));
@@ -267,7 +307,14 @@ pub async fn run_daemon(dir: DataDir, cfg: config::Config, passphrase: &str) -> 
             loop {
                 tokio::select! {
                     _ = token.cancelled() => break,
-                    _ = tokio::time::sleep(every) => ops::maintenance(&w).await,
+                    _ = ops::maintenance(&w) => {}
+                }
+                if !w.recovered.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    tracing::info!("start-up recovery done");
+                }
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {}
                 }
             }
         });

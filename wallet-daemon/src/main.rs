@@ -288,14 +288,25 @@ fn print_human(out: &mut impl Write, req: &Request, v: &Value) -> std::io::Resul
     match req {
         Request::Balance => {
             writeln!(out, "available: {}", v["total_available"])?;
+            if v["recovering"] == true {
+                writeln!(out, "recovering: unfinished payments and operations of the last run are being resolved")?;
+            }
+            if v["quarantined_coins"].as_u64().unwrap_or(0) > 0 {
+                writeln!(
+                    out,
+                    "quarantined {} coins (their rows claim {}): damaged in storage, kept, never spent; see the log",
+                    v["quarantined_coins"], v["total_quarantined"]
+                )?;
+            }
             for b in v["banks"].as_array().into_iter().flatten() {
                 writeln!(
                     out,
-                    "  bank {}: available {}, pending {}, received {}",
+                    "  bank {}: available {}, pending {}, received {}, quarantined {}",
                     text(&b["bank"]),
                     b["available"],
                     b["pending"],
-                    b["received"]
+                    b["received"],
+                    b["quarantined"]
                 )?;
                 for c in b["coins"].as_array().into_iter().flatten() {
                     writeln!(out, "    {} x {}", c["count"], c["value"])?;

@@ -136,7 +136,7 @@ async fn collect_inner(
         Ok(()) => record(w, &pay, &ask.body, peer).await,
         Err(e) => Err(e),
     };
-    let (payment, op) = match recorded {
+    let (payment, op, claims) = match recorded {
         Ok(p) => p,
         Err(e) => {
             refuse(w, &mut conn, &key, &e).await;
@@ -159,9 +159,6 @@ async fn collect_inner(
     )
     .map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?;
     let blob = bincode::serialize(&receipt).unwrap_or_default();
-    if let Ok(mut f) = w.in_flight.lock() {
-        f.insert(payment);
-    }
     let validated = match op {
         Some(op) => {
             let b2 = blob.clone();
@@ -190,9 +187,7 @@ async fn collect_inner(
             r
         }
     };
-    if let Ok(mut f) = w.in_flight.lock() {
-        f.remove(&payment);
-    }
+    drop(claims);
     if let Err(e) = validated {
         refuse(w, &mut conn, &key, &e).await;
         return Ok(Collected::refused(&e));
@@ -278,7 +273,7 @@ async fn record(
     pay: &PayCoinsRequest,
     ask: &AskPayment,
     peer: std::net::IpAddr,
-) -> Result<(i64, Option<ops::Op>), WalletError> {
+) -> Result<(i64, Option<ops::Op>, Vec<crate::Claim>), WalletError> {
     let coins = pay.coins.clone();
     let record = db::NewPayment {
         direction: "in",
@@ -296,7 +291,8 @@ async fn record(
     let kind = validation_kind(w);
     let request_id: [u8; 16] = rng::bytes(&mut rng::os());
     let b = one_bank.clone();
-    let (payment, op_id) =
+    let (payments, operations) = (w.in_flight.clone(), w.ops_in_flight.clone());
+    let (payment, op_id, claims) =
         w.db.call(move |c, vault| {
             let tx = c.transaction()?;
             let id = db::insert_payment(&tx, &record)?;
@@ -308,8 +304,12 @@ async fn record(
                 }
                 None => None,
             };
+            // Claimed before they are visible: maintenance leaves this payment and its
+            // operation to this task.
+            let claims: Vec<crate::Claim> =
+                payments.claim(id).into_iter().chain(op.and_then(|o| operations.claim(o))).collect();
             tx.commit()?;
-            Ok((id, op))
+            Ok((id, op, claims))
         })
         .await?;
     let op = match (op_id, one_bank) {
@@ -318,7 +318,7 @@ async fn record(
         }
         _ => None,
     };
-    Ok((payment, op))
+    Ok((payment, op, claims))
 }
 
 /// Records a payment whose coins the bank did not accept: refused if the bank said so

@@ -3,7 +3,11 @@
 //! the reply is lost or the wallet dies, the next maintenance round sends the same request
 //! id again, and the bank answers a retry with its original answer (new coins for a
 //! withdrawal or exchange, the acknowledgement for a deposit). A definitive refusal ends
-//! the operation; an ambiguous failure leaves it for the next round.
+//! the operation ([`OpState::Failed`], final: its request id is never sent again); an
+//! ambiguous failure leaves it started for the next round. A withdrawal also ends on a
+//! wrong password, a locked account or a bank that cannot read it (see
+//! [`ends_withdrawal`]): retrying a stored wrong password would only lock the account
+//! further, with nobody asking.
 //!
 //! Outgoing payments whose outcome is unknown (no receipt) are resolved by exchanging their
 //! coins: new coins back if they were unspent; a refusal proves they were spent.
@@ -32,6 +36,80 @@ impl OpKind {
     }
 }
 
+impl OpKind {
+    pub fn parse(s: &str) -> Result<Self, DbError> {
+        Ok(match s {
+            "withdraw" => OpKind::Withdraw,
+            "exchange" => OpKind::Exchange,
+            "deposit" => OpKind::Deposit,
+            _ => return Err(DbError::Other(format!("unknown operation kind {s:?}"))),
+        })
+    }
+}
+
+/// Where an operation is. Stored in `ops.state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpState {
+    /// Recorded; its request may have been sent, and is sent again (same request id)
+    /// until the bank answers.
+    Started,
+    /// The bank answered with success; its effect is stored.
+    Done,
+    /// The bank refused it for good, and the person was told so; never sent again.
+    Failed,
+}
+
+impl OpState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpState::Started => "started",
+            OpState::Done => "done",
+            OpState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, DbError> {
+        Ok(match s {
+            "started" => OpState::Started,
+            "done" => OpState::Done,
+            "failed" => OpState::Failed,
+            _ => return Err(DbError::Other(format!("unknown operation state {s:?}"))),
+        })
+    }
+
+    /// The transition table: `done` and `failed` are final.
+    ///
+    /// | from | to | when |
+    /// |---|---|---|
+    /// | started | done | the bank's success is stored |
+    /// | started | failed | a definitive refusal (the request id is retired) |
+    pub fn can_become(self, to: OpState) -> bool {
+        matches!((self, to), (OpState::Started, OpState::Done) | (OpState::Started, OpState::Failed))
+    }
+}
+
+/// Ends operation `id` in `to` (with `reason` if failed), and forgets its stored secret.
+/// Ending it twice in the same state is a no-op (a retry that raced its original); any
+/// other move outside the table is refused, so a failed operation can never turn done.
+pub fn end_op(tx: &rusqlite::Transaction<'_>, id: i64, to: OpState, reason: &str) -> Result<(), DbError> {
+    let from: String = tx
+        .query_row("SELECT state FROM ops WHERE id = ?1", params![id], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| DbError::Other(format!("no operation {id}")))?;
+    let from = OpState::parse(&from)?;
+    if from == to {
+        return Ok(());
+    }
+    if !from.can_become(to) {
+        return Err(DbError::Other(format!("operation {id} cannot go from {} to {}", from.as_str(), to.as_str())));
+    }
+    tx.execute(
+        "UPDATE ops SET state = ?2, secret = NULL, reason = ?3 WHERE id = ?1",
+        params![id, to.as_str(), reason],
+    )?;
+    Ok(())
+}
+
 /// An operation row.
 #[derive(Clone, Debug)]
 pub struct Op {
@@ -48,6 +126,24 @@ fn is_ambiguous(e: &ClientError) -> bool {
     !matches!(e, ClientError::Refused(r) if r.code.is_definitive())
 }
 
+/// Whether a withdrawal's failure ends it, beyond the bank's definitive refusals.
+///
+/// - `wrong_password`: the stored password is wrong; each retry would count one more
+///   failure against the account and lock it longer.
+/// - `decrypt_failed` (even unauthenticated): the bank cannot read requests sealed to the
+///   key this wallet has for it, so no attempt of this request has ever been executed.
+/// - `too_many_attempts` on the first attempt only: the bank checks the lock before it
+///   looks the request id up, so on a retry the lock may hide an earlier attempt that was
+///   executed (its coins would be lost if the operation ended). A retry with the right
+///   password during a lock costs the account nothing, and ends once the lock lapses.
+pub fn ends_withdrawal(e: &ClientError, first_attempt: bool) -> bool {
+    match e.code() {
+        Some(ReasonCode::WRONG_PASSWORD | ReasonCode::DECRYPT_FAILED) => true,
+        Some(ReasonCode::TOO_MANY_ATTEMPTS) => first_attempt,
+        _ => !is_ambiguous(e),
+    }
+}
+
 /// Withdraws `amount` from this wallet's account at `bank`.
 pub async fn withdraw(w: &Arc<Wallet>, bank: &str, amount: Amount, password: &str) -> Result<Amount, WalletError> {
     let entry = w.bank(bank)?;
@@ -56,15 +152,21 @@ pub async fn withdraw(w: &Arc<Wallet>, bank: &str, amount: Amount, password: &st
     }
     let request_id: [u8; 16] = pmtp_proto::rng::bytes(&mut pmtp_proto::rng::os());
     let (b, pw) = (bank.to_owned(), password.to_owned());
-    let op_id = w
+    let claims = w.ops_in_flight.clone();
+    let (op_id, _claim) = w
         .db
         .call(move |c, vault| {
             let secret = vault.seal(b"withdraw password", pw.as_bytes())?;
-            c.execute(
+            let tx = c.transaction()?;
+            tx.execute(
                 "INSERT INTO ops(kind, state, bank_id, request_id, amount, secret, created) VALUES ('withdraw', 'started', ?1, ?2, ?3, ?4, ?5)",
                 params![b, &request_id[..], db::i(amount.minor_units())?, secret, db::i(db::now())?],
             )?;
-            Ok(c.last_insert_rowid())
+            let id = tx.last_insert_rowid();
+            // Claimed before it is visible: maintenance does not send it alongside us.
+            let claim = claims.claim(id);
+            tx.commit()?;
+            Ok((id, claim))
         })
         .await?;
     let op = Op {
@@ -76,10 +178,11 @@ pub async fn withdraw(w: &Arc<Wallet>, bank: &str, amount: Amount, password: &st
         payment: None,
         secret: None,
     };
-    run_withdraw(w, &op, password).await
+    run_withdraw(w, &op, password, true).await
 }
 
-async fn run_withdraw(w: &Arc<Wallet>, op: &Op, password: &str) -> Result<Amount, WalletError> {
+/// Sends a recorded withdrawal (`first_attempt`: its request id has never been sent).
+async fn run_withdraw(w: &Arc<Wallet>, op: &Op, password: &str, first_attempt: bool) -> Result<Amount, WalletError> {
     let entry = w.bank(&op.bank)?;
     let (account, name) = entry
         .account
@@ -99,7 +202,7 @@ async fn run_withdraw(w: &Arc<Wallet>, op: &Op, password: &str) -> Result<Amount
                 if known.is_none() {
                     insert_coins(&tx, vault, &coins, CoinState::Available, None)?;
                 }
-                tx.execute("UPDATE ops SET state = 'done', secret = NULL WHERE id = ?1", params![op_id])?;
+                end_op(&tx, op_id, OpState::Done, "")?;
                 tx.commit()?;
                 Ok(())
             })
@@ -107,16 +210,16 @@ async fn run_withdraw(w: &Arc<Wallet>, op: &Op, password: &str) -> Result<Amount
             tracing::info!(bank = %op.bank, amount = %op.amount, "withdrew coins");
             Ok(resp.balance)
         }
-        Err(e) if !is_ambiguous(&e) => {
+        Err(e) if ends_withdrawal(&e, first_attempt) => {
             let reason = e.to_string();
             w.db.call(move |c, _| {
-                c.execute(
-                    "UPDATE ops SET state = 'failed', secret = NULL, reason = ?2 WHERE id = ?1",
-                    params![op_id, reason],
-                )?;
+                let tx = c.transaction()?;
+                end_op(&tx, op_id, OpState::Failed, &reason)?;
+                tx.commit()?;
                 Ok(())
             })
             .await?;
+            tracing::warn!(op = op_id, bank = %op.bank, amount = %op.amount, reason = %e, "withdrawal failed; it will not be retried");
             Err(e.into())
         }
         Err(e) => Err(WalletError::new(
@@ -182,12 +285,14 @@ pub async fn exchange_or_deposit(
     }
     let request_id: [u8; 16] = pmtp_proto::rng::bytes(&mut pmtp_proto::rng::os());
     let b = bank.to_owned();
-    let op_id =
+    let claims = w.ops_in_flight.clone();
+    let (op_id, _claim) =
         w.db.call(move |c, vault| {
             let tx = c.transaction()?;
             let op_id = start_op(&tx, vault, kind, &b, &request_id, payment, &serials, from)?;
+            let claim = claims.claim(op_id);
             tx.commit()?;
-            Ok(op_id)
+            Ok((op_id, claim))
         })
         .await?;
     let op = Op { id: op_id, kind, bank: bank.to_owned(), request_id, amount: Amount::ZERO, payment, secret: None };
@@ -215,7 +320,13 @@ pub async fn run_op_then(
     let rows = w.db.call(move |c, vault| coins_of(c, vault, "op", op_id)).await?;
     let rows: Vec<_> = rows.into_iter().filter(|r| r.state != CoinState::Spent).collect();
     if rows.is_empty() {
-        w.db.call(move |c, _| Ok(c.execute("UPDATE ops SET state = 'done' WHERE id = ?1", params![op_id])?)).await?;
+        w.db.call(move |c, _| {
+            let tx = c.transaction()?;
+            end_op(&tx, op_id, OpState::Done, "")?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await?;
         return Ok(vec![]);
     }
     let coins: Vec<Coin> = rows.iter().map(|r| r.coin.clone()).collect();
@@ -249,7 +360,7 @@ pub async fn run_op_then(
                 if known.is_none() {
                     insert_coins(&tx, vault, &stored, CoinState::Available, None)?;
                 }
-                tx.execute("UPDATE ops SET state = 'done' WHERE id = ?1", params![op_id])?;
+                end_op(&tx, op_id, OpState::Done, "")?;
                 if let Some(f) = on_done {
                     f(&tx)?;
                 }
@@ -275,7 +386,7 @@ pub async fn run_op_then(
             let back = serials.clone();
             w.db.call(move |c, _| {
                 let tx = c.transaction()?;
-                tx.execute("UPDATE ops SET state = 'failed', reason = ?2 WHERE id = ?1", params![op_id, reason])?;
+                end_op(&tx, op_id, OpState::Failed, &reason)?;
                 if spent_all {
                     finish_coins(&tx, &back)?;
                 } else if !split {
@@ -321,12 +432,13 @@ pub async fn run_op_then(
     }
 }
 
-/// Marks coins spent, from pending or received.
+/// Marks coins spent, from pending or received. A coin quarantined while its operation
+/// was under way stays quarantined (kept and reported; its row is not to be trusted).
 fn finish_coins(tx: &rusqlite::Transaction<'_>, serials: &[Serial]) -> Result<(), DbError> {
     for s in serials {
         let state: String =
             tx.query_row("SELECT state FROM coins WHERE serial = ?1", params![&s.0[..]], |r| r.get(0))?;
-        if state != "spent" {
+        if !matches!(CoinState::parse(&state)?, CoinState::Spent | CoinState::Quarantined) {
             move_coins(tx, &[*s], CoinState::Spent, None, None)?;
         }
     }
@@ -395,20 +507,36 @@ pub async fn exchange_all(w: &Arc<Wallet>, bank: &str) -> Result<Amount, WalletE
 /// Exchanges the pending coins of an outgoing payment whose outcome is unknown. Returns
 /// the value that came back (the rest was spent: the merchant has it).
 pub async fn resolve_payment(w: &Arc<Wallet>, payment: i64) -> Result<Amount, WalletError> {
-    let rows = w.db.call(move |c, vault| coins_of(c, vault, "payment", payment)).await?;
+    let (rows, quarantined) =
+        w.db.call(move |c, vault| {
+            let rows = coins_of(c, vault, "payment", payment)?;
+            let quarantined: i64 = c.query_row(
+                "SELECT COUNT(*) FROM coins WHERE payment = ?1 AND state = 'quarantined'",
+                params![payment],
+                |r| r.get(0),
+            )?;
+            Ok((rows, quarantined))
+        })
+        .await?;
     let pending: Vec<_> = rows.into_iter().filter(|r| r.state == CoinState::Pending).collect();
     let mut by_bank: std::collections::BTreeMap<String, Vec<Serial>> = Default::default();
     for r in &pending {
         by_bank.entry(r.coin.body().bank_id.as_str().to_owned()).or_default().push(r.coin.serial());
     }
     let mut returned = Amount::ZERO;
-    let mut unresolved = false;
+    // A quarantined coin of the payment cannot be exchanged to learn its fate: the
+    // payment stays unresolved (not "spent") until someone looks at it.
+    let mut unresolved = quarantined > 0;
+    if unresolved {
+        tracing::warn!(payment, coins = quarantined, "payment has quarantined coins; left unresolved");
+    }
     for (bank, serials) in by_bank {
         // The coins are pending under the payment; the exchange takes them as they are.
         let request_id: [u8; 16] = pmtp_proto::rng::bytes(&mut pmtp_proto::rng::os());
         let b = bank.clone();
         let s2 = serials.clone();
-        let op_id = w
+        let claims = w.ops_in_flight.clone();
+        let (op_id, _claim) = w
             .db
             .call(move |c, _| {
                 let tx = c.transaction()?;
@@ -420,8 +548,9 @@ pub async fn resolve_payment(w: &Arc<Wallet>, payment: i64) -> Result<Amount, Wa
                 for s in &s2 {
                     tx.execute("UPDATE coins SET op = ?2 WHERE serial = ?1", params![&s.0[..], op_id])?;
                 }
+                let claim = claims.claim(op_id);
                 tx.commit()?;
-                Ok(op_id)
+                Ok((op_id, claim))
             })
             .await?;
         let op = Op {
@@ -485,11 +614,7 @@ async fn maintenance_inner(w: &Arc<Wallet>) -> Result<(), WalletError> {
             let mut out = Vec::new();
             for r in rows {
                 let (id, kind, bank, rid, amount, payment, secret) = r?;
-                let kind = match kind.as_str() {
-                    "withdraw" => OpKind::Withdraw,
-                    "exchange" => OpKind::Exchange,
-                    _ => OpKind::Deposit,
-                };
+                let kind = OpKind::parse(&kind)?;
                 let request_id = rid.try_into().map_err(|_| DbError::Other("bad request id".into()))?;
                 out.push(Op { id, kind, bank, request_id, amount: Amount::new(amount.max(0) as u64), payment, secret });
             }
@@ -497,15 +622,24 @@ async fn maintenance_inner(w: &Arc<Wallet>) -> Result<(), WalletError> {
         })
         .await?;
     for op in ops {
+        // Another task is sending this one right now.
+        let Some(_claim) = w.ops_in_flight.claim(op.id) else { continue };
         let result = match op.kind {
             OpKind::Withdraw => {
-                let password = match &op.secret {
-                    Some(s) => {
-                        String::from_utf8(w.db.vault.open(b"withdraw password", s)?.to_vec()).unwrap_or_default()
+                // Without its password a withdrawal cannot be sent: an empty or garbled one
+                // would only count as a wrong password against the account.
+                let password = op
+                    .secret
+                    .as_ref()
+                    .and_then(|s| w.db.vault.open(b"withdraw password", s).ok())
+                    .and_then(|p| String::from_utf8(p.to_vec()).ok());
+                match password {
+                    Some(p) => run_withdraw(w, &op, &p, false).await.map(|_| ()),
+                    None => {
+                        tracing::warn!(op = op.id, "unfinished withdrawal has no readable password; not retried");
+                        continue;
                     }
-                    None => String::new(),
-                };
-                run_withdraw(w, &op, &password).await.map(|_| ())
+                }
             }
             _ => run_exchange_or_deposit(w, &op, vec![]).await.map(|_| ()),
         };
@@ -514,7 +648,6 @@ async fn maintenance_inner(w: &Arc<Wallet>) -> Result<(), WalletError> {
         }
     }
     // Outgoing payments with no receipt and nothing in flight.
-    let in_flight: Vec<i64> = w.in_flight.lock().map(|s| s.iter().copied().collect()).unwrap_or_default();
     let open: Vec<i64> =
         w.db.call(|c, _| {
             let mut st = c.prepare(
@@ -524,7 +657,9 @@ async fn maintenance_inner(w: &Arc<Wallet>) -> Result<(), WalletError> {
             Ok(ids)
         })
         .await?;
-    for p in open.into_iter().filter(|p| !in_flight.contains(p)) {
+    for p in open {
+        // Checked now, not before the query: a payment claimed since is being sent.
+        let Some(_claim) = w.in_flight.claim(p) else { continue };
         let _ = resolve_payment(w, p).await;
     }
     // Merchant side: coins received and not yet validated.
@@ -536,14 +671,16 @@ async fn maintenance_inner(w: &Arc<Wallet>) -> Result<(), WalletError> {
             Ok(ids)
         })
         .await?;
-    for p in received.into_iter().filter(|p| !in_flight.contains(p)) {
+    for p in received {
+        let Some(_claim) = w.in_flight.claim(p) else { continue };
         let _ = crate::merchant::validate_received(w, p).await;
     }
     // Incoming payments whose coins a retried operation has since validated.
     w.db.call(|c, _| {
         c.execute(
             "UPDATE payments SET state = 'done' WHERE direction = 'in' AND state = 'received'
-             AND NOT EXISTS (SELECT 1 FROM coins WHERE coins.payment = payments.id AND coins.state = 'received')",
+             AND NOT EXISTS (SELECT 1 FROM coins WHERE coins.payment = payments.id
+                             AND coins.state IN ('received', 'quarantined'))",
             [],
         )?;
         Ok(())
@@ -568,4 +705,48 @@ pub async fn refresh(w: &Arc<Wallet>) -> Result<(), WalletError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pmtp_proto::refusal::{reason_text, PlainRefusal, Refusal};
+
+    #[test]
+    fn op_transition_table_is_exactly_as_documented() {
+        use OpState::*;
+        let all = [Started, Done, Failed];
+        for from in all {
+            assert_eq!(OpState::parse(from.as_str()).unwrap(), from);
+            for to in all {
+                assert_eq!(from.can_become(to), from == Started && to != Started, "{from:?} -> {to:?}");
+            }
+        }
+        assert!(OpState::parse("retrying").is_err());
+        assert!(OpKind::parse("refund").is_err());
+    }
+
+    #[test]
+    fn which_failures_end_a_withdrawal() {
+        let sealed = |code| {
+            ClientError::Refused(Refusal {
+                code,
+                text: reason_text("no"),
+                nonce: pmtp_proto::Nonce::new(&mut pmtp_proto::rng::os(), [127, 0, 0, 1].into(), 0),
+            })
+        };
+        let plain = |code| ClientError::PlainRefused(PlainRefusal { code, text: reason_text("no") });
+        for first in [true, false] {
+            assert!(ends_withdrawal(&sealed(ReasonCode::WRONG_PASSWORD), first));
+            assert!(ends_withdrawal(&sealed(ReasonCode::INSUFFICIENT_FUNDS), first));
+            assert!(ends_withdrawal(&plain(ReasonCode::DECRYPT_FAILED), first), "the bank cannot read our requests");
+            assert!(!ends_withdrawal(&ClientError::Timeout, first));
+            assert!(!ends_withdrawal(&sealed(ReasonCode::BUSY), first));
+            assert!(!ends_withdrawal(&plain(ReasonCode::NONCE_OUTSIDE_WINDOW), first));
+        }
+        // A lock on the first attempt: nothing of this request ever executed. On a retry
+        // the lock may hide an earlier attempt that did, so it goes on (costing nothing).
+        assert!(ends_withdrawal(&sealed(ReasonCode::TOO_MANY_ATTEMPTS), true));
+        assert!(!ends_withdrawal(&sealed(ReasonCode::TOO_MANY_ATTEMPTS), false));
+    }
 }

@@ -28,6 +28,16 @@ fn collect(
     })
 }
 
+/// `collect` that the buyer approves; asserts it was paid.
+fn collect_approved(merchant: &TestWallet, buyer: &TestWallet, amount: u64, description: &str) -> Value {
+    let job = collect(merchant, buyer, amount, description);
+    let p = buyer.wait_pending();
+    buyer.ok(&["approve", &p["id"].to_string()]);
+    let (ok, out) = job.join().unwrap();
+    assert!(ok, "{out}");
+    out
+}
+
 fn balance_of(bank: &TestBank, name: &str) -> u64 {
     bank.accounts().into_iter().find(|a| a.1 == name).map(|a| a.2).unwrap()
 }
@@ -244,7 +254,8 @@ fn buyer_killed_before_the_receipt_loses_nothing() {
             rt.block_on(c.deposit(&me, shop_account.account, &shop_account.name, [9; 16], pay.coins.clone())).unwrap();
         }
         buyer.restart();
-        // Start-up resolved the payment before the wallet announced itself.
+        // The start-up recovery (in the background) resolves the payment.
+        buyer.wait_recovered();
         let after = buyer.holding() + balance_of(&bank, "dave") + balance_of(&bank, &shop_account.name);
         assert_eq!(after, before, "value lost must be zero");
         let h = buyer.ok(&["history"]);
@@ -271,11 +282,7 @@ fn merchant_validating_by_exchange_holds_fresh_coins() {
         c.replace("validate = \"deposit\"", "validate = \"exchange\"")
     });
     buyer.ok(&["withdraw", "16"]);
-    let job = collect(&merchant, &buyer, 16, "a coffee");
-    let p = buyer.wait_pending();
-    buyer.ok(&["approve", &p["id"].to_string()]);
-    let (ok, out) = job.join().unwrap();
-    assert!(ok, "{out}");
+    collect_approved(&merchant, &buyer, 16, "a coffee");
     assert_eq!(merchant.available(), 16, "the merchant holds fresh coins of the same value");
     assert_eq!(buyer.available(), 0);
     let h = merchant.ok(&["history"]);
@@ -283,17 +290,51 @@ fn merchant_validating_by_exchange_holds_fresh_coins() {
     bank.assert_audit();
 }
 
+/// The wallet's unspent coins (available or pending): (serial, value, expiry).
+fn wallet_coins(w: &TestWallet) -> Vec<(Vec<u8>, u64, u64)> {
+    let c = rusqlite::Connection::open(w.dir.path().join("wallet.db")).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let mut st = c.prepare("SELECT serial, value, expiry FROM coins WHERE state IN ('available', 'pending')").unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// The value of `coins` that the bank would still accept at `now`: in circulation there
+/// (not spent, not purged), and not expired.
+fn valid_at_bank(bank: &TestBank, coins: &[(Vec<u8>, u64, u64)], now: u64) -> u64 {
+    let c = rusqlite::Connection::open(bank.dir.path().join("bank.db")).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    coins
+        .iter()
+        .filter_map(|(serial, _, _)| {
+            c.query_row("SELECT value, expiry FROM serials WHERE serial = ?1", [serial], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })
+            .ok()
+        })
+        .filter(|&(_, expiry)| expiry >= now)
+        .map(|(value, _)| value)
+        .sum()
+}
+
 /// Coins near their expiry are exchanged for fresh ones automatically, so none lapses.
+/// The bank purges every second, so a coin that lapsed would be gone from circulation
+/// (and counted expired) well within the test; the check counts only coins the bank
+/// still accepts, not the wallet's own figure.
 #[test]
 fn coins_near_expiry_are_refreshed() {
-    let bank = TestBank::start_with("bank-a", |c| c.replace("coin_lifetime_secs = 31536000", "coin_lifetime_secs = 4"));
+    let bank = TestBank::start_with("bank-a", |c| {
+        assert!(c.contains("coin_lifetime_secs = 31536000") && c.contains("purge_interval_secs = 60"));
+        c.replace("coin_lifetime_secs = 31536000", "coin_lifetime_secs = 4")
+            .replace("purge_interval_secs = 60", "purge_interval_secs = 1")
+    });
     let w = TestWallet::start("carol", "127.0.0.2", &bank, Some(100), |c| {
         c.replace("refresh_before_secs = 604800", "refresh_before_secs = 3")
             .replace("maintenance_interval_secs = 30", "maintenance_interval_secs = 1")
     });
     w.ok(&["withdraw", "40"]);
-    // Over 8 s the coins (4 s lifetime) must be refreshed at least once, and none may
-    // expire: the value stays 40 and the bank counts no expired coin.
     let audit = |b: &TestBank| {
         let out = std::process::Command::new(payme_tests::bank_harness::bin())
             .arg("--data-dir")
@@ -304,10 +345,289 @@ fn coins_near_expiry_are_refreshed() {
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
     let minted_before = audit(&bank)["minted_coins"].as_u64().unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(8));
+    let first = wallet_coins(&w);
+    assert_eq!(first.iter().map(|c| c.1).sum::<u64>(), 40);
+    let first_expiry = first.iter().map(|c| c.2).max().unwrap();
+    // Wait (bounded: 20 s) until the first coins have lapsed and the bank has had time to
+    // purge them, and a snapshot finds the wallet holding 40 in coins that expire later
+    // and that the bank still accepts. (A snapshot can straddle a refresh in progress,
+    // whose old coins the bank has just spent: then the next one is taken.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let last = loop {
+        let now = unix_now();
+        let coins = wallet_coins(&w);
+        let valid = valid_at_bank(&bank, &coins, now);
+        let later = coins.iter().all(|c| c.2 > first_expiry);
+        if now > first_expiry + 2 && valid == 40 && later {
+            break coins;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "coins lapsed: value {valid} of 40 still valid at the bank at {now}; first expiry {first_expiry}; wallet coins {coins:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(last.iter().all(|c| !first.iter().any(|f| f.0 == c.0)), "every first coin was replaced");
     let a = audit(&bank);
     assert!(a["minted_coins"].as_u64().unwrap() > minted_before, "coins were exchanged for fresh ones: {a}");
-    assert_eq!(a["expired_coins"], 0, "no coin lapsed: {a}");
+    assert_eq!(a["expired_coins"], 0, "no coin lapsed (the bank purges every second): {a}");
     assert_eq!(w.holding(), 40);
     assert_eq!(a["holds"], true);
+}
+
+/// A bank that accepts connections and never answers must not hold up the wallet's
+/// start: the wallet serves first and recovers unfinished operations in the background.
+#[test]
+fn wallet_serves_while_a_silent_bank_holds_up_recovery() {
+    use std::time::Duration;
+    let mut bank = TestBank::start();
+    let mut w = TestWallet::start("erin", "127.0.0.2", &bank, Some(100), |c| c);
+    // A withdrawal that cannot reach the bank stays recorded, unfinished.
+    bank.stop();
+    let (ok, v) = w.run(&["withdraw", "10"]);
+    assert!(!ok, "{v}");
+    w.stop();
+    // The bank's address now leads to a listener that accepts and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.5:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    thread::spawn(move || {
+        // Holds every connection open, never reading or writing (bounded: 64 of them).
+        let held: Vec<_> = silent.incoming().take(64).collect();
+        drop(held);
+    });
+    w.set_bank_addr(&bank.addr, &silent_addr);
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        w.restart();
+        let v = w.ok(&["balance"]);
+        let _ = tx.send((v, w));
+    });
+    // The bank client waits 15 s for an answer: recovery before serving would miss this.
+    let (v, mut w) = rx
+        .recv_timeout(Duration::from_secs(8))
+        .expect("the wallet answers balance within 8 s of starting, whatever its bank does");
+    assert_eq!(v["recovering"], true, "the recovery is still waiting for the silent bank: {v}");
+    assert_eq!(v["total_available"], 0);
+    // Shutdown does not wait for the silent bank either (stop asserts a clean exit in 15 s).
+    w.stop();
+}
+
+/// The bank's record of an account: (balance, failed password attempts). Read straight
+/// from its database (the admin commands do not show the lockout).
+fn bank_account_row(bank: &TestBank, name: &str) -> (u64, u64) {
+    let c = rusqlite::Connection::open(bank.dir.path().join("bank.db")).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    c.query_row("SELECT balance, failed_attempts FROM accounts WHERE name = ?1", [name], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+    })
+    .unwrap()
+}
+
+/// Operations recorded in a wallet's database: (kind, state, has a stored secret).
+fn wallet_ops(w: &TestWallet) -> Vec<(String, String, bool)> {
+    let c = rusqlite::Connection::open(w.dir.path().join("wallet.db")).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let mut st = c.prepare("SELECT kind, state, secret IS NOT NULL FROM ops ORDER BY id").unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
+}
+
+/// Runs `payme-wallet withdraw AMOUNT` with `password`; returns (success, stderr).
+fn withdraw_with(w: &TestWallet, amount: &str, password: &str) -> (bool, String) {
+    let out = std::process::Command::new(payme_tests::wallet_harness::bin())
+        .arg("--data-dir")
+        .arg(w.dir.path())
+        .args(["withdraw", amount])
+        .env("PAYME_ACCOUNT_PASSWORD", password)
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A withdrawal refused for its password, for the account's lock, or because the bank
+/// cannot read it (a wrong bank key) ends at once as failed, and its request is never
+/// sent again: not by the maintenance rounds, not after a restart. The bank counts one
+/// wrong password, and no money moves.
+#[test]
+fn failed_withdrawals_end_at_once_and_are_never_retried() {
+    let mut bank = TestBank::start();
+    let mut w = TestWallet::start("frank", "127.0.0.2", &bank, Some(100), |c| {
+        c.replace("maintenance_interval_secs = 30", "maintenance_interval_secs = 1")
+    });
+    // A wrong password: one failure at the bank.
+    let (ok, err) = withdraw_with(&w, "10", "wrong password");
+    assert!(!ok && err.contains("wrong_password"), "{err}");
+    assert_eq!(bank_account_row(&bank, "frank"), (100, 1));
+
+    // The account locked (as after repeated wrong passwords): the right password is
+    // refused with too_many_attempts, and that withdrawal must not happen later either.
+    let db = rusqlite::Connection::open(bank.dir.path().join("bank.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let lock = |until: u64| {
+        db.execute("UPDATE accounts SET locked_until = ?1 WHERE name = 'frank'", [until as i64]).unwrap();
+    };
+    lock(unix_now() + 3600);
+    let (ok, err) = withdraw_with(&w, "20", payme_tests::bank_harness::PASSWORD);
+    assert!(!ok && err.contains("too_many_attempts"), "{err}");
+    lock(0);
+
+    // A wrong key for the bank: the bank cannot read the request (decrypt_failed).
+    let other = tempfile::tempdir().unwrap();
+    let out = payme_tests::bank_harness::payme_bank(
+        other.path(),
+        &["init", "--bank-id", "bank-a", "--public-addr", "127.0.0.1:0", "--listen", "127.0.0.1:0"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cfg_path = w.dir.path().join("config.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    let key = |dir: &std::path::Path| std::fs::read_to_string(dir.join("bank.pub")).unwrap().trim().to_owned();
+    let (right, wrong) = (format!("{:?}", key(bank.dir.path())), format!("{:?}", key(other.path())));
+    assert!(cfg.contains(&right));
+    std::fs::write(&cfg_path, cfg.replace(&right, &wrong)).unwrap();
+    w.stop();
+    w.restart();
+    let (ok, err) = withdraw_with(&w, "30", payme_tests::bank_harness::PASSWORD);
+    assert!(!ok && err.contains("decrypt_failed"), "{err}");
+
+    // All three ended as failed at once, their passwords forgotten.
+    let failed = vec![
+        ("withdraw".to_owned(), "failed".to_owned(), false),
+        ("withdraw".to_owned(), "failed".to_owned(), false),
+        ("withdraw".to_owned(), "failed".to_owned(), false),
+    ];
+    assert_eq!(wallet_ops(&w), failed);
+    // With the right key back, after a restart and its whole recovery round, and a bank
+    // restart too: nothing was sent again, nothing moved, one wrong password counted.
+    std::fs::write(&cfg_path, std::fs::read_to_string(&cfg_path).unwrap().replace(&wrong, &right)).unwrap();
+    bank.stop();
+    bank.restart_same_port();
+    w.stop();
+    w.restart();
+    let v = w.wait_recovered();
+    assert_eq!(v["total_available"], 0, "{v}");
+    assert_eq!(wallet_ops(&w), failed);
+    assert_eq!(bank_account_row(&bank, "frank"), (100, 1), "balance unchanged, one wrong password counted");
+    // The wallet still withdraws with the right password (and that resets the count).
+    w.ok(&["withdraw", "5"]);
+    assert_eq!(bank_account_row(&bank, "frank"), (95, 0));
+    bank.assert_audit();
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Runs `edit` on the wallet's database (the daemon may be running: SQLite locks), with
+/// the serial of one available coin of value `value`.
+fn edit_stored_coin(w: &TestWallet, value: u64, edit: impl FnOnce(&rusqlite::Connection, Vec<u8>)) {
+    let c = rusqlite::Connection::open(w.dir.path().join("wallet.db")).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let serial: Vec<u8> = c
+        .query_row("SELECT serial FROM coins WHERE state = 'available' AND value = ?1 LIMIT 1", [value as i64], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    edit(&c, serial);
+}
+
+/// A damaged stored coin blocks nothing: the payment that chooses it quarantines it and
+/// pays with other coins; a forged clear value is not counted; both are kept and shown
+/// apart by `balance`.
+#[test]
+fn damaged_stored_coins_are_quarantined_and_other_coins_still_pay() {
+    let bank = TestBank::start();
+    let buyer = TestWallet::start("gina", "127.0.0.2", &bank, Some(200), |c| c);
+    let merchant = TestWallet::start("kiosk", "127.0.0.3", &bank, Some(0), |c| c);
+    buyer.ok(&["withdraw", "48"]);
+    assert_eq!(
+        buyer.ok(&["balance"])["banks"][0]["coins"],
+        serde_json::json!([{"value": 32, "count": 1}, {"value": 16, "count": 1}])
+    );
+    // One byte of the 16 coin's ciphertext flipped, under the running daemon.
+    edit_stored_coin(&buyer, 16, |c, serial| {
+        let mut sealed: Vec<u8> =
+            c.query_row("SELECT sealed FROM coins WHERE serial = ?1", [&serial], |r| r.get(0)).unwrap();
+        sealed[30] ^= 0x40;
+        c.execute("UPDATE coins SET sealed = ?2 WHERE serial = ?1", rusqlite::params![serial, sealed]).unwrap();
+    });
+    // A payment of 16 chooses that coin first; it is quarantined, and the 32 is broken
+    // by exchange to pay instead.
+    collect_approved(&merchant, &buyer, 16, "a paperback");
+    assert_eq!(balance_of(&bank, "kiosk"), 16);
+    let b = buyer.ok(&["balance"]);
+    assert_eq!(b["total_available"], 16, "{b}");
+    assert_eq!(
+        (&b["quarantined_coins"], &b["total_quarantined"]),
+        (&serde_json::json!(1), &serde_json::json!(16)),
+        "{b}"
+    );
+    assert_eq!(b["banks"][0]["quarantined"], 16);
+
+    // The clear value column of the last coin forged (16 -> 128) with raw SQL.
+    edit_stored_coin(&buyer, 16, |c, serial| {
+        c.execute("UPDATE coins SET value = 128 WHERE serial = ?1", [&serial]).unwrap();
+    });
+    let b = buyer.ok(&["balance"]);
+    assert_eq!(b["total_available"], 0, "a forged value is never counted: {b}");
+    assert_eq!(buyer.holding(), 0);
+    assert_eq!(
+        (&b["quarantined_coins"], &b["total_quarantined"]),
+        (&serde_json::json!(2), &serde_json::json!(16 + 128)),
+        "{b}"
+    );
+    // Nothing is deleted: every coin the wallet ever held is still a row.
+    let rows: i64 = rusqlite::Connection::open(buyer.dir.path().join("wallet.db"))
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM coins WHERE state = 'quarantined'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 2);
+    // And the wallet still works: a fresh withdrawal pays.
+    buyer.ok(&["withdraw", "4"]);
+    collect_approved(&merchant, &buyer, 4, "a bookmark");
+    assert_eq!(balance_of(&bank, "kiosk"), 20);
+    assert_eq!(buyer.ok(&["balance"])["total_quarantined"], 16 + 128, "quarantined coins stay out of payments");
+    bank.assert_audit();
+}
+
+/// A payment without a receipt whose coin was damaged while pending: recovery returns
+/// the sound coins, quarantines the damaged one, and leaves the payment unresolved
+/// rather than calling it spent or returned; no value goes missing from the report.
+#[test]
+fn a_damaged_pending_coin_leaves_its_payment_unresolved() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bank = TestBank::start();
+    let mut buyer = TestWallet::start("hana", "127.0.0.2", &bank, Some(200), |c| c);
+    buyer.ok(&["withdraw", "64"]);
+    let addr = buyer.addr.clone();
+    let taker = rt.spawn(async move {
+        merchant_that_takes_coins(&addr, &pmtp_proto::testing::named_identity(5, "taker"), 40).await
+    });
+    let p = buyer.wait_pending();
+    buyer.ok(&["approve", &p["id"].to_string()]);
+    let (pay, _conn) = rt.block_on(taker).unwrap();
+    let values: Vec<u64> = pay.coins.iter().map(|c| c.value().minor_units()).collect();
+    assert_eq!(values.iter().sum::<u64>(), 40);
+    buyer.kill9();
+    // The 32 coin sent (pending, no receipt) is damaged on disk before the restart.
+    let c = rusqlite::Connection::open(buyer.dir.path().join("wallet.db")).unwrap();
+    let (serial, mut sealed): (Vec<u8>, Vec<u8>) = c
+        .query_row("SELECT serial, sealed FROM coins WHERE state = 'pending' AND value = 32", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    sealed[40] ^= 1;
+    c.execute("UPDATE coins SET sealed = ?2 WHERE serial = ?1", rusqlite::params![serial, sealed]).unwrap();
+    drop(c);
+    buyer.restart();
+    let b = buyer.wait_recovered();
+    assert_eq!(b["banks"][0]["pending"], 0, "{b}");
+    assert_eq!(
+        (&b["quarantined_coins"], &b["total_quarantined"]),
+        (&serde_json::json!(1), &serde_json::json!(32)),
+        "{b}"
+    );
+    assert_eq!(b["total_available"], 64 - 32, "the change (24) and the returned 8: {b}");
+    let h = buyer.ok(&["history"]);
+    assert_eq!(h[0]["state"], "sending", "neither spent nor returned while a coin is quarantined: {h}");
+    assert_eq!(balance_of(&bank, "hana"), 136);
+    bank.assert_audit();
 }

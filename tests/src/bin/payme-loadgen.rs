@@ -11,8 +11,13 @@
 //! Requests are built and signed before each timed phase, so the client's own RSA work
 //! does not take the cores the bank is measured on; the loadgen bank therefore runs with a
 //! 600 s nonce window (requests may wait that long between being built and sent).
+//!
+//! A bank that dies or stops answering mid-run is reported in one line on stderr
+//! (`payme-loadgen: ...`) with a non-zero exit, never a panic: after each scenario the
+//! bank must still accept connections, and a scenario in which every request failed is an
+//! error. The remaining `unwrap`s are on local set-up (keys, encodings, the harness).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark that fails should stop loudly
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use clap::Parser;
 use payme_tests::bank_harness::{self, TestBank, PASSWORD};
@@ -57,6 +62,12 @@ struct Cli {
     /// The running bank's process id, for its CPU time and peak memory in the report.
     #[arg(long)]
     bank_pid: Option<u32>,
+    /// Do not build the daemon binaries first (they are already built, as in tests).
+    #[arg(long)]
+    no_build: bool,
+    /// Seconds of RSA signing, then of verifying, on all cores to calibrate.
+    #[arg(long, default_value_t = 2.0)]
+    calibration_secs: f64,
 }
 
 const PEER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -76,7 +87,7 @@ fn log(json: bool, s: &str) {
 }
 
 /// Withdraws `count` coins of value 1, in requests of up to 1024, four at a time.
-async fn mint_ones(bank: &TestBank, h: &bank_harness::Holder, count: usize) -> Vec<Coin> {
+async fn mint_ones(bank: &TestBank, h: &bank_harness::Holder, count: usize) -> Result<Vec<Coin>, String> {
     let mut out = Vec::with_capacity(count);
     let mut left = count;
     while left > 0 {
@@ -90,25 +101,58 @@ async fn mint_ones(bank: &TestBank, h: &bank_harness::Holder, count: usize) -> V
                 let d = vec![Denomination::from_exponent(0).unwrap(); n];
                 c.withdraw(&id, account, &name, PASSWORD, rng::bytes(&mut rng::os()), Amount::new(n as u64), d)
                     .await
-                    .unwrap()
-                    .coins
+                    .map(|r| r.coins)
             }));
         }
         for t in wave {
-            out.extend(t.await.unwrap());
+            let coins = t.await.map_err(|e| format!("minting task failed: {e}"))?;
+            out.extend(coins.map_err(|e| format!("minting coins at the bank at {} failed: {e}", bank.addr))?);
         }
     }
-    out
+    Ok(out)
 }
 
-fn main() {
+/// After a scenario: the bank must still accept connections, and not every request may
+/// have failed.
+fn check_bank(addr: &str, s: &Stats) -> Result<(), String> {
+    let first = s.first_error.as_deref().unwrap_or("none");
+    if s.failed > 0 && std::net::TcpStream::connect(addr).is_err() {
+        return Err(format!(
+            "the bank at {addr} stopped answering during the {} scenario ({} of {} requests failed; first error: {first})",
+            s.scenario,
+            s.failed,
+            s.failed + s.ok
+        ));
+    }
+    if s.ok == 0 && s.failed > 0 {
+        return Err(format!(
+            "every request of the {} scenario failed ({}; first error: {first})",
+            s.scenario, s.failed
+        ));
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    match run(&cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("payme-loadgen: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     let scenarios: Vec<&str> = cli.scenarios.split(',').map(str::trim).collect();
-    log(cli.json, "building the release binaries");
-    bank_harness::build_binaries();
-    log(cli.json, "calibrating RSA-2048 on all cores (4 s)");
-    let cal = calibrate(&pmtp_proto::testing::signing_key(0), 2.0);
+    if !cli.no_build {
+        log(cli.json, "building the release binaries");
+        bank_harness::build_binaries();
+    }
+    log(cli.json, &format!("calibrating RSA-2048 on all cores ({} s)", cli.calibration_secs * 2.0));
+    let cal = calibrate(&pmtp_proto::testing::signing_key(0), cli.calibration_secs);
 
     let mut bank = match (&cli.bank_dir, &cli.bank_addr) {
         (Some(dir), Some(addr)) => TestBank::attach(dir.clone(), addr.clone()),
@@ -158,12 +202,13 @@ fn main() {
             .collect();
         let jobs = jobs_for(&bank.addr, frames, WithdrawCoinsResponse::ID);
         results.push(rt.block_on(drive("withdraw (8 coins)", jobs, cli.clients, duration, 8, pid)));
+        check_bank(&bank.addr, &results[results.len() - 1])?;
     }
 
     if scenarios.contains(&"exchange") {
         let n = ((cal.sign_per_sec / 8.0) * cli.duration as f64 * 1.3) as usize + 50;
         log(cli.json, &format!("exchange: minting {} coins to hand in", n * 8));
-        let coins = rt.block_on(mint_ones(&bank, &holder, n * 8));
+        let coins = rt.block_on(mint_ones(&bank, &holder, n * 8))?;
         let frames: Vec<Frame> = coins
             .chunks(8)
             .map(|c| {
@@ -180,12 +225,13 @@ fn main() {
             .collect();
         let jobs = jobs_for(&bank.addr, frames, ExchangeCoinsResponse::ID);
         results.push(rt.block_on(drive("exchange (8 coins)", jobs, cli.clients, duration, 8, pid)));
+        check_bank(&bank.addr, &results[results.len() - 1])?;
     }
 
     if scenarios.contains(&"deposit") {
         let n = cli.deposit_coins / 8;
         log(cli.json, &format!("deposit: minting {} coins and signing {n} requests", n * 8));
-        let coins = rt.block_on(mint_ones(&bank, &holder, n * 8));
+        let coins = rt.block_on(mint_ones(&bank, &holder, n * 8))?;
         let frames: Vec<Frame> = coins
             .chunks(8)
             .map(|c| {
@@ -203,13 +249,21 @@ fn main() {
             .collect();
         let jobs = jobs_for(&bank.addr, frames, DepositCoinsResponse::ID);
         results.push(rt.block_on(drive("deposit (8 coins)", jobs, cli.clients, duration, 8, pid)));
+        check_bank(&bank.addr, &results[results.len() - 1])?;
     }
 
     if scenarios.contains(&"purchase") {
-        results.extend(purchases(&rt, &bank, &cli, pid));
+        for s in purchases(&rt, &bank, cli, pid)? {
+            check_bank(&bank.addr, &s)?;
+            results.push(s);
+        }
     }
 
-    let audit = bank.assert_audit();
+    let out = bank_harness::payme_bank(bank.dir.path(), &["audit"]);
+    let audit = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!("the bank's audit does not hold: {}", audit.lines().nth(1).unwrap_or("(no output)")));
+    }
     if cli.json {
         println!("{}", serde_json::json!({"calibration": cal, "results": results, "audit_holds": true}));
     } else {
@@ -217,6 +271,7 @@ fn main() {
         println!("bank audit: {}", audit.lines().nth(1).unwrap_or(""));
         targets(&cal, &results);
     }
+    Ok(())
 }
 
 fn hex_tag() -> String {
@@ -238,7 +293,9 @@ fn jobs_for(addr: &str, frames: Vec<Frame>, response: MessageId) -> Vec<Job> {
 }
 
 /// Purchases through the wallets: light load (1 client) and saturation.
-fn purchases(rt: &tokio::runtime::Runtime, bank: &TestBank, cli: &Cli, pid: u32) -> Vec<Stats> {
+fn purchases(rt: &tokio::runtime::Runtime, bank: &TestBank, cli: &Cli, pid: u32) -> Result<Vec<Stats>, String> {
+    std::net::TcpStream::connect(&bank.addr)
+        .map_err(|e| format!("the bank at {} does not answer before the purchases: {e}", bank.addr))?;
     let buyer = TestWallet::start("buyer", "127.0.0.2", bank, Some(1 << 40), |c| {
         c.replace("auto_approve_limit = 0", "auto_approve_limit = 1000000")
             .replace("max_pending_requests = 32", "max_pending_requests = 1024")
@@ -254,7 +311,10 @@ fn purchases(rt: &tokio::runtime::Runtime, bank: &TestBank, cli: &Cli, pid: u32)
     };
     let p = buyer.wait_pending();
     buyer.ok(&["approve", &p["id"].to_string()]);
-    first.join().unwrap().unwrap();
+    first
+        .join()
+        .map_err(|_| "the first purchase's thread failed".to_owned())?
+        .map_err(|e| format!("the first purchase (pinning the merchant) failed: {e}"))?;
     // Coins of exactly the price (8), one per purchase: a withdrawal of 8 is one coin.
     let expected = ((cli.duration as f64) * 400.0) as usize + 200;
     log(cli.json, &format!("purchase: withdrawing {expected} coins of 8 into the buyer's wallet"));
@@ -275,7 +335,7 @@ fn purchases(rt: &tokio::runtime::Runtime, bank: &TestBank, cli: &Cli, pid: u32)
             }));
         }
         for t in tasks {
-            t.await.unwrap();
+            let _ = t.await;
         }
     });
     let mut out = Vec::new();
@@ -305,7 +365,7 @@ fn purchases(rt: &tokio::runtime::Runtime, bank: &TestBank, cli: &Cli, pid: u32)
             .collect();
         out.push(rt.block_on(drive(label, jobs, clients, Duration::from_secs(secs), 1, pid)));
     }
-    out
+    Ok(out)
 }
 
 async fn wallet_daemon_call(sock: &std::path::Path, req: serde_json::Value) -> Result<serde_json::Value, String> {
