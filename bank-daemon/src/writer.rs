@@ -11,7 +11,12 @@ use crate::store::{Store, StoreError, Tx};
 use tokio::sync::{mpsc, oneshot};
 
 type Finish = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&mut dyn Tx) -> Finish + Send>;
+/// A job runs inside the batch's transaction and returns how to finish it once the batch
+/// is committed (or not), and whether its savepoint was handled soundly: a job whose work
+/// could neither be released nor rolled back to its savepoint leaves the transaction in a
+/// state nobody can vouch for, so the whole batch is rolled back.
+type Job = Box<dyn FnOnce(&mut dyn Tx) -> (Finish, bool) + Send>;
+type Reply<R, E> = oneshot::Receiver<Result<Result<R, E>, WriteError>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -78,39 +83,59 @@ impl Writer {
         E: Send + 'static,
         F: FnOnce(&mut dyn Tx) -> Result<R, E> + Send + 'static,
     {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let job: Job = Box::new(move |tx: &mut dyn Tx| {
-            let result = match tx.savepoint() {
-                Ok(()) => Some(f(tx)),
-                Err(_) => None,
-            };
-            let kept = match &result {
-                Some(Ok(_)) => tx.release_savepoint().is_ok(),
-                Some(Err(_)) => tx.rollback_to_savepoint().is_ok(),
-                None => false,
-            };
-            Box::new(move |committed: Result<(), String>| {
-                let out = match (result, committed, kept) {
-                    (Some(Err(e)), _, _) => Ok(Err(e)),
-                    (Some(Ok(r)), Ok(()), true) => Ok(Ok(r)),
-                    (Some(Ok(_)), Ok(()), false) => Err(WriteError::Commit("savepoint failed".into())),
-                    (_, Err(msg), _) => Err(WriteError::Commit(msg)),
-                    (None, Ok(()), _) => Err(WriteError::Commit("savepoint failed".into())),
-                };
-                let _ = reply_tx.send(out);
-            })
-        });
+        let (job, reply) = job(f);
         self.jobs.send(job).await.map_err(|_| WriteError::Stopped)?;
-        reply_rx.await.map_err(|_| WriteError::Stopped)?
+        reply.await.map_err(|_| WriteError::Stopped)?
     }
+}
+
+/// Wraps `f` as a job for a batch: its own savepoint, and its result held back until the
+/// batch's commit decides what the caller is told.
+fn job<R, E, F>(f: F) -> (Job, Reply<R, E>)
+where
+    R: Send + 'static,
+    E: Send + 'static,
+    F: FnOnce(&mut dyn Tx) -> Result<R, E> + Send + 'static,
+{
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let job: Job = Box::new(move |tx: &mut dyn Tx| {
+        let result = match tx.savepoint() {
+            Ok(()) => Some(f(tx)),
+            Err(_) => None,
+        };
+        let sound = match &result {
+            Some(Ok(_)) => tx.release_savepoint().is_ok(),
+            Some(Err(_)) => tx.rollback_to_savepoint().is_ok(),
+            // No savepoint was made, so nothing of this job is in the transaction.
+            None => true,
+        };
+        let finish: Finish = Box::new(move |committed: Result<(), String>| {
+            let out = match (result, committed) {
+                (Some(Err(e)), Ok(())) => Ok(Err(e)),
+                (Some(Ok(r)), Ok(())) => Ok(Ok(r)),
+                (None, Ok(())) => Err(WriteError::Commit("savepoint failed; nothing was done".into())),
+                (_, Err(msg)) => Err(WriteError::Commit(msg)),
+            };
+            let _ = reply_tx.send(out);
+        });
+        (finish, sound)
+    });
+    (job, reply_rx)
 }
 
 fn run_batch(store: &mut dyn Store, batch: &mut Vec<Job>) {
     let mut finishers = Vec::with_capacity(batch.len());
     let outcome: Result<(), StoreError> = (|| {
         let mut tx = store.begin()?;
+        let mut sound = true;
         for job in batch.drain(..) {
-            finishers.push(job(tx.as_mut()));
+            let (finish, ok) = job(tx.as_mut());
+            finishers.push(finish);
+            sound &= ok;
+        }
+        if !sound {
+            tx.rollback()?;
+            return Err(StoreError::Db("a job's savepoint failed; the whole group was rolled back".into()));
         }
         tx.commit()
     })();
@@ -180,4 +205,70 @@ pub async fn cpu<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R
         let _ = tx.send(f());
     });
     rx.await.map_err(|_| CpuJobFailed)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::SerialRow;
+    use pmtp_proto::keys::KeyId;
+    use pmtp_proto::{Amount, Serial};
+
+    fn row(n: u8) -> SerialRow {
+        SerialRow { serial: Serial([n; 16]), value: Amount::new(u64::from(n)), expiry: 100, key_id: KeyId([0; 8]) }
+    }
+
+    fn insert(n: u8) -> impl FnOnce(&mut dyn Tx) -> Result<(), String> + Send + 'static {
+        move |tx| tx.insert_serial(&row(n)).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    fn serials(store: &mut SqliteStore) -> u64 {
+        store.begin_read().unwrap().circulation().unwrap().count
+    }
+
+    /// One batch, one transaction: a job that refuses is rolled back to its savepoint
+    /// alone; the jobs before and after it commit, and each caller hears its own outcome.
+    #[test]
+    fn a_refused_job_in_a_batch_leaves_the_others_committed() {
+        let mut store = SqliteStore::in_memory().unwrap();
+        let (a, ra) = job(insert(1));
+        let (b, rb) = job(|tx: &mut dyn Tx| {
+            tx.insert_serial(&row(2)).unwrap();
+            Err::<(), String>("refused after writing".into())
+        });
+        let (c, rc) = job(insert(3));
+        run_batch(&mut store, &mut vec![a, b, c]);
+        assert!(matches!(ra.blocking_recv().unwrap(), Ok(Ok(()))));
+        assert!(matches!(rb.blocking_recv().unwrap(), Ok(Err(ref e)) if e == "refused after writing"));
+        assert!(matches!(rc.blocking_recv().unwrap(), Ok(Ok(()))));
+        assert_eq!(serials(&mut store), 2, "1 and 3 kept, the refused job's 2 rolled back");
+    }
+
+    /// A job that leaves its savepoint unusable (here it releases it itself, so the writer
+    /// can neither keep nor undo its work alone): the whole group is rolled back, and every
+    /// caller is told nothing was committed, which is the truth.
+    #[test]
+    fn a_failing_savepoint_rolls_back_the_group_and_says_so() {
+        let mut store = SqliteStore::in_memory().unwrap();
+        let (a, ra) = job(insert(1));
+        let (b, rb) = job(|tx: &mut dyn Tx| {
+            tx.insert_serial(&row(2)).unwrap();
+            tx.release_savepoint().unwrap();
+            Err::<(), String>("refused".into())
+        });
+        let (c, rc) = job(insert(3));
+        run_batch(&mut store, &mut vec![a, b, c]);
+        for r in [ra, rc] {
+            assert!(matches!(r.blocking_recv().unwrap(), Err(WriteError::Commit(_))));
+        }
+        assert!(matches!(rb.blocking_recv().unwrap(), Err(WriteError::Commit(_))));
+        assert_eq!(serials(&mut store), 0, "nothing of the group was committed");
+        // The writer goes on: the next batch commits.
+        let (d, rd) = job(insert(4));
+        run_batch(&mut store, &mut vec![d]);
+        assert!(matches!(rd.blocking_recv().unwrap(), Ok(Ok(()))));
+        assert_eq!(serials(&mut store), 1);
+    }
 }
