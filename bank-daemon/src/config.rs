@@ -228,9 +228,10 @@ coin_lifetime_secs = {lifetime}
 exchange_enabled = {exchange}
 
 [limits]
-# Connections served at once, and from one source: an IPv4 address or an IPv6 /64 (more
-# are closed at once, so taking every slot needs max_connections / max_connections_per_ip
-# sources). max_connections is capped by the open-file limit (ulimit -n).
+# Connections served at once, and from one source (an IPv4 address or an IPv6 /64) once
+# half the slots are in use: more are closed at once, so taking every slot needs about
+# max_connections / 2 / max_connections_per_ip sources. max_connections is capped by the
+# open-file limit (ulimit -n).
 max_connections = {max_connections}
 max_connections_per_ip = {per_ip}
 # Largest frame body accepted, in bytes (at most 1048576).

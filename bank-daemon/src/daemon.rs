@@ -45,9 +45,10 @@ pub struct ConnectionLimits {
     /// Connections served at once; more wait in the kernel's backlog.
     pub total: usize,
     /// Connections from one source at once (an IPv4 address, or an IPv6 /64, which one
-    /// host can fill); more are closed at accept, so a few sources (a flood, slowloris)
-    /// cannot take every slot from everyone else: exhausting `total` takes
-    /// `total / per_source` sources.
+    /// host can fill) once half of `total` is in use; more are closed at accept, so a few
+    /// sources (a flood, slowloris) cannot take every slot from everyone else: exhausting
+    /// `total` takes about `total / 2 / per_ip` sources. While more than half is free, one
+    /// source may use what is free.
     pub per_ip: usize,
 }
 
@@ -118,8 +119,8 @@ impl Drop for IpSlot {
 
 /// Accepts connections until `shutdown` completes, serving each with `handle` on
 /// `tracker`. A permit is taken before `accept`, so at most `limits.total` are served at
-/// once (fewer if the open-file limit cannot hold that many); a source over
-/// `limits.per_ip` has its new connection closed at once.
+/// once (fewer if the open-file limit cannot hold that many); once half the slots are in
+/// use, a source over `limits.per_ip` has its new connection closed at once.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     limits: ConnectionLimits,
@@ -130,7 +131,8 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(TcpStream) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(connection_capacity(limits.total.max(1))));
+    let capacity = connection_capacity(limits.total.max(1));
+    let permits = Arc::new(Semaphore::new(capacity));
     let per_ip = Arc::new(PerIp::default());
     tokio::pin!(shutdown);
     loop {
@@ -150,7 +152,12 @@ pub async fn accept_loop<F, Fut>(
                 }
             },
         };
-        let Some(slot) = per_ip.take(peer.ip(), limits.per_ip.max(1)) else {
+        // While at least half the slots are free, one source may use them (a merchant's
+        // wallet depositing in parallel, many clients behind one NAT); once half are in
+        // use, each source is held to its share, so the rest cannot be taken by a few.
+        let crowded = permits.available_permits() < capacity / 2;
+        let limit = if crowded { limits.per_ip.max(1) } else { capacity };
+        let Some(slot) = per_ip.take(peer.ip(), limit) else {
             tracing::debug!(peer = %peer.ip(), "too many connections from one address; closed");
             continue;
         };

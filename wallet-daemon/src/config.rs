@@ -250,8 +250,9 @@ collect_timeout_secs = {collect}
 [limits]
 max_connections = {maxc}
 # Connections from one source, an IPv4 address or an IPv6 /64 (a merchant asks one
-# request at a time); taking every slot needs max_connections / max_connections_per_ip
-# sources. max_connections is capped by the open-file limit (ulimit -n).
+# request at a time), once half the slots are in use; taking every slot needs about
+# max_connections / 2 / max_connections_per_ip sources. max_connections is capped by
+# the open-file limit (ulimit -n).
 max_connections_per_ip = {perip}
 max_frame_bytes = {maxf}
 idle_timeout_secs = {idle}
