@@ -81,10 +81,18 @@ fn purchase_with_explicit_approval_then_auto_approval() {
     buyer.ok(&["approve", &p["id"].to_string()]);
     assert!(job.join().unwrap().0);
 
-    // Receipts verify on both sides.
-    let h = buyer.ok(&["history"]);
+    // Receipts verify on both sides. The merchant's collect returns once it has sent the
+    // receipt; the buyer stores it a moment later: wait for that (bounded, 10 s).
+    let mut h = buyer.ok(&["history"]);
+    for _ in 0..200 {
+        if h.as_array().unwrap().iter().filter(|p| p["state"] == "done").count() == 3 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        h = buyer.ok(&["history"]);
+    }
     let done: Vec<_> = h.as_array().unwrap().iter().filter(|p| p["state"] == "done").collect();
-    assert_eq!(done.len(), 3);
+    assert_eq!(done.len(), 3, "{h}");
     assert!(done.iter().all(|p| p["receipt_valid"] == true && p["direction"] == "out"), "{h}");
     let h = merchant.ok(&["history"]);
     assert!(
