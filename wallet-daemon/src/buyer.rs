@@ -9,8 +9,8 @@
 //! send pay_coins_request sealed to the merchant; store the receipt. Without a receipt,
 //! the coins are resolved by exchange at their bank.
 
-use crate::db::{self, move_coins, CoinState};
-use crate::ops::{self, OpKind};
+use crate::ops;
+use crate::store::{self, CoinState, Direction, OpKind, PaymentState};
 use crate::{PendingRequest, Wallet, WalletError};
 use futures::{SinkExt, StreamExt};
 use pmtp_proto::codec::PmtpCodec;
@@ -18,7 +18,6 @@ use pmtp_proto::denomination::{select_exact, SelectError};
 use pmtp_proto::keys::PeerKeys;
 use pmtp_proto::refusal::reason_text;
 use pmtp_proto::*;
-use rusqlite::{params, OptionalExtension};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -41,7 +40,7 @@ pub async fn on_ask_payment(w: Arc<Wallet>, frame: Frame, peer: IpAddr, conn: &m
     if ask.verify(&merchant.verifying).is_err() {
         return plain(conn, ReasonCode::BAD_SIGNATURE, "the request is not signed by the key it carries").await;
     }
-    let checked = w.nonces.lock().map(|mut n| n.check(&ask.body.nonce, peer, db::now())).map_err(|_| ());
+    let checked = w.nonces.lock().map(|mut n| n.check(&ask.body.nonce, peer, store::now())).map_err(|_| ());
     match checked {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return plain(conn, ReasonCode::from(e), &e.to_string()).await,
@@ -56,7 +55,7 @@ pub async fn on_ask_payment(w: Arc<Wallet>, frame: Frame, peer: IpAddr, conn: &m
             refusal: Refusal {
                 code: e.code,
                 text: reason_text(&e.text),
-                nonce: Nonce::new(&mut rng::os(), w.local_ip(), db::now()),
+                nonce: Nonce::new(&mut rng::os(), w.local_ip(), store::now()),
             },
         };
         if let Ok(f) = Frame::seal_to(&mut rng::os(), &merchant.x25519, &refusal) {
@@ -76,12 +75,7 @@ async fn plain(conn: &mut Conn, code: ReasonCode, text: &str) {
 /// merchant, and an error for a known name with different keys.
 async fn known_merchant(w: &Arc<Wallet>, merchant: &PeerKeys) -> Result<bool, WalletError> {
     let name = merchant.name.as_str().to_owned();
-    let pinned: Option<String> =
-        w.db.call(move |c, _| {
-            Ok(c.query_row("SELECT fingerprint FROM merchants WHERE name = ?1", params![name], |r| r.get(0))
-                .optional()?)
-        })
-        .await?;
+    let pinned = w.db.call(move |c, _| store::pinned_fingerprint(c, &name)).await?;
     match pinned {
         Some(fp) if fp == merchant.fingerprint.to_string() => Ok(true),
         Some(fp) => {
@@ -158,7 +152,7 @@ async fn ask_person(
                 description: ask.body.description.escaped(),
                 amount: ask.body.amount.minor_units(),
                 peer,
-                created: db::now(),
+                created: store::now(),
                 answer: tx,
             },
         );
@@ -183,15 +177,7 @@ async fn pin(w: &Arc<Wallet>, merchant: &PeerKeys) -> Result<(), WalletError> {
     let (name, fp) = (merchant.name.as_str().to_owned(), merchant.fingerprint.to_string());
     let identity =
         bincode::serialize(&merchant.public).map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?;
-    w.db.call(move |c, _| {
-        c.execute(
-            "INSERT INTO merchants(name, fingerprint, identity, first_seen, last_seen) VALUES (?1, ?2, ?3, ?4, ?4)
-             ON CONFLICT(name) DO UPDATE SET last_seen = ?4",
-            params![name, fp, identity, db::i(db::now())?],
-        )?;
-        Ok(())
-    })
-    .await?;
+    w.db.call(move |c, _| store::pin_merchant(c, &name, &fp, &identity)).await?;
     Ok(())
 }
 
@@ -214,33 +200,33 @@ async fn reserve(
         for _attempt in 0..8 {
             let guard = w.coin_lock.lock().await;
             let b = bank.clone();
-            let rows = w.db.call(move |c, _| db::values_in(c, CoinState::Available, &b)).await?;
+            let rows = w.db.call(move |c, _| store::values_in(c, CoinState::Available, &b)).await?;
             let denoms: Vec<Denomination> = rows.iter().map(|r| r.1).collect();
             match select_exact(&denoms, amount) {
                 Ok(idx) => {
                     let serials: Vec<Serial> = idx.iter().map(|&i| rows[i].0).collect();
-                    let record = db::NewPayment {
-                        direction: "out",
-                        state: "sending",
+                    let record = store::NewPayment {
+                        direction: Direction::Out,
                         peer: peer.to_string(),
                         merchant: merchant.name.as_str().to_owned(),
                         merchant_fp: merchant.fingerprint.to_string(),
                         amount,
                         description: ask.body.description.as_str().to_owned(),
-                        request: bincode::serialize(&ask.body.nonce).unwrap_or_default(),
+                        request: bincode::serialize(&ask.body.nonce)
+                            .map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?,
                     };
                     let claims = w.in_flight.clone();
                     let reserved =
                         w.db.call(move |c, vault| {
                             let tx = c.transaction()?;
                             // Opening the chosen coins quarantines any damaged one.
-                            let coins = db::coins_by_serial(&tx, vault, &serials)?;
+                            let coins = store::coins_by_serial(&tx, vault, &serials)?;
                             if coins.len() != serials.len() {
                                 tx.commit()?;
                                 return Ok(None);
                             }
-                            let id = db::insert_payment(&tx, &record)?;
-                            move_coins(&tx, &serials, CoinState::Pending, Some(id), None)?;
+                            let id = store::insert_payment(&tx, &record)?;
+                            store::move_coins(&tx, &serials, CoinState::Pending, Some(id), None)?;
                             // Claimed before it is visible, so maintenance never resolves a
                             // payment that is being sent.
                             let claim = claims.claim(id);
@@ -259,27 +245,18 @@ async fn reserve(
                 }
                 Err(SelectError::NeedsExchange { missing, break_index, .. }) => {
                     let (serial, value, _) = rows[break_index];
-                    drop(guard);
                     if exchanges == 2 {
                         break;
                     }
                     exchanges += 1;
                     // Break the coin into what is missing plus change for ourselves.
-                    let missing_total = Amount::checked_sum(missing.iter().map(|d| d.value())).unwrap_or_default();
-                    let rest = value.value().checked_sub(missing_total).unwrap_or_default();
-                    let mut want = missing.clone();
-                    want.extend(Denomination::split(rest).unwrap_or_default());
+                    let want = change_for(value, &missing)?;
                     tracing::info!(bank = %bank, coin = %value, "exchanging a coin to pay the exact amount");
-                    ops::exchange_or_deposit(
-                        w,
-                        OpKind::Exchange,
-                        &bank,
-                        vec![serial],
-                        CoinState::Available,
-                        want,
-                        None,
-                    )
-                    .await?;
+                    // The coin is marked pending under the exchange before the lock goes.
+                    let (op, _claim) =
+                        ops::begin_op(w, OpKind::Exchange, &bank, vec![serial], CoinState::Available, None).await?;
+                    drop(guard);
+                    ops::run_op_then(w, &op, want, None).await?;
                 }
                 Err(SelectError::Insufficient { .. }) => break,
             }
@@ -289,6 +266,18 @@ async fn reserve(
         ReasonCode::NOT_ENOUGH_MONEY,
         format!("not enough money in coins the merchant accepts to pay {amount}"),
     ))
+}
+
+/// The denominations to ask for when exchanging `coin` to pay `missing`: `missing`, plus
+/// the rest of the coin's value as change. `missing` adds up to less than the coin (coin
+/// choice said so); anything else is an internal error, never an exchange for nothing.
+fn change_for(coin: Denomination, missing: &[Denomination]) -> Result<Vec<Denomination>, WalletError> {
+    let internal = |e: &dyn std::fmt::Display| WalletError::new(ReasonCode::INTERNAL, format!("making change: {e}"));
+    let missing_total = Amount::checked_sum(missing.iter().map(|d| d.value())).map_err(|e| internal(&e))?;
+    let rest = coin.value().checked_sub(missing_total).map_err(|e| internal(&e))?;
+    let mut want = missing.to_vec();
+    want.extend(Denomination::split(rest).map_err(|e| internal(&e))?);
+    Ok(want)
 }
 
 async fn pay(
@@ -305,7 +294,7 @@ async fn pay(
         Err(Outcome::Refused(reason)) => {
             // The merchant refused; whether its bank spent the coins is the bank's to say.
             tracing::info!(payment, %reason, "merchant refused the payment; resolving its coins");
-            set_state(w, payment, "refused_unresolved", &reason).await;
+            set_state(w, payment, PaymentState::RefusedUnresolved, &reason).await;
             let w2 = w.clone();
             // The claim goes with the task: maintenance does not resolve it alongside.
             tokio::spawn(async move {
@@ -332,17 +321,19 @@ enum Outcome {
     Unknown(String),
 }
 
-async fn set_state(w: &Arc<Wallet>, payment: i64, state: &'static str, reason: &str) {
+async fn set_state(w: &Arc<Wallet>, payment: i64, state: PaymentState, reason: &str) {
     let reason = reason.to_owned();
-    let _ =
+    let stored =
         w.db.call(move |c, _| {
-            c.execute(
-                "UPDATE payments SET state = ?2, reason = ?3, updated = ?4 WHERE id = ?1",
-                params![payment, state, reason, db::i(db::now())?],
-            )?;
+            let tx = c.transaction()?;
+            store::set_payment_state(&tx, payment, state, Some(&reason))?;
+            tx.commit()?;
             Ok(())
         })
         .await;
+    if let Err(e) = stored {
+        tracing::error!(payment, to = state.as_str(), error = %e, "payment state not stored");
+    }
 }
 
 async fn send_coins(
@@ -359,7 +350,7 @@ async fn send_coins(
         request_nonce: ask.body.nonce,
         coins,
         session_key: session_key.clone(),
-        nonce: Nonce::new(&mut rng::os(), w.local_ip(), db::now()),
+        nonce: Nonce::new(&mut rng::os(), w.local_ip(), store::now()),
     };
     let frame = Frame::seal_to(&mut rng::os(), &merchant.x25519, &pay).map_err(|e| Outcome::Unknown(e.to_string()))?;
     conn.send(frame).await.map_err(|e| Outcome::Unknown(format!("sending coins failed: {e}")))?;
@@ -382,17 +373,15 @@ async fn send_coins(
             if !ok {
                 return Err(Outcome::Unknown("the receipt does not match the payment".into()));
             }
-            let blob = bincode::serialize(&resp.receipt).unwrap_or_default();
+            let blob = bincode::serialize(&resp.receipt)
+                .map_err(|e| Outcome::Unknown(format!("the receipt cannot be stored: {e}")))?;
             let stored =
                 w.db.call(move |c, vault| {
                     let tx = c.transaction()?;
                     let serials: Vec<Serial> =
-                        db::coins_of(&tx, vault, "payment", payment)?.iter().map(|r| r.coin.serial()).collect();
-                    move_coins(&tx, &serials, CoinState::Spent, None, None)?;
-                    tx.execute(
-                        "UPDATE payments SET state = 'done', receipt = ?2, updated = ?3 WHERE id = ?1",
-                        params![payment, blob, db::i(db::now())?],
-                    )?;
+                        store::coins_of_payment(&tx, vault, payment)?.iter().map(|r| r.coin.serial()).collect();
+                    store::move_coins(&tx, &serials, CoinState::Spent, None, None)?;
+                    store::mark_payment_done(&tx, payment, &blob)?;
                     tx.commit()?;
                     Ok(())
                 })

@@ -398,7 +398,7 @@ fn init(
     if !dir.config().exists() {
         keyfile::fs::write_atomic(&dir.config(), cfg.commented_toml().as_bytes(), 0o600)?;
     }
-    wallet_daemon::db::Db::open(&dir.database(), wallet_daemon::db::Vault::new(&identity))?;
+    wallet_daemon::store::Db::open(&dir.database(), wallet_daemon::store::Vault::new(&identity))?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "created wallet {name} in {}", dir.0.display())?;
     writeln!(out, "public key: {} (fingerprint {})", dir.public().display(), public.fingerprint())?;
