@@ -21,43 +21,24 @@ use super::{i, now, DbError};
 use pmtp_proto::{Amount, Coin, Denomination, Serial};
 use rusqlite::{params, Connection, OptionalExtension};
 
-/// Where a coin is in its life in this wallet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CoinState {
-    /// Ours to spend.
-    Available,
-    /// Handed to a payment, exchange or deposit whose outcome is not yet known.
-    Pending,
-    /// Received from a buyer, not yet validated at the bank (merchant side).
-    Received,
-    /// Gone: paid, deposited, exchanged, or proven spent by the bank.
-    Spent,
-    /// Damaged in storage (does not decrypt, or its clear columns disagree with the
-    /// sealed coin): kept for inspection, never spent, reported apart in `balance`.
-    Quarantined,
+stored_enum! {
+    /// Where a coin is in its life in this wallet.
+    pub enum CoinState ("coin state") {
+        /// Ours to spend.
+        Available = "available",
+        /// Handed to a payment, exchange or deposit whose outcome is not yet known.
+        Pending = "pending",
+        /// Received from a buyer, not yet validated at the bank (merchant side).
+        Received = "received",
+        /// Gone: paid, deposited, exchanged, or proven spent by the bank.
+        Spent = "spent",
+        /// Damaged in storage (does not decrypt, or its clear columns disagree with the
+        /// sealed coin): kept for inspection, never spent, reported apart in `balance`.
+        Quarantined = "quarantined",
+    }
 }
 
 impl CoinState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CoinState::Available => "available",
-            CoinState::Pending => "pending",
-            CoinState::Received => "received",
-            CoinState::Spent => "spent",
-            CoinState::Quarantined => "quarantined",
-        }
-    }
-    pub fn parse(s: &str) -> Result<Self, DbError> {
-        Ok(match s {
-            "available" => CoinState::Available,
-            "pending" => CoinState::Pending,
-            "received" => CoinState::Received,
-            "spent" => CoinState::Spent,
-            "quarantined" => CoinState::Quarantined,
-            _ => return Err(DbError::Corrupt(format!("unknown coin state {s:?}"))),
-        })
-    }
-
     /// The transition table. Anything else is a bug and is refused.
     ///
     /// | from | to | when |

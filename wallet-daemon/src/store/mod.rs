@@ -17,6 +17,44 @@
 //! [`Db::call`], which runs on tokio's blocking pool, never on an async worker; the one
 //! connection sits behind a mutex, so each `call` is atomic with respect to every other.
 
+/// Declares an enum stored as text: its variants with their stored names, `ALL`,
+/// `as_str`, and `parse`, which turns an unknown stored name into [`DbError::Corrupt`]
+/// (never a default). The transition table, if any, is written beside it by hand.
+macro_rules! stored_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident ($what:literal) {
+            $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The name stored in the database.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// Reads a stored name; an unknown one is [`DbError::Corrupt`].
+            pub fn parse(s: &str) -> Result<Self, $crate::store::DbError> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err($crate::store::DbError::Corrupt(format!(concat!("unknown ", $what, " {:?}"), s))),
+                }
+            }
+        }
+    };
+}
+
 pub mod coins;
 pub mod merchants;
 pub mod ops;

@@ -9,67 +9,33 @@ use super::{amount, i, now, DbError};
 use pmtp_proto::{Amount, Serial};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-/// What an operation asks of its bank. Stored in `ops.kind`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum OpKind {
-    /// Money from the account into new coins.
-    Withdraw,
-    /// Coins for new coins of the same total (refresh, change, resolving a payment, or a
-    /// merchant validating received coins).
-    Exchange,
-    /// Coins into the account.
-    Deposit,
-}
-
-impl OpKind {
-    pub const ALL: [OpKind; 3] = [OpKind::Withdraw, OpKind::Exchange, OpKind::Deposit];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OpKind::Withdraw => "withdraw",
-            OpKind::Exchange => "exchange",
-            OpKind::Deposit => "deposit",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Self, DbError> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| DbError::Corrupt(format!("unknown operation kind {s:?}")))
+stored_enum! {
+    /// What an operation asks of its bank. Stored in `ops.kind`.
+    pub enum OpKind ("operation kind") {
+        /// Money from the account into new coins.
+        Withdraw = "withdraw",
+        /// Coins for new coins of the same total (refresh, change, resolving a payment, or a
+        /// merchant validating received coins).
+        Exchange = "exchange",
+        /// Coins into the account.
+        Deposit = "deposit",
     }
 }
 
-/// Where an operation is. Stored in `ops.state`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum OpState {
-    /// Recorded; its request may have been sent, and is sent again (same request id)
-    /// until the bank answers.
-    Started,
-    /// The bank answered with success; its effect is stored.
-    Done,
-    /// The bank refused it for good, and the person was told so; never sent again.
-    Failed,
+stored_enum! {
+    /// Where an operation is. Stored in `ops.state`.
+    pub enum OpState ("operation state") {
+        /// Recorded; its request may have been sent, and is sent again (same request id)
+        /// until the bank answers.
+        Started = "started",
+        /// The bank answered with success; its effect is stored.
+        Done = "done",
+        /// The bank refused it for good, and the person was told so; never sent again.
+        Failed = "failed",
+    }
 }
 
 impl OpState {
-    pub const ALL: [OpState; 3] = [OpState::Started, OpState::Done, OpState::Failed];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OpState::Started => "started",
-            OpState::Done => "done",
-            OpState::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Self, DbError> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| DbError::Corrupt(format!("unknown operation state {s:?}")))
-    }
-
     /// The transition table: `done` and `failed` are final.
     ///
     /// | from | to | when |
@@ -220,13 +186,13 @@ mod tests {
     #[test]
     fn op_transition_table_is_exactly_as_documented() {
         use OpState::*;
-        for from in OpState::ALL {
+        for &from in OpState::ALL {
             assert_eq!(OpState::parse(from.as_str()).unwrap(), from);
-            for to in OpState::ALL {
+            for &to in OpState::ALL {
                 assert_eq!(from.can_become(to), from == Started && to != Started, "{from:?} -> {to:?}");
             }
         }
-        for kind in OpKind::ALL {
+        for &kind in OpKind::ALL {
             assert_eq!(OpKind::parse(kind.as_str()).unwrap(), kind);
         }
     }

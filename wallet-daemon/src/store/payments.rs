@@ -7,31 +7,17 @@ use super::{amount, i, now, DbError};
 use pmtp_proto::Amount;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-/// Which way a payment's money went. Stored in `payments.direction`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// This wallet paid a merchant.
-    Out,
-    /// This wallet collected a payment as a merchant.
-    In,
+stored_enum! {
+    /// Which way a payment's money went. Stored in `payments.direction`.
+    pub enum Direction ("payment direction") {
+        /// This wallet paid a merchant.
+        Out = "out",
+        /// This wallet collected a payment as a merchant.
+        In = "in",
+    }
 }
 
 impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Out => "out",
-            Direction::In => "in",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Self, DbError> {
-        Ok(match s {
-            "out" => Direction::Out,
-            "in" => Direction::In,
-            _ => return Err(DbError::Corrupt(format!("unknown payment direction {s:?}"))),
-        })
-    }
-
     /// The state a payment of this direction is first written in.
     pub fn first_state(self) -> PaymentState {
         match self {
@@ -41,56 +27,28 @@ impl Direction {
     }
 }
 
-/// Where a payment is. Stored in `payments.state`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PaymentState {
-    /// Outgoing: its coins are pending and may have been sent; no receipt yet.
-    Sending,
-    /// Outgoing: the merchant refused; whether its bank spent the coins is not yet known.
-    RefusedUnresolved,
-    /// Outgoing, resolved without a receipt: the coins came back from nothing (all spent,
-    /// so the merchant has them).
-    SpentUnconfirmed,
-    /// Outgoing, resolved without a receipt: some value came back by exchange.
-    Returned,
-    /// Incoming: its coins are recorded as received, not yet validated at a bank.
-    Received,
-    /// Incoming: the bank refused the coins for good (the buyer keeps them).
-    Refused,
-    /// Outgoing: paid, receipt stored. Incoming: coins validated at the bank.
-    Done,
+stored_enum! {
+    /// Where a payment is. Stored in `payments.state`.
+    pub enum PaymentState ("payment state") {
+        /// Outgoing: its coins are pending and may have been sent; no receipt yet.
+        Sending = "sending",
+        /// Outgoing: the merchant refused; whether its bank spent the coins is not yet known.
+        RefusedUnresolved = "refused_unresolved",
+        /// Outgoing, resolved without a receipt: nothing came back (every coin was spent,
+        /// so the merchant has them).
+        SpentUnconfirmed = "spent_unconfirmed",
+        /// Outgoing, resolved without a receipt: some value came back by exchange.
+        Returned = "returned",
+        /// Incoming: its coins are recorded as received, not yet validated at a bank.
+        Received = "received",
+        /// Incoming: the bank refused the coins for good (the buyer keeps them).
+        Refused = "refused",
+        /// Outgoing: paid, receipt stored. Incoming: coins validated at the bank.
+        Done = "done",
+    }
 }
 
 impl PaymentState {
-    pub const ALL: [PaymentState; 7] = [
-        PaymentState::Sending,
-        PaymentState::RefusedUnresolved,
-        PaymentState::SpentUnconfirmed,
-        PaymentState::Returned,
-        PaymentState::Received,
-        PaymentState::Refused,
-        PaymentState::Done,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PaymentState::Sending => "sending",
-            PaymentState::RefusedUnresolved => "refused_unresolved",
-            PaymentState::SpentUnconfirmed => "spent_unconfirmed",
-            PaymentState::Returned => "returned",
-            PaymentState::Received => "received",
-            PaymentState::Refused => "refused",
-            PaymentState::Done => "done",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Self, DbError> {
-        Self::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| DbError::Corrupt(format!("unknown payment state {s:?}")))
-    }
-
     /// The transition table. Anything else is refused; `done`, `spent_unconfirmed`,
     /// `returned` and `refused` are final.
     ///
@@ -303,9 +261,9 @@ mod tests {
             (Received, Done),
             (Received, Refused),
         ];
-        for from in PaymentState::ALL {
+        for &from in PaymentState::ALL {
             assert_eq!(PaymentState::parse(from.as_str()).unwrap(), from);
-            for to in PaymentState::ALL {
+            for &to in PaymentState::ALL {
                 assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from:?} -> {to:?}");
             }
         }
