@@ -198,7 +198,7 @@ async fn reserve(
     for bank in banks {
         let mut exchanges = 0;
         for _attempt in 0..8 {
-            let guard = w.coin_lock.lock().await;
+            let locked = w.coin_lock.lock().await;
             let b = bank.clone();
             let rows = w.db.call(move |c, _| store::values_in(c, CoinState::Available, &b)).await?;
             let denoms: Vec<Denomination> = rows.iter().map(|r| r.1).collect();
@@ -234,7 +234,7 @@ async fn reserve(
                             Ok(Some((id, coins, claim)))
                         })
                         .await?;
-                    drop(guard);
+                    drop(locked);
                     match reserved {
                         Some(r) => return Ok(r),
                         None => {
@@ -254,8 +254,9 @@ async fn reserve(
                     tracing::info!(bank = %bank, coin = %value, "exchanging a coin to pay the exact amount");
                     // The coin is marked pending under the exchange before the lock goes.
                     let (op, _claim) =
-                        ops::begin_op(w, OpKind::Exchange, &bank, vec![serial], CoinState::Available, None).await?;
-                    drop(guard);
+                        ops::begin_op(w, OpKind::Exchange, &bank, vec![serial], ops::Taking::Available(&locked), None)
+                            .await?;
+                    drop(locked);
                     ops::run_op_then(w, &op, want, None).await?;
                 }
                 Err(SelectError::Insufficient { .. }) => break,
@@ -396,5 +397,99 @@ async fn send_coins(
         Ok(Reply::Refused(r)) => Err(Outcome::Refused(format!("{} ({})", r.text.escaped(), r.code))),
         Ok(Reply::PlainRefused(p)) => Err(Outcome::Refused(format!("{} ({})", p.text.escaped(), p.code))),
         Err(e) => Err(Outcome::Unknown(format!("unreadable answer: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pmtp_proto::keys::Signed;
+    use pmtp_proto::testing::{samples, TestRng};
+    use pmtp_proto::text::Description;
+    use std::collections::HashSet;
+
+    /// A wallet with one bank (never contacted here) holding available coins of `values`.
+    fn wallet_with_coins(dir: &std::path::Path, values: &[u64]) -> Arc<Wallet> {
+        let parties = samples::parties();
+        let bank = parties.bank.public();
+        let mut config = crate::config::Config::default();
+        config.banks.push(crate::config::BankConfig {
+            id: bank.name.as_str().to_owned(),
+            addr: "127.0.0.1:9".into(),
+            public_key: bank.to_text(),
+            account: None,
+            account_name: None,
+        });
+        let db = store::Db::open(&dir.join("wallet.db"), store::Vault::new(&parties.buyer)).unwrap();
+        let mut rng = TestRng(5);
+        let coins: Vec<Coin> =
+            values.iter().map(|&v| samples::coin(&parties.bank, &mut rng, v, store::now() + 3600)).collect();
+        db.with(|c| {
+            let tx = c.transaction()?;
+            store::insert_coins(&tx, &db.vault, &coins, CoinState::Available, None)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .unwrap();
+        Arc::new(Wallet::new(config, crate::DataDir(dir.to_owned()), parties.buyer, db).unwrap())
+    }
+
+    fn ask(amount: u64) -> (AskPaymentRequest, PeerKeys) {
+        let merchant = samples::parties().merchant;
+        let ask = Signed::sign(
+            AskPayment {
+                amount: Amount::new(amount),
+                merchant: merchant.public(),
+                description: Description::new("a book").unwrap(),
+                accepted_banks: vec![],
+                nonce: Nonce::new(&mut rng::os(), [127, 0, 0, 1].into(), store::now()),
+            },
+            &merchant.signing,
+        )
+        .unwrap();
+        let keys = ask.body.merchant.parse().unwrap();
+        (ask, keys)
+    }
+
+    fn available(w: &Wallet) -> usize {
+        w.db.with(|c| store::coins_in(c, &w.db.vault, CoinState::Available, None)).unwrap().len()
+    }
+
+    async fn reserve_one(w: Arc<Wallet>, amount: u64) -> Result<(i64, Vec<Coin>), WalletError> {
+        let (ask, keys) = ask(amount);
+        reserve(&w, &ask, &keys, [127, 0, 0, 1].into()).await.map(|(id, coins, _claim)| (id, coins))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_payments_never_choose_the_same_coin() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = wallet_with_coins(dir.path(), &[8; 8]);
+        let tasks: Vec<_> = (0..8).map(|_| tokio::spawn(reserve_one(w.clone(), 8))).collect();
+        let mut chosen = HashSet::new();
+        for t in tasks {
+            let (_, coins) = t.await.unwrap().expect("every payment finds a coin of its own");
+            for c in coins {
+                assert!(chosen.insert(c.serial()), "coin {} chosen twice", c.serial());
+            }
+        }
+        assert_eq!(chosen.len(), 8);
+        assert_eq!(available(&w), 0);
+        let ninth = reserve_one(w.clone(), 8).await.map(|_| ()).unwrap_err();
+        assert_eq!(ninth.code, ReasonCode::NOT_ENOUGH_MONEY);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_payment_chooses_no_coin_while_the_coin_lock_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = wallet_with_coins(dir.path(), &[8, 8]);
+        let locked = w.coin_lock.lock().await;
+        let task = tokio::spawn(reserve_one(w.clone(), 8));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!task.is_finished());
+        assert_eq!(available(&w), 2, "nothing chosen or marked while another holds the lock");
+        drop(locked);
+        let (_, coins) = task.await.unwrap().unwrap();
+        assert_eq!(coins.len(), 1);
+        assert_eq!(available(&w), 1, "the chosen coin is pending once the lock is let go");
     }
 }

@@ -180,9 +180,9 @@ pub struct Wallet {
     pub nonces: Mutex<NonceChecker>,
     pub pending: Mutex<BTreeMap<u64, PendingRequest>>,
     pub next_pending: AtomicU64,
-    /// Held while choosing coins and marking them pending, so two payments never pick the
-    /// same coin.
-    pub coin_lock: tokio::sync::Mutex<()>,
+    /// Held while choosing available coins and marking them pending, so two payments or
+    /// operations never pick the same coin.
+    pub coin_lock: ops::CoinLock,
     /// Payments (outgoing or incoming) whose exchange with the peer is in progress (not to
     /// be resolved or validated by maintenance).
     pub in_flight: Claims,
@@ -230,7 +230,7 @@ impl Wallet {
             nonces: Mutex::new(nonces),
             pending: Mutex::new(BTreeMap::new()),
             next_pending: AtomicU64::new(1),
-            coin_lock: tokio::sync::Mutex::new(()),
+            coin_lock: ops::CoinLock::default(),
             in_flight: Claims::default(),
             ops_in_flight: Claims::default(),
             recovered: AtomicBool::new(false),

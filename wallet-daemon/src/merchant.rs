@@ -392,7 +392,7 @@ pub async fn validate_received(w: &Arc<Wallet>, payment: i64) -> Result<(), Wall
             ));
         }
         if let Err(e) =
-            ops::exchange_or_deposit(w, kind, &bank, serials, CoinState::Received, vec![], Some(payment)).await
+            ops::exchange_or_deposit(w, kind, &bank, serials, ops::Taking::Received, vec![], Some(payment)).await
         {
             return Err(fail_payment(w, payment, e).await?);
         }

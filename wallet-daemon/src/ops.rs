@@ -13,9 +13,10 @@
 //! coins ([`resolve_payment`]): new coins back if they were unspent; a refusal proves they
 //! were spent.
 //!
-//! Coins are chosen under `Wallet::coin_lock`, and the lock is held until the operation
-//! that takes them has marked them pending ([`begin_op`]), so no two operations or
-//! payments ever choose the same coin. This module uses only the store; the recovery of
+//! Available coins are chosen under the wallet's [`CoinLock`], held until the operation
+//! that takes them has committed them as pending ([`begin_op`] with
+//! [`Taking::Available`], which needs the held lock), so no two operations or payments
+//! ever choose the same coin. This module uses only the store; the recovery of
 //! unfinished work (`crate::recovery`) sits above it, and above buyer and merchant.
 
 use crate::store::{self, CoinState, DbError, Op, OpKind, OpState, PaymentState};
@@ -121,11 +122,51 @@ async fn run_withdraw(w: &Arc<Wallet>, op: &Op, password: &str, first_attempt: b
     }
 }
 
+/// Serialises the choice of available coins: held from reading which coins are available
+/// until the payment or operation that takes them has committed them as pending, so two
+/// never choose the same coin. Only [`CoinLock::lock`] makes a [`CoinsLocked`], and
+/// taking available coins ([`Taking::Available`]) needs one, borrowed until the coins are
+/// marked: the lock cannot be let go between the choice and the mark.
+#[derive(Default)]
+pub struct CoinLock(tokio::sync::Mutex<()>);
+
+/// The held [`CoinLock`]; released on drop.
+pub struct CoinsLocked<'a>(#[allow(dead_code)] tokio::sync::MutexGuard<'a, ()>);
+
+impl CoinLock {
+    /// Waits for the lock (first come, first served).
+    pub async fn lock(&self) -> CoinsLocked<'_> {
+        CoinsLocked(self.0.lock().await)
+    }
+}
+
+/// The coins an operation takes, by their state now.
+#[derive(Clone, Copy)]
+pub enum Taking<'a> {
+    /// Available coins, chosen under the held coin lock: they become pending in the
+    /// transaction that records the operation.
+    Available(&'a CoinsLocked<'a>),
+    /// Our coins, already pending (a payment without a receipt, a coin retried alone).
+    Pending,
+    /// Coins received from a buyer, validated by a merchant.
+    Received,
+}
+
+impl Taking<'_> {
+    fn state(self) -> CoinState {
+        match self {
+            Taking::Available(_) => CoinState::Available,
+            Taking::Pending => CoinState::Pending,
+            Taking::Received => CoinState::Received,
+        }
+    }
+}
+
 /// Work to do in the same transaction as an operation's success (a merchant marks the
 /// payment done and stores the receipt there).
 pub type OnDone = Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> Result<(), DbError> + Send>;
 
-/// Exchanges (or deposits) coins now in `from` state at their bank, as one operation
+/// Exchanges (or deposits) coins at their bank, as one operation
 /// ([`begin_op`], then [`run_op_then`]). `denominations` applies to exchanges (empty: the
 /// bank's split). Returns the new coins of an exchange (already stored as available).
 pub async fn exchange_or_deposit(
@@ -133,7 +174,7 @@ pub async fn exchange_or_deposit(
     kind: OpKind,
     bank: &str,
     serials: Vec<Serial>,
-    from: CoinState,
+    from: Taking<'_>,
     denominations: Vec<Denomination>,
     payment: Option<i64>,
 ) -> Result<Vec<Coin>, WalletError> {
@@ -141,16 +182,16 @@ pub async fn exchange_or_deposit(
     run_op_then(w, &op, denominations, None).await
 }
 
-/// Records an exchange or deposit of coins now in `from` state and commits it, with its
-/// coins marked (available ones become pending), before anything is sent: whoever chose
-/// the coins under `coin_lock` holds the lock until this returns. Returns the operation
-/// and the claim on it (maintenance leaves it to the caller while the claim is held).
+/// Records an exchange or deposit of coins and commits it, with its coins marked
+/// (available ones become pending, under the lock their choice was made under), before
+/// anything is sent. Returns the operation and the claim on it (maintenance leaves it to
+/// the caller while the claim is held).
 pub async fn begin_op(
     w: &Arc<Wallet>,
     kind: OpKind,
     bank: &str,
     serials: Vec<Serial>,
-    from: CoinState,
+    from: Taking<'_>,
     payment: Option<i64>,
 ) -> Result<(Op, Option<Claim>), WalletError> {
     let entry = w.bank(bank)?;
@@ -163,6 +204,7 @@ pub async fn begin_op(
     let request_id: [u8; 16] = pmtp_proto::rng::bytes(&mut pmtp_proto::rng::os());
     let b = bank.to_owned();
     let claims = w.ops_in_flight.clone();
+    let from = from.state();
     let (op_id, claim) =
         w.db.call(move |c, vault| {
             let tx = c.transaction()?;
@@ -268,7 +310,8 @@ pub async fn run_op_then(
                     // for another payment to choose; received: the buyer's) under a new
                     // operation. Any other state has nothing left to try.
                     let from = match w.db.call(move |c, _| store::coin_state(c, &s)).await? {
-                        Some(state @ (CoinState::Received | CoinState::Pending)) => state,
+                        Some(CoinState::Received) => Taking::Received,
+                        Some(CoinState::Pending) => Taking::Pending,
                         Some(CoinState::Available | CoinState::Spent | CoinState::Quarantined) | None => continue,
                     };
                     let _ = Box::pin(exchange_or_deposit(w, kind, &op.bank, vec![s], from, vec![], op.payment)).await;
@@ -281,7 +324,7 @@ pub async fn run_op_then(
 
 /// Deposits `amount` (or everything, when `None`) of the available coins of `bank`.
 pub async fn deposit(w: &Arc<Wallet>, bank: &str, amount: Option<Amount>) -> Result<Amount, WalletError> {
-    let guard = w.coin_lock.lock().await;
+    let locked = w.coin_lock.lock().await;
     let b = bank.to_owned();
     let rows = w.db.call(move |c, vault| store::coins_in(c, vault, CoinState::Available, Some(&b))).await?;
     let chosen: Vec<Serial> = match amount {
@@ -304,8 +347,8 @@ pub async fn deposit(w: &Arc<Wallet>, bank: &str, amount: Option<Amount>) -> Res
     }
     let total = Amount::checked_sum(rows.iter().filter(|r| chosen.contains(&r.coin.serial())).map(|r| r.coin.value()))
         .map_err(|e| WalletError::new(ReasonCode::INVALID_AMOUNT, e.to_string()))?;
-    let (op, _claim) = begin_op(w, OpKind::Deposit, bank, chosen, CoinState::Available, None).await?;
-    drop(guard);
+    let (op, _claim) = begin_op(w, OpKind::Deposit, bank, chosen, Taking::Available(&locked), None).await?;
+    drop(locked);
     run_op_then(w, &op, vec![], None).await?;
     Ok(total)
 }
@@ -313,7 +356,7 @@ pub async fn deposit(w: &Arc<Wallet>, bank: &str, amount: Option<Amount>) -> Res
 /// Exchanges all available coins of `bank` for fresh ones (new serials: unlinkable to the
 /// withdrawal, and a new expiry).
 pub async fn exchange_all(w: &Arc<Wallet>, bank: &str) -> Result<Amount, WalletError> {
-    let guard = w.coin_lock.lock().await;
+    let locked = w.coin_lock.lock().await;
     let b = bank.to_owned();
     let rows = w.db.call(move |c, vault| store::coins_in(c, vault, CoinState::Available, Some(&b))).await?;
     if rows.is_empty() {
@@ -322,8 +365,8 @@ pub async fn exchange_all(w: &Arc<Wallet>, bank: &str) -> Result<Amount, WalletE
     let total = Amount::checked_sum(rows.iter().map(|r| r.coin.value()))
         .map_err(|e| WalletError::new(ReasonCode::INVALID_AMOUNT, e.to_string()))?;
     let serials = rows.iter().map(|r| r.coin.serial()).collect();
-    let (op, _claim) = begin_op(w, OpKind::Exchange, bank, serials, CoinState::Available, None).await?;
-    drop(guard);
+    let (op, _claim) = begin_op(w, OpKind::Exchange, bank, serials, Taking::Available(&locked), None).await?;
+    drop(locked);
     run_op_then(w, &op, vec![], None).await?;
     Ok(total)
 }
@@ -352,8 +395,7 @@ pub async fn resolve_payment(w: &Arc<Wallet>, payment: i64) -> Result<Amount, Wa
     }
     for (bank, serials) in by_bank {
         // The coins are pending under the payment; the exchange takes them as they are.
-        match exchange_or_deposit(w, OpKind::Exchange, &bank, serials, CoinState::Pending, vec![], Some(payment)).await
-        {
+        match exchange_or_deposit(w, OpKind::Exchange, &bank, serials, Taking::Pending, vec![], Some(payment)).await {
             Ok(fresh) => {
                 let back = Amount::checked_sum(fresh.iter().map(|c| c.value())).and_then(|v| returned.checked_add(v));
                 match back {
@@ -412,7 +454,7 @@ pub async fn refresh(w: &Arc<Wallet>) -> Result<(), WalletError> {
     let horizon = store::now().saturating_add(w.config.limits.refresh_before_secs);
     let banks: Vec<String> = w.banks.keys().cloned().collect();
     for bank in banks {
-        let guard = w.coin_lock.lock().await;
+        let locked = w.coin_lock.lock().await;
         let b = bank.clone();
         let rows = w.db.call(move |c, _| store::values_in(c, CoinState::Available, &b)).await?;
         let old: Vec<Serial> = rows.iter().filter(|r| r.2 <= horizon).map(|r| r.0).collect();
@@ -420,8 +462,8 @@ pub async fn refresh(w: &Arc<Wallet>) -> Result<(), WalletError> {
             continue;
         }
         tracing::info!(bank = %bank, coins = old.len(), "refreshing coins near expiry");
-        let (op, _claim) = begin_op(w, OpKind::Exchange, &bank, old, CoinState::Available, None).await?;
-        drop(guard);
+        let (op, _claim) = begin_op(w, OpKind::Exchange, &bank, old, Taking::Available(&locked), None).await?;
+        drop(locked);
         run_op_then(w, &op, vec![], None).await?;
     }
     Ok(())
