@@ -209,3 +209,10 @@ impl Db {
             .map_err(|e| DbError::Other(format!("database task failed: {e}")))?
     }
 }
+
+/// A fresh database in `dir` under a fixed test key (unit tests).
+#[cfg(test)]
+pub(crate) fn test_db(dir: &Path) -> Db {
+    #[allow(clippy::unwrap_used)]
+    Db::open(&dir.join("w.db"), Vault::new(&pmtp_proto::testing::identity(1))).unwrap()
+}

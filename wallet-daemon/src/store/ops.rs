@@ -203,4 +203,55 @@ mod tests {
         assert!(matches!(OpKind::parse("refund"), Err(DbError::Corrupt(_))));
         assert!(matches!(OpKind::parse(""), Err(DbError::Corrupt(_))));
     }
+
+    #[test]
+    fn a_stored_op_of_unknown_kind_or_negative_amount_is_corrupt_not_retried_as_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::test_db(dir.path());
+        let id = db
+            .with(|c| {
+                let tx = c.transaction()?;
+                let id = insert_withdraw(&tx, "bank-a", &[7; 16], Amount::new(16), b"sealed")?;
+                tx.commit()?;
+                Ok(id)
+            })
+            .unwrap();
+        let ops = db.with(|c| started_ops(c)).unwrap();
+        assert_eq!((ops.len(), ops[0].kind, ops[0].amount), (1, OpKind::Withdraw, Amount::new(16)));
+        for (column, value) in [("kind", "refund"), ("kind", "Deposit"), ("amount", "-16"), ("request_id", "x'07'")] {
+            db.with(|c| {
+                c.execute(
+                    "UPDATE ops SET kind = 'withdraw', amount = 16, request_id = zeroblob(16) WHERE id = ?1",
+                    [id],
+                )?;
+                c.execute(&format!("UPDATE ops SET {column} = {} WHERE id = ?1", sql_literal(value)), [id])?;
+                Ok(())
+            })
+            .unwrap();
+            let read = db.with(|c| started_ops(c));
+            assert!(matches!(read, Err(DbError::Corrupt(_))), "{column} = {value}: {read:?}");
+        }
+    }
+
+    fn sql_literal(v: &str) -> String {
+        if v.starts_with("x'") || v.parse::<i64>().is_ok() {
+            v.to_owned()
+        } else {
+            format!("'{v}'")
+        }
+    }
+
+    #[test]
+    fn a_failed_op_never_turns_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::test_db(dir.path());
+        let moved = db.with(|c| {
+            let tx = c.transaction()?;
+            let id = insert_withdraw(&tx, "bank-a", &[7; 16], Amount::new(16), b"sealed")?;
+            end_op(&tx, id, OpState::Failed, "wrong password")?;
+            end_op(&tx, id, OpState::Failed, "again")?;
+            end_op(&tx, id, OpState::Done, "")
+        });
+        assert!(matches!(moved, Err(DbError::Move { what: "operation", .. })), "{moved:?}");
+    }
 }

@@ -278,4 +278,77 @@ mod tests {
         assert!(matches!(PaymentState::parse(""), Err(DbError::Corrupt(_))));
         assert!(matches!(Direction::parse("sideways"), Err(DbError::Corrupt(_))));
     }
+
+    fn new_payment(direction: Direction) -> NewPayment {
+        NewPayment {
+            direction,
+            peer: "127.0.0.1".into(),
+            merchant: "bob".into(),
+            merchant_fp: "fp".into(),
+            amount: Amount::new(24),
+            description: "a book".into(),
+            request: vec![1],
+        }
+    }
+
+    #[test]
+    fn payments_move_only_along_the_table_and_resolving_is_compare_and_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::test_db(dir.path());
+        db.with(|c| {
+            let tx = c.transaction()?;
+            let out = insert_payment(&tx, &new_payment(Direction::Out))?;
+            assert_eq!(payment_state(&tx, out)?, Sending);
+            assert_eq!(mark_payment_done(&tx, out, b"receipt")?, Sending);
+            // The receipt arrived first: resolving it afterwards changes nothing.
+            assert!(!resolve_outgoing(&tx, out, SpentUnconfirmed)?);
+            assert_eq!(payment_state(&tx, out)?, Done);
+            let refused = set_payment_state(&tx, out, RefusedUnresolved, Some("late"));
+            assert!(matches!(refused, Err(DbError::Move { what: "payment", .. })), "{refused:?}");
+
+            let incoming = insert_payment(&tx, &new_payment(Direction::In))?;
+            assert_eq!(payment_state(&tx, incoming)?, Received);
+            // An ambiguous failure stays received, with its reason noted.
+            assert_eq!(set_payment_state(&tx, incoming, Received, Some("bank busy"))?, Received);
+            set_payment_state(&tx, incoming, Refused, Some("coin spent"))?;
+            assert!(set_payment_state(&tx, incoming, Done, None).is_err(), "a refused payment never turns done");
+            let history = payment_history(&tx, 10)?;
+            assert_eq!(history.len(), 2);
+            assert_eq!((history[0].direction, history[0].state), (Direction::In, Refused));
+            assert_eq!(history[0].reason, "coin spent");
+            assert_eq!(history[1].receipt.as_deref(), Some(&b"receipt"[..]));
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_stored_payment_of_unknown_state_or_direction_or_negative_amount_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::test_db(dir.path());
+        let id = db
+            .with(|c| {
+                let tx = c.transaction()?;
+                let id = insert_payment(&tx, &new_payment(Direction::Out))?;
+                tx.commit()?;
+                Ok(id)
+            })
+            .unwrap();
+        for edit in ["state = 'paid'", "direction = 'sideways'", "amount = -24"] {
+            db.with(|c| {
+                c.execute("UPDATE payments SET state = 'sending', direction = 'out', amount = 24 WHERE id = ?1", [id])?;
+                c.execute(&format!("UPDATE payments SET {edit} WHERE id = ?1"), [id])?;
+                Ok(())
+            })
+            .unwrap();
+            let read = db.with(|c| payment_history(c, 10));
+            assert!(matches!(read, Err(DbError::Corrupt(_))), "{edit}: {read:?}");
+        }
+        db.with(|c| Ok(c.execute("UPDATE payments SET state = 'paid', amount = 24 WHERE id = ?1", [id])?)).unwrap();
+        let moved = db.with(|c| {
+            let tx = c.transaction()?;
+            set_payment_state(&tx, id, Done, None)
+        });
+        assert!(matches!(moved, Err(DbError::Corrupt(_))), "{moved:?}");
+    }
 }
