@@ -1,10 +1,8 @@
-//! The wallet's durable state: coins (encrypted at rest), payments, bank operations,
-//! pinned merchant keys. SQLite in WAL mode with `synchronous=FULL`.
+//! Coins: one row each, encrypted at rest.
 //!
 //! Every coin moves through the states of [`CoinState`] along the transitions that
 //! [`CoinState::can_become`] allows, and each change is committed before anything is sent
-//! on the network. All access goes through [`Db::call`], which runs on tokio's blocking
-//! pool, never on an async worker.
+//! on the network.
 //!
 //! A coin row has clear columns (bank id, value, expiry) that coin choice reads without
 //! decrypting, and the sealed coin. The seal's associated data covers the clear columns
@@ -267,8 +265,8 @@ pub fn coins_in(
 
 /// Serials, values and expiries of coins in `state` of one bank, as the clear columns say,
 /// without decrypting anything (coin choice needs only values; the refresher only
-/// expiries). Whoever then takes coins opens them ([`coins_by_serial`], [`coins_of`]), which
-/// catches a row whose columns lie.
+/// expiries). Whoever then takes coins opens them ([`coins_by_serial`], [`coins_of_op`],
+/// [`coins_of_payment`]), which catches a row whose columns lie.
 pub fn values_in(conn: &Connection, state: CoinState, bank: &str) -> Result<Vec<(Serial, Denomination, u64)>, DbError> {
     let mut st = conn.prepare_cached(
         "SELECT serial, value, expiry FROM coins WHERE state = ?1 AND bank_id = ?2 ORDER BY value DESC, serial",
