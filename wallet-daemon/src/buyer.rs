@@ -9,8 +9,8 @@
 //! send pay_coins_request sealed to the merchant; store the receipt. Without a receipt,
 //! the coins are resolved by exchange at their bank.
 
-use crate::db::{self, move_coins, CoinState};
-use crate::ops::{self, OpKind};
+use crate::ops;
+use crate::store::{self, CoinState, Direction, OpKind, PaymentState};
 use crate::{PendingRequest, Wallet, WalletError};
 use futures::{SinkExt, StreamExt};
 use pmtp_proto::codec::PmtpCodec;
@@ -18,7 +18,6 @@ use pmtp_proto::denomination::{select_exact, SelectError};
 use pmtp_proto::keys::PeerKeys;
 use pmtp_proto::refusal::reason_text;
 use pmtp_proto::*;
-use rusqlite::{params, OptionalExtension};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -41,7 +40,7 @@ pub async fn on_ask_payment(w: Arc<Wallet>, frame: Frame, peer: IpAddr, conn: &m
     if ask.verify(&merchant.verifying).is_err() {
         return plain(conn, ReasonCode::BAD_SIGNATURE, "the request is not signed by the key it carries").await;
     }
-    let checked = w.nonces.lock().map(|mut n| n.check(&ask.body.nonce, peer, db::now())).map_err(|_| ());
+    let checked = w.nonces.lock().map(|mut n| n.check(&ask.body.nonce, peer, store::now())).map_err(|_| ());
     match checked {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return plain(conn, ReasonCode::from(e), &e.to_string()).await,
@@ -56,7 +55,7 @@ pub async fn on_ask_payment(w: Arc<Wallet>, frame: Frame, peer: IpAddr, conn: &m
             refusal: Refusal {
                 code: e.code,
                 text: reason_text(&e.text),
-                nonce: Nonce::new(&mut rng::os(), w.local_ip(), db::now()),
+                nonce: Nonce::new(&mut rng::os(), w.local_ip(), store::now()),
             },
         };
         if let Ok(f) = Frame::seal_to(&mut rng::os(), &merchant.x25519, &refusal) {
@@ -76,12 +75,7 @@ async fn plain(conn: &mut Conn, code: ReasonCode, text: &str) {
 /// merchant, and an error for a known name with different keys.
 async fn known_merchant(w: &Arc<Wallet>, merchant: &PeerKeys) -> Result<bool, WalletError> {
     let name = merchant.name.as_str().to_owned();
-    let pinned: Option<String> =
-        w.db.call(move |c, _| {
-            Ok(c.query_row("SELECT fingerprint FROM merchants WHERE name = ?1", params![name], |r| r.get(0))
-                .optional()?)
-        })
-        .await?;
+    let pinned = w.db.call(move |c, _| store::pinned_fingerprint(c, &name)).await?;
     match pinned {
         Some(fp) if fp == merchant.fingerprint.to_string() => Ok(true),
         Some(fp) => {
@@ -158,7 +152,7 @@ async fn ask_person(
                 description: ask.body.description.escaped(),
                 amount: ask.body.amount.minor_units(),
                 peer,
-                created: db::now(),
+                created: store::now(),
                 answer: tx,
             },
         );
@@ -183,15 +177,7 @@ async fn pin(w: &Arc<Wallet>, merchant: &PeerKeys) -> Result<(), WalletError> {
     let (name, fp) = (merchant.name.as_str().to_owned(), merchant.fingerprint.to_string());
     let identity =
         bincode::serialize(&merchant.public).map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?;
-    w.db.call(move |c, _| {
-        c.execute(
-            "INSERT INTO merchants(name, fingerprint, identity, first_seen, last_seen) VALUES (?1, ?2, ?3, ?4, ?4)
-             ON CONFLICT(name) DO UPDATE SET last_seen = ?4",
-            params![name, fp, identity, db::i(db::now())?],
-        )?;
-        Ok(())
-    })
-    .await?;
+    w.db.call(move |c, _| store::pin_merchant(c, &name, &fp, &identity)).await?;
     Ok(())
 }
 
@@ -212,35 +198,35 @@ async fn reserve(
     for bank in banks {
         let mut exchanges = 0;
         for _attempt in 0..8 {
-            let guard = w.coin_lock.lock().await;
+            let locked = w.coin_lock.lock().await;
             let b = bank.clone();
-            let rows = w.db.call(move |c, _| db::values_in(c, CoinState::Available, &b)).await?;
+            let rows = w.db.call(move |c, _| store::values_in(c, CoinState::Available, &b)).await?;
             let denoms: Vec<Denomination> = rows.iter().map(|r| r.1).collect();
             match select_exact(&denoms, amount) {
                 Ok(idx) => {
                     let serials: Vec<Serial> = idx.iter().map(|&i| rows[i].0).collect();
-                    let record = db::NewPayment {
-                        direction: "out",
-                        state: "sending",
+                    let record = store::NewPayment {
+                        direction: Direction::Out,
                         peer: peer.to_string(),
                         merchant: merchant.name.as_str().to_owned(),
                         merchant_fp: merchant.fingerprint.to_string(),
                         amount,
                         description: ask.body.description.as_str().to_owned(),
-                        request: bincode::serialize(&ask.body.nonce).unwrap_or_default(),
+                        request: bincode::serialize(&ask.body.nonce)
+                            .map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?,
                     };
                     let claims = w.in_flight.clone();
                     let reserved =
                         w.db.call(move |c, vault| {
                             let tx = c.transaction()?;
                             // Opening the chosen coins quarantines any damaged one.
-                            let coins = db::coins_by_serial(&tx, vault, &serials)?;
+                            let coins = store::coins_by_serial(&tx, vault, &serials)?;
                             if coins.len() != serials.len() {
                                 tx.commit()?;
                                 return Ok(None);
                             }
-                            let id = db::insert_payment(&tx, &record)?;
-                            move_coins(&tx, &serials, CoinState::Pending, Some(id), None)?;
+                            let id = store::insert_payment(&tx, &record)?;
+                            store::move_coins(&tx, &serials, CoinState::Pending, Some(id), None)?;
                             // Claimed before it is visible, so maintenance never resolves a
                             // payment that is being sent.
                             let claim = claims.claim(id);
@@ -248,7 +234,7 @@ async fn reserve(
                             Ok(Some((id, coins, claim)))
                         })
                         .await?;
-                    drop(guard);
+                    drop(locked);
                     match reserved {
                         Some(r) => return Ok(r),
                         None => {
@@ -259,27 +245,19 @@ async fn reserve(
                 }
                 Err(SelectError::NeedsExchange { missing, break_index, .. }) => {
                     let (serial, value, _) = rows[break_index];
-                    drop(guard);
                     if exchanges == 2 {
                         break;
                     }
                     exchanges += 1;
                     // Break the coin into what is missing plus change for ourselves.
-                    let missing_total = Amount::checked_sum(missing.iter().map(|d| d.value())).unwrap_or_default();
-                    let rest = value.value().checked_sub(missing_total).unwrap_or_default();
-                    let mut want = missing.clone();
-                    want.extend(Denomination::split(rest).unwrap_or_default());
+                    let want = change_for(value, &missing)?;
                     tracing::info!(bank = %bank, coin = %value, "exchanging a coin to pay the exact amount");
-                    ops::exchange_or_deposit(
-                        w,
-                        OpKind::Exchange,
-                        &bank,
-                        vec![serial],
-                        CoinState::Available,
-                        want,
-                        None,
-                    )
-                    .await?;
+                    // The coin is marked pending under the exchange before the lock goes.
+                    let (op, _claim) =
+                        ops::begin_op(w, OpKind::Exchange, &bank, vec![serial], ops::Taking::Available(&locked), None)
+                            .await?;
+                    drop(locked);
+                    ops::run_op_then(w, &op, want, None).await?;
                 }
                 Err(SelectError::Insufficient { .. }) => break,
             }
@@ -289,6 +267,18 @@ async fn reserve(
         ReasonCode::NOT_ENOUGH_MONEY,
         format!("not enough money in coins the merchant accepts to pay {amount}"),
     ))
+}
+
+/// The denominations to ask for when exchanging `coin` to pay `missing`: `missing`, plus
+/// the rest of the coin's value as change. `missing` adds up to less than the coin (coin
+/// choice said so); anything else is an internal error, never an exchange for nothing.
+fn change_for(coin: Denomination, missing: &[Denomination]) -> Result<Vec<Denomination>, WalletError> {
+    let internal = |e: &dyn std::fmt::Display| WalletError::new(ReasonCode::INTERNAL, format!("making change: {e}"));
+    let missing_total = Amount::checked_sum(missing.iter().map(|d| d.value())).map_err(|e| internal(&e))?;
+    let rest = coin.value().checked_sub(missing_total).map_err(|e| internal(&e))?;
+    let mut want = missing.to_vec();
+    want.extend(Denomination::split(rest).map_err(|e| internal(&e))?);
+    Ok(want)
 }
 
 async fn pay(
@@ -305,7 +295,7 @@ async fn pay(
         Err(Outcome::Refused(reason)) => {
             // The merchant refused; whether its bank spent the coins is the bank's to say.
             tracing::info!(payment, %reason, "merchant refused the payment; resolving its coins");
-            set_state(w, payment, "refused_unresolved", &reason).await;
+            set_state(w, payment, PaymentState::RefusedUnresolved, &reason).await;
             let w2 = w.clone();
             // The claim goes with the task: maintenance does not resolve it alongside.
             tokio::spawn(async move {
@@ -332,17 +322,19 @@ enum Outcome {
     Unknown(String),
 }
 
-async fn set_state(w: &Arc<Wallet>, payment: i64, state: &'static str, reason: &str) {
+async fn set_state(w: &Arc<Wallet>, payment: i64, state: PaymentState, reason: &str) {
     let reason = reason.to_owned();
-    let _ =
+    let stored =
         w.db.call(move |c, _| {
-            c.execute(
-                "UPDATE payments SET state = ?2, reason = ?3, updated = ?4 WHERE id = ?1",
-                params![payment, state, reason, db::i(db::now())?],
-            )?;
+            let tx = c.transaction()?;
+            store::set_payment_state(&tx, payment, state, Some(&reason))?;
+            tx.commit()?;
             Ok(())
         })
         .await;
+    if let Err(e) = stored {
+        tracing::error!(payment, to = state.as_str(), error = %e, "payment state not stored");
+    }
 }
 
 async fn send_coins(
@@ -359,7 +351,7 @@ async fn send_coins(
         request_nonce: ask.body.nonce,
         coins,
         session_key: session_key.clone(),
-        nonce: Nonce::new(&mut rng::os(), w.local_ip(), db::now()),
+        nonce: Nonce::new(&mut rng::os(), w.local_ip(), store::now()),
     };
     let frame = Frame::seal_to(&mut rng::os(), &merchant.x25519, &pay).map_err(|e| Outcome::Unknown(e.to_string()))?;
     conn.send(frame).await.map_err(|e| Outcome::Unknown(format!("sending coins failed: {e}")))?;
@@ -382,17 +374,15 @@ async fn send_coins(
             if !ok {
                 return Err(Outcome::Unknown("the receipt does not match the payment".into()));
             }
-            let blob = bincode::serialize(&resp.receipt).unwrap_or_default();
+            let blob = bincode::serialize(&resp.receipt)
+                .map_err(|e| Outcome::Unknown(format!("the receipt cannot be stored: {e}")))?;
             let stored =
                 w.db.call(move |c, vault| {
                     let tx = c.transaction()?;
                     let serials: Vec<Serial> =
-                        db::coins_of(&tx, vault, "payment", payment)?.iter().map(|r| r.coin.serial()).collect();
-                    move_coins(&tx, &serials, CoinState::Spent, None, None)?;
-                    tx.execute(
-                        "UPDATE payments SET state = 'done', receipt = ?2, updated = ?3 WHERE id = ?1",
-                        params![payment, blob, db::i(db::now())?],
-                    )?;
+                        store::coins_of_payment(&tx, vault, payment)?.iter().map(|r| r.coin.serial()).collect();
+                    store::move_coins(&tx, &serials, CoinState::Spent, None, None)?;
+                    store::mark_payment_done(&tx, payment, &blob)?;
                     tx.commit()?;
                     Ok(())
                 })
@@ -407,5 +397,99 @@ async fn send_coins(
         Ok(Reply::Refused(r)) => Err(Outcome::Refused(format!("{} ({})", r.text.escaped(), r.code))),
         Ok(Reply::PlainRefused(p)) => Err(Outcome::Refused(format!("{} ({})", p.text.escaped(), p.code))),
         Err(e) => Err(Outcome::Unknown(format!("unreadable answer: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pmtp_proto::keys::Signed;
+    use pmtp_proto::testing::{samples, TestRng};
+    use pmtp_proto::text::Description;
+    use std::collections::HashSet;
+
+    /// A wallet with one bank (never contacted here) holding available coins of `values`.
+    fn wallet_with_coins(dir: &std::path::Path, values: &[u64]) -> Arc<Wallet> {
+        let parties = samples::parties();
+        let bank = parties.bank.public();
+        let mut config = crate::config::Config::default();
+        config.banks.push(crate::config::BankConfig {
+            id: bank.name.as_str().to_owned(),
+            addr: "127.0.0.1:9".into(),
+            public_key: bank.to_text(),
+            account: None,
+            account_name: None,
+        });
+        let db = store::Db::open(&dir.join("wallet.db"), store::Vault::new(&parties.buyer)).unwrap();
+        let mut rng = TestRng(5);
+        let coins: Vec<Coin> =
+            values.iter().map(|&v| samples::coin(&parties.bank, &mut rng, v, store::now() + 3600)).collect();
+        db.with(|c| {
+            let tx = c.transaction()?;
+            store::insert_coins(&tx, &db.vault, &coins, CoinState::Available, None)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .unwrap();
+        Arc::new(Wallet::new(config, crate::DataDir(dir.to_owned()), parties.buyer, db).unwrap())
+    }
+
+    fn ask(amount: u64) -> (AskPaymentRequest, PeerKeys) {
+        let merchant = samples::parties().merchant;
+        let ask = Signed::sign(
+            AskPayment {
+                amount: Amount::new(amount),
+                merchant: merchant.public(),
+                description: Description::new("a book").unwrap(),
+                accepted_banks: vec![],
+                nonce: Nonce::new(&mut rng::os(), [127, 0, 0, 1].into(), store::now()),
+            },
+            &merchant.signing,
+        )
+        .unwrap();
+        let keys = ask.body.merchant.parse().unwrap();
+        (ask, keys)
+    }
+
+    fn available(w: &Wallet) -> usize {
+        w.db.with(|c| store::coins_in(c, &w.db.vault, CoinState::Available, None)).unwrap().len()
+    }
+
+    async fn reserve_one(w: Arc<Wallet>, amount: u64) -> Result<(i64, Vec<Coin>), WalletError> {
+        let (ask, keys) = ask(amount);
+        reserve(&w, &ask, &keys, [127, 0, 0, 1].into()).await.map(|(id, coins, _claim)| (id, coins))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_payments_never_choose_the_same_coin() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = wallet_with_coins(dir.path(), &[8; 8]);
+        let tasks: Vec<_> = (0..8).map(|_| tokio::spawn(reserve_one(w.clone(), 8))).collect();
+        let mut chosen = HashSet::new();
+        for t in tasks {
+            let (_, coins) = t.await.unwrap().expect("every payment finds a coin of its own");
+            for c in coins {
+                assert!(chosen.insert(c.serial()), "coin {} chosen twice", c.serial());
+            }
+        }
+        assert_eq!(chosen.len(), 8);
+        assert_eq!(available(&w), 0);
+        let ninth = reserve_one(w.clone(), 8).await.map(|_| ()).unwrap_err();
+        assert_eq!(ninth.code, ReasonCode::NOT_ENOUGH_MONEY);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_payment_chooses_no_coin_while_the_coin_lock_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = wallet_with_coins(dir.path(), &[8, 8]);
+        let locked = w.coin_lock.lock().await;
+        let task = tokio::spawn(reserve_one(w.clone(), 8));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!task.is_finished());
+        assert_eq!(available(&w), 2, "nothing chosen or marked while another holds the lock");
+        drop(locked);
+        let (_, coins) = task.await.unwrap().unwrap();
+        assert_eq!(coins.len(), 1);
+        assert_eq!(available(&w), 1, "the chosen coin is pending once the lock is let go");
     }
 }

@@ -10,12 +10,11 @@
 //! "description": "..."}`, ... (see [`Request`]). Answer: `{"ok": true, "result": ...}` or
 //! `{"ok": false, "code": 43, "label": "not_enough_money", "error": "..."}`.
 
-use crate::db::{self, CoinState};
 use crate::ops;
+use crate::store::{self, CoinState, Direction};
 use crate::{checked_amount, Wallet, WalletError};
 use futures::{SinkExt, StreamExt};
 use pmtp_proto::{Amount, ReasonCode};
-use rusqlite::params;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -161,7 +160,7 @@ fn bank_or_default(w: &Wallet, bank: Option<String>, need_account: bool) -> Resu
 async fn handle(w: &Arc<Wallet>, req: Request) -> Result<Value, WalletError> {
     match req {
         Request::Balance => {
-            let b = w.db.call(|c, vault| db::balance(c, vault)).await?;
+            let b = w.db.call(|c, vault| store::balance(c, vault)).await?;
             let mut banks: std::collections::BTreeMap<String, Value> = Default::default();
             let mut available = 0u64;
             for (bank, value, count, state) in b.coins {
@@ -227,7 +226,7 @@ async fn handle(w: &Arc<Wallet>, req: Request) -> Result<Value, WalletError> {
             )
         }
         Request::Pending => {
-            let now = db::now();
+            let now = store::now();
             let p = w.pending.lock().map_err(|_| WalletError::new(ReasonCode::INTERNAL, "internal error"))?;
             Ok(Value::Array(
                 p.values()
@@ -257,24 +256,18 @@ async fn handle(w: &Arc<Wallet>, req: Request) -> Result<Value, WalletError> {
         }
         Request::History => history(w).await,
         Request::Merchants => {
-            let rows = w
-                .db
-                .call(|c, _| {
-                    let mut st = c.prepare("SELECT name, fingerprint, first_seen, last_seen FROM merchants ORDER BY name")?;
-                    let v = st
-                        .query_map([], |r| {
-                            Ok(json!({"name": pmtp_proto::text::escape_control(&r.get::<_, String>(0)?), "fingerprint": r.get::<_, String>(1)?,
-                                      "first_seen": r.get::<_, i64>(2)?, "last_seen": r.get::<_, i64>(3)?}))
-                        })?
-                        .collect::<Result<Vec<_>, _>>()?;
-                    Ok(v)
-                })
-                .await?;
-            Ok(Value::Array(rows))
+            let rows = w.db.call(|c, _| store::pinned_merchants(c)).await?;
+            Ok(Value::Array(
+                rows.into_iter()
+                    .map(|m| {
+                        json!({"name": pmtp_proto::text::escape_control(&m.name), "fingerprint": m.fingerprint,
+                               "first_seen": m.first_seen, "last_seen": m.last_seen})
+                    })
+                    .collect(),
+            ))
         }
         Request::Forget { name } => {
-            let n =
-                w.db.call(move |c, _| Ok(c.execute("DELETE FROM merchants WHERE name = ?1", params![name])?)).await?;
+            let n = w.db.call(move |c, _| store::forget_merchant(c, &name)).await?;
             Ok(json!({"forgotten": n}))
         }
         Request::Collect { from, amount, description } => {
@@ -293,59 +286,33 @@ fn bank_entry<'a>(banks: &'a mut std::collections::BTreeMap<String, Value>, bank
 }
 
 async fn history(w: &Arc<Wallet>) -> Result<Value, WalletError> {
-    let rows = w
-        .db
-        .call(|c, _| {
-            let mut st = c.prepare(
-                "SELECT id, direction, state, peer, merchant, merchant_fp, amount, description, receipt, reason, created, updated
-                 FROM payments ORDER BY id DESC LIMIT 1000",
-            )?;
-            let v = st
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, String>(5)?,
-                        r.get::<_, i64>(6)?,
-                        r.get::<_, String>(7)?,
-                        r.get::<_, Option<Vec<u8>>>(8)?,
-                        r.get::<_, String>(9)?,
-                        r.get::<_, i64>(10)?,
-                    ))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(v)
-        })
-        .await?;
+    let rows = w.db.call(|c, _| store::payment_history(c, 1000)).await?;
     let mut out = Vec::new();
-    for (id, dir, state, peer, merchant, fp, amount, desc, receipt, reason, created) in rows {
+    for p in rows {
         // A receipt is shown with whether it verifies against the pinned merchant key.
-        let receipt_valid = receipt.as_ref().and_then(|b| {
+        let receipt_valid = p.receipt.as_ref().and_then(|b| {
             let r: pmtp_proto::Signed<pmtp_proto::Receipt> = bincode::deserialize(b).ok()?;
-            let key = if dir == "in" { Some(w.public.clone()) } else { pinned_identity(w, &merchant) };
+            let key = match p.direction {
+                Direction::In => Some(w.public.clone()),
+                Direction::Out => pinned_identity(w, &p.merchant),
+            };
             Some(key?.parse().ok().map(|k| r.verify(&k.verifying).is_ok()).unwrap_or(false))
         });
         // Names, descriptions and reasons may hold what a peer wrote.
         use pmtp_proto::text::escape_control;
         out.push(json!({
-            "id": id, "direction": dir, "state": state, "peer": peer,
-            "merchant": escape_control(&merchant), "merchant_fingerprint": fp,
-            "amount": amount, "description": escape_control(&desc),
-            "receipt": receipt.map(hex::encode), "receipt_valid": receipt_valid,
-            "reason": escape_control(&reason), "time": created,
+            "id": p.id, "direction": p.direction.as_str(), "state": p.state.as_str(), "peer": p.peer,
+            "merchant": escape_control(&p.merchant), "merchant_fingerprint": p.merchant_fp,
+            "amount": p.amount.minor_units(), "description": escape_control(&p.description),
+            "receipt": p.receipt.map(hex::encode), "receipt_valid": receipt_valid,
+            "reason": escape_control(&p.reason), "time": p.created,
         }));
     }
     Ok(Value::Array(out))
 }
 
 fn pinned_identity(w: &Wallet, merchant: &str) -> Option<pmtp_proto::PublicIdentity> {
-    let blob: Vec<u8> = w
-        .db
-        .with(|c| Ok(c.query_row("SELECT identity FROM merchants WHERE name = ?1", params![merchant], |r| r.get(0))?))
-        .ok()?;
+    let blob = w.db.with(|c| store::pinned_identity(c, merchant)).ok()??;
     bincode::deserialize(&blob).ok()
 }
 

@@ -5,10 +5,14 @@
 //! collects payments as a merchant, and deals with banks.
 //!
 //! - [`config`]: TOML configuration.
-//! - [`db`]: durable state, coin states and their transition table.
-//! - [`ops`]: withdraw, deposit, exchange, and the recovery of unfinished operations.
+//! - [`store`]: durable state, the only SQL: coins, payments, operations, merchants, each
+//!   state and kind an enum with its transition table.
+//! - [`ops`]: withdraw, deposit, exchange as crash-safe operations; resolving a payment
+//!   without a receipt.
 //! - [`buyer`]: answering ask_payment_request: consent, coin choice, pay_coins.
 //! - [`merchant`]: `collect`: ask a buyer's wallet, validate coins at the bank, receipt.
+//! - [`recovery`]: the maintenance round that finishes unfinished work; above buyer,
+//!   merchant and ops, which never call it.
 //! - [`peer`]: the PMTP listener for other wallets.
 //! - [`control`]: the local control socket (JSON lines) and its client.
 
@@ -17,10 +21,11 @@
 pub mod buyer;
 pub mod config;
 pub mod control;
-pub mod db;
 pub mod merchant;
 pub mod ops;
 pub mod peer;
+pub mod recovery;
+pub mod store;
 
 use bank_daemon::client::BankClient;
 use pmtp_proto::keys::{Identity, PublicIdentity};
@@ -47,11 +52,11 @@ impl WalletError {
     }
 }
 
-impl From<db::DbError> for WalletError {
-    fn from(e: db::DbError) -> Self {
+impl From<store::DbError> for WalletError {
+    fn from(e: store::DbError) -> Self {
         match e {
             // A peer sent a coin this wallet already has: the peer's doing, not a fault here.
-            db::DbError::DuplicateCoin(serial) => WalletError::new(
+            store::DbError::DuplicateCoin(serial) => WalletError::new(
                 ReasonCode::DUPLICATE_COIN,
                 format!("coin {serial} was already received by this wallet (paid twice, or from a copied wallet)"),
             ),
@@ -170,14 +175,14 @@ pub struct Wallet {
     pub dir: DataDir,
     pub identity: Identity,
     pub public: PublicIdentity,
-    pub db: db::Db,
+    pub db: store::Db,
     pub banks: HashMap<String, BankEntry>,
     pub nonces: Mutex<NonceChecker>,
     pub pending: Mutex<BTreeMap<u64, PendingRequest>>,
     pub next_pending: AtomicU64,
-    /// Held while choosing coins and marking them pending, so two payments never pick the
-    /// same coin.
-    pub coin_lock: tokio::sync::Mutex<()>,
+    /// Held while choosing available coins and marking them pending, so two payments or
+    /// operations never pick the same coin.
+    pub coin_lock: ops::CoinLock,
     /// Payments (outgoing or incoming) whose exchange with the peer is in progress (not to
     /// be resolved or validated by maintenance).
     pub in_flight: Claims,
@@ -191,7 +196,7 @@ pub struct Wallet {
 }
 
 impl Wallet {
-    pub fn new(config: config::Config, dir: DataDir, identity: Identity, db: db::Db) -> Result<Wallet, WalletError> {
+    pub fn new(config: config::Config, dir: DataDir, identity: Identity, db: store::Db) -> Result<Wallet, WalletError> {
         config.validate().map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?;
         let bind_ip = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
         let mut banks = HashMap::new();
@@ -225,7 +230,7 @@ impl Wallet {
             nonces: Mutex::new(nonces),
             pending: Mutex::new(BTreeMap::new()),
             next_pending: AtomicU64::new(1),
-            coin_lock: tokio::sync::Mutex::new(()),
+            coin_lock: ops::CoinLock::default(),
             in_flight: Claims::default(),
             ops_in_flight: Claims::default(),
             recovered: AtomicBool::new(false),
@@ -285,7 +290,7 @@ pub async fn run_daemon(dir: DataDir, cfg: config::Config, passphrase: &str) -> 
     let bytes = pmtp_proto::keyfile::fs::read_private(&dir.key())?;
     let identity = pmtp_proto::keyfile::open_identity(&bytes, passphrase.as_bytes())
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.key().display()))?;
-    let db = db::Db::open(&dir.database(), db::Vault::new(&identity))?;
+    let db = store::Db::open(&dir.database(), store::Vault::new(&identity))?;
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let local = listener.local_addr()?;
@@ -307,7 +312,7 @@ pub async fn run_daemon(dir: DataDir, cfg: config::Config, passphrase: &str) -> 
             loop {
                 tokio::select! {
                     _ = token.cancelled() => break,
-                    _ = ops::maintenance(&w) => {}
+                    _ = recovery::maintenance(&w) => {}
                 }
                 if !w.recovered.swap(true, std::sync::atomic::Ordering::SeqCst) {
                     tracing::info!("start-up recovery done");

@@ -361,7 +361,9 @@ fn print_human(out: &mut impl Write, req: &Request, v: &Value) -> std::io::Resul
         }
         Request::Collect { .. } => match v["outcome"].as_str() {
             Some("paid") => writeln!(out, "paid: {} (payment #{})", v["amount"], v["payment"])?,
-            _ => writeln!(out, "refused: {} ({})", text(&v["reason"]), text(&v["label"]))?,
+            Some("refused") => writeln!(out, "refused: {} ({})", text(&v["reason"]), text(&v["label"]))?,
+            // An outcome this client does not know is shown as it came, never as a refusal.
+            _ => writeln!(out, "{}", serde_json::to_string_pretty(v).unwrap_or_default())?,
         },
         _ => writeln!(out, "{}", serde_json::to_string_pretty(v).unwrap_or_default())?,
     }
@@ -398,7 +400,7 @@ fn init(
     if !dir.config().exists() {
         keyfile::fs::write_atomic(&dir.config(), cfg.commented_toml().as_bytes(), 0o600)?;
     }
-    wallet_daemon::db::Db::open(&dir.database(), wallet_daemon::db::Vault::new(&identity))?;
+    wallet_daemon::store::Db::open(&dir.database(), wallet_daemon::store::Vault::new(&identity))?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "created wallet {name} in {}", dir.0.display())?;
     writeln!(out, "public key: {} (fingerprint {})", dir.public().display(), public.fingerprint())?;

@@ -8,8 +8,8 @@
 //! when the wallet stops are validated on the next start.
 
 use crate::config::Validate;
-use crate::db::{self, coins_of, insert_coins, CoinState};
-use crate::ops::{self, OpKind};
+use crate::ops;
+use crate::store::{self, CoinState, Direction, OpKind, PaymentState};
 use crate::{Wallet, WalletError};
 use futures::{SinkExt, StreamExt};
 use pmtp_proto::codec::PmtpCodec;
@@ -17,7 +17,6 @@ use pmtp_proto::keys::Signed;
 use pmtp_proto::refusal::reason_text;
 use pmtp_proto::text::{BankId, Description};
 use pmtp_proto::*;
-use rusqlite::params;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -99,7 +98,7 @@ async fn collect_inner(
             merchant: w.public.clone(),
             description: description.clone(),
             accepted_banks: accepted.iter().filter_map(|b| BankId::new(b.clone()).ok()).collect(),
-            nonce: Nonce::new(&mut rng::os(), local, db::now()),
+            nonce: Nonce::new(&mut rng::os(), local, store::now()),
         },
         &w.identity.signing,
     )
@@ -153,22 +152,16 @@ async fn collect_inner(
             description_hash: description_hash(description.as_str()),
             coins_hash: pmtp_proto::coin::coins_hash(pay.coins.iter().map(|c| &c.0.body.serial)),
             request: ask.body.nonce.random,
-            time: db::now(),
+            time: store::now(),
         },
         &w.identity.signing,
     )
     .map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?;
-    let blob = bincode::serialize(&receipt).unwrap_or_default();
+    let blob = bincode::serialize(&receipt).map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?;
     let validated = match op {
         Some(op) => {
             let b2 = blob.clone();
-            let done: ops::OnDone = Box::new(move |tx| {
-                tx.execute(
-                    "UPDATE payments SET state = 'done', receipt = ?2, updated = ?3 WHERE id = ?1",
-                    params![payment, b2, db::i(db::now())?],
-                )?;
-                Ok(())
-            });
+            let done: ops::OnDone = Box::new(move |tx| store::mark_payment_done(tx, payment, &b2).map(|_| ()));
             match ops::run_op_then(w, &op, vec![], Some(done)).await {
                 Ok(_) => Ok(()),
                 Err(e) => Err(fail_payment(w, payment, e).await.unwrap_or_else(|e| e)),
@@ -179,7 +172,9 @@ async fn collect_inner(
             if r.is_ok() {
                 let b2 = blob.clone();
                 w.db.call(move |c, _| {
-                    c.execute("UPDATE payments SET receipt = ?2 WHERE id = ?1", params![payment, b2])?;
+                    let tx = c.transaction()?;
+                    store::store_receipt(&tx, payment, &b2)?;
+                    tx.commit()?;
                     Ok(())
                 })
                 .await?;
@@ -192,7 +187,7 @@ async fn collect_inner(
         refuse(w, &mut conn, &key, &e).await;
         return Ok(Collected::refused(&e));
     }
-    let resp = PayCoinsResponse { receipt, nonce: Nonce::new(&mut rng::os(), local, db::now()) };
+    let resp = PayCoinsResponse { receipt, nonce: Nonce::new(&mut rng::os(), local, store::now()) };
     if let Ok(f) = Frame::seal_session(&mut rng::os(), &key, &resp) {
         // The money is ours once validated; a lost receipt is the buyer's to resolve.
         let _ = conn.send(f).await;
@@ -219,10 +214,10 @@ fn check_payment(
     w.nonces
         .lock()
         .map_err(|_| WalletError::new(ReasonCode::INTERNAL, "internal error"))?
-        .check(&pay.nonce, peer, db::now())
+        .check(&pay.nonce, peer, store::now())
         .map_err(|e| WalletError::new(ReasonCode::from(e), e.to_string()))?;
     let mut seen = HashSet::new();
-    let now = db::now();
+    let now = store::now();
     let mut total = Amount::ZERO;
     for c in &pay.coins {
         if !seen.insert(c.serial()) {
@@ -273,17 +268,16 @@ async fn record(
     pay: &PayCoinsRequest,
     ask: &AskPayment,
     peer: std::net::IpAddr,
-) -> Result<(i64, Option<ops::Op>, Vec<crate::Claim>), WalletError> {
+) -> Result<(i64, Option<store::Op>, Vec<crate::Claim>), WalletError> {
     let coins = pay.coins.clone();
-    let record = db::NewPayment {
-        direction: "in",
-        state: "received",
+    let record = store::NewPayment {
+        direction: Direction::In,
         peer: peer.to_string(),
         merchant: w.public.name.as_str().to_owned(),
         merchant_fp: w.public.fingerprint().to_string(),
         amount: ask.amount,
         description: ask.description.as_str().to_owned(),
-        request: bincode::serialize(&ask.nonce).unwrap_or_default(),
+        request: bincode::serialize(&ask.nonce).map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?,
     };
     let mut banks: Vec<String> = coins.iter().map(|c| validation_bank(w, c)).collect();
     banks.dedup();
@@ -295,13 +289,20 @@ async fn record(
     let (payment, op_id, claims) =
         w.db.call(move |c, vault| {
             let tx = c.transaction()?;
-            let id = db::insert_payment(&tx, &record)?;
-            insert_coins(&tx, vault, &coins, CoinState::Received, Some(id))?;
+            let id = store::insert_payment(&tx, &record)?;
+            store::insert_coins(&tx, vault, &coins, CoinState::Received, Some(id))?;
             let serials: Vec<Serial> = coins.iter().map(|c| c.serial()).collect();
             let op = match &b {
-                Some(bank) => {
-                    Some(ops::start_op(&tx, vault, kind, bank, &request_id, Some(id), &serials, CoinState::Received)?)
-                }
+                Some(bank) => Some(store::start_coin_op(
+                    &tx,
+                    vault,
+                    kind,
+                    bank,
+                    &request_id,
+                    Some(id),
+                    &serials,
+                    CoinState::Received,
+                )?),
                 None => None,
             };
             // Claimed before they are visible: maintenance leaves this payment and its
@@ -314,7 +315,7 @@ async fn record(
         .await?;
     let op = match (op_id, one_bank) {
         (Some(id), Some(bank)) => {
-            Some(ops::Op { id, kind, bank, request_id, amount: ask.amount, payment: Some(payment), secret: None })
+            Some(store::Op { id, kind, bank, request_id, amount: ask.amount, payment: Some(payment), secret: None })
         }
         _ => None,
     };
@@ -326,21 +327,19 @@ async fn record(
 /// outcome is unknown (retried later). Returns what to tell the buyer.
 async fn fail_payment(w: &Arc<Wallet>, payment: i64, e: WalletError) -> Result<WalletError, WalletError> {
     let definitive = e.code.is_definitive();
-    let state = if definitive { "refused" } else { "received" };
+    // An ambiguous failure leaves the payment received (its reason noted), for a retry.
+    let state = if definitive { PaymentState::Refused } else { PaymentState::Received };
     let reason = e.text.clone();
     w.db.call(move |c, vault| {
         let tx = c.transaction()?;
-        tx.execute(
-            "UPDATE payments SET state = ?2, reason = ?3, updated = ?4 WHERE id = ?1",
-            params![payment, state, reason, db::i(db::now())?],
-        )?;
+        store::set_payment_state(&tx, payment, state, Some(&reason))?;
         if definitive {
-            let left: Vec<Serial> = coins_of(&tx, vault, "payment", payment)?
+            let left: Vec<Serial> = store::coins_of_payment(&tx, vault, payment)?
                 .iter()
                 .filter(|r| r.state == CoinState::Received)
                 .map(|r| r.coin.serial())
                 .collect();
-            db::move_coins(&tx, &left, CoinState::Spent, None, None)?;
+            store::move_coins(&tx, &left, CoinState::Spent, None, None)?;
         }
         tx.commit()?;
         Ok(())
@@ -365,7 +364,7 @@ async fn refuse(
     let r = PayCoinsRefusal(Refusal {
         code: e.code,
         text: reason_text(&e.text),
-        nonce: Nonce::new(&mut rng::os(), w.local_ip(), db::now()),
+        nonce: Nonce::new(&mut rng::os(), w.local_ip(), store::now()),
     });
     if let Ok(f) = Frame::seal_session(&mut rng::os(), key, &r) {
         let _ = conn.send(f).await;
@@ -376,7 +375,7 @@ async fn refuse(
 /// payment is done; a definitive refusal fails it; an ambiguous failure leaves the coins
 /// received for the next maintenance round (the same deposit request is retried).
 pub async fn validate_received(w: &Arc<Wallet>, payment: i64) -> Result<(), WalletError> {
-    let rows = w.db.call(move |c, vault| coins_of(c, vault, "payment", payment)).await?;
+    let rows = w.db.call(move |c, vault| store::coins_of_payment(c, vault, payment)).await?;
     let mut by_bank: BTreeMap<String, Vec<Serial>> = BTreeMap::new();
     for r in rows.iter().filter(|r| r.state == CoinState::Received) {
         by_bank.entry(validation_bank(w, &r.coin)).or_default().push(r.coin.serial());
@@ -386,33 +385,22 @@ pub async fn validate_received(w: &Arc<Wallet>, payment: i64) -> Result<(), Wall
         // A previous attempt may have left an unfinished operation for these coins: it is
         // retried by maintenance under its request id, never started afresh.
         let first = serials[0];
-        let open: i64 = w
-            .db
-            .call(move |c, _| {
-                Ok(c.query_row(
-                    "SELECT COUNT(*) FROM ops o JOIN coins k ON k.op = o.id WHERE k.serial = ?1 AND o.state = 'started'",
-                    params![&first.0[..]],
-                    |r| r.get(0),
-                )?)
-            })
-            .await?;
-        if open > 0 {
+        if w.db.call(move |c, _| store::coin_has_started_op(c, &first)).await? {
             return Err(WalletError::new(
                 ReasonCode::PEER_BANK_UNAVAILABLE,
                 "the bank has not confirmed the coins yet",
             ));
         }
         if let Err(e) =
-            ops::exchange_or_deposit(w, kind, &bank, serials, CoinState::Received, vec![], Some(payment)).await
+            ops::exchange_or_deposit(w, kind, &bank, serials, ops::Taking::Received, vec![], Some(payment)).await
         {
             return Err(fail_payment(w, payment, e).await?);
         }
     }
     w.db.call(move |c, _| {
-        c.execute(
-            "UPDATE payments SET state = 'done', updated = ?2 WHERE id = ?1 AND direction = 'in'",
-            params![payment, db::i(db::now())?],
-        )?;
+        let tx = c.transaction()?;
+        store::set_payment_state(&tx, payment, PaymentState::Done, None)?;
+        tx.commit()?;
         Ok(())
     })
     .await?;

@@ -10,117 +10,20 @@
 //! further, with nobody asking.
 //!
 //! Outgoing payments whose outcome is unknown (no receipt) are resolved by exchanging their
-//! coins: new coins back if they were unspent; a refusal proves they were spent.
+//! coins ([`resolve_payment`]): new coins back if they were unspent; a refusal proves they
+//! were spent.
+//!
+//! Available coins are chosen under the wallet's [`CoinLock`], held until the operation
+//! that takes them has committed them as pending ([`begin_op`] with
+//! [`Taking::Available`], which needs the held lock), so no two operations or payments
+//! ever choose the same coin. This module uses only the store; the recovery of
+//! unfinished work (`crate::recovery`) sits above it, and above buyer and merchant.
 
-use crate::db::{self, coins_in, coins_of, insert_coins, move_coins, CoinState, DbError};
-use crate::{Wallet, WalletError};
+use crate::store::{self, CoinState, DbError, Op, OpKind, OpState, PaymentState};
+use crate::{Claim, Wallet, WalletError};
 use bank_daemon::client::ClientError;
 use pmtp_proto::{Amount, Coin, Denomination, ReasonCode, Serial};
-use rusqlite::{params, OptionalExtension};
 use std::sync::Arc;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpKind {
-    Withdraw,
-    Exchange,
-    Deposit,
-}
-
-impl OpKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OpKind::Withdraw => "withdraw",
-            OpKind::Exchange => "exchange",
-            OpKind::Deposit => "deposit",
-        }
-    }
-}
-
-impl OpKind {
-    pub fn parse(s: &str) -> Result<Self, DbError> {
-        Ok(match s {
-            "withdraw" => OpKind::Withdraw,
-            "exchange" => OpKind::Exchange,
-            "deposit" => OpKind::Deposit,
-            _ => return Err(DbError::Other(format!("unknown operation kind {s:?}"))),
-        })
-    }
-}
-
-/// Where an operation is. Stored in `ops.state`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpState {
-    /// Recorded; its request may have been sent, and is sent again (same request id)
-    /// until the bank answers.
-    Started,
-    /// The bank answered with success; its effect is stored.
-    Done,
-    /// The bank refused it for good, and the person was told so; never sent again.
-    Failed,
-}
-
-impl OpState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OpState::Started => "started",
-            OpState::Done => "done",
-            OpState::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Self, DbError> {
-        Ok(match s {
-            "started" => OpState::Started,
-            "done" => OpState::Done,
-            "failed" => OpState::Failed,
-            _ => return Err(DbError::Other(format!("unknown operation state {s:?}"))),
-        })
-    }
-
-    /// The transition table: `done` and `failed` are final.
-    ///
-    /// | from | to | when |
-    /// |---|---|---|
-    /// | started | done | the bank's success is stored |
-    /// | started | failed | a definitive refusal (the request id is retired) |
-    pub fn can_become(self, to: OpState) -> bool {
-        matches!((self, to), (OpState::Started, OpState::Done) | (OpState::Started, OpState::Failed))
-    }
-}
-
-/// Ends operation `id` in `to` (with `reason` if failed), and forgets its stored secret.
-/// Ending it twice in the same state is a no-op (a retry that raced its original); any
-/// other move outside the table is refused, so a failed operation can never turn done.
-pub fn end_op(tx: &rusqlite::Transaction<'_>, id: i64, to: OpState, reason: &str) -> Result<(), DbError> {
-    let from: String = tx
-        .query_row("SELECT state FROM ops WHERE id = ?1", params![id], |r| r.get(0))
-        .optional()?
-        .ok_or_else(|| DbError::Other(format!("no operation {id}")))?;
-    let from = OpState::parse(&from)?;
-    if from == to {
-        return Ok(());
-    }
-    if !from.can_become(to) {
-        return Err(DbError::Other(format!("operation {id} cannot go from {} to {}", from.as_str(), to.as_str())));
-    }
-    tx.execute(
-        "UPDATE ops SET state = ?2, secret = NULL, reason = ?3 WHERE id = ?1",
-        params![id, to.as_str(), reason],
-    )?;
-    Ok(())
-}
-
-/// An operation row.
-#[derive(Clone, Debug)]
-pub struct Op {
-    pub id: i64,
-    pub kind: OpKind,
-    pub bank: String,
-    pub request_id: [u8; 16],
-    pub amount: Amount,
-    pub payment: Option<i64>,
-    pub secret: Option<Vec<u8>>,
-}
 
 fn is_ambiguous(e: &ClientError) -> bool {
     !matches!(e, ClientError::Refused(r) if r.code.is_definitive())
@@ -153,16 +56,11 @@ pub async fn withdraw(w: &Arc<Wallet>, bank: &str, amount: Amount, password: &st
     let request_id: [u8; 16] = pmtp_proto::rng::bytes(&mut pmtp_proto::rng::os());
     let (b, pw) = (bank.to_owned(), password.to_owned());
     let claims = w.ops_in_flight.clone();
-    let (op_id, _claim) = w
-        .db
-        .call(move |c, vault| {
+    let (op_id, _claim) =
+        w.db.call(move |c, vault| {
             let secret = vault.seal(b"withdraw password", pw.as_bytes())?;
             let tx = c.transaction()?;
-            tx.execute(
-                "INSERT INTO ops(kind, state, bank_id, request_id, amount, secret, created) VALUES ('withdraw', 'started', ?1, ?2, ?3, ?4, ?5)",
-                params![b, &request_id[..], db::i(amount.minor_units())?, secret, db::i(db::now())?],
-            )?;
-            let id = tx.last_insert_rowid();
+            let id = store::insert_withdraw(&tx, &b, &request_id, amount, &secret)?;
             // Claimed before it is visible: maintenance does not send it alongside us.
             let claim = claims.claim(id);
             tx.commit()?;
@@ -196,13 +94,8 @@ async fn run_withdraw(w: &Arc<Wallet>, op: &Op, password: &str, first_attempt: b
             w.db.call(move |c, vault| {
                 let tx = c.transaction()?;
                 // A retry after a crash may find the coins already stored.
-                let known: Option<i64> = tx
-                    .query_row("SELECT 1 FROM coins WHERE serial = ?1", params![&coins[0].serial().0[..]], |r| r.get(0))
-                    .optional()?;
-                if known.is_none() {
-                    insert_coins(&tx, vault, &coins, CoinState::Available, None)?;
-                }
-                end_op(&tx, op_id, OpState::Done, "")?;
+                store::insert_issued_coins(&tx, vault, &coins)?;
+                store::end_op(&tx, op_id, OpState::Done, "")?;
                 tx.commit()?;
                 Ok(())
             })
@@ -214,7 +107,7 @@ async fn run_withdraw(w: &Arc<Wallet>, op: &Op, password: &str, first_attempt: b
             let reason = e.to_string();
             w.db.call(move |c, _| {
                 let tx = c.transaction()?;
-                end_op(&tx, op_id, OpState::Failed, &reason)?;
+                store::end_op(&tx, op_id, OpState::Failed, &reason)?;
                 tx.commit()?;
                 Ok(())
             })
@@ -229,53 +122,78 @@ async fn run_withdraw(w: &Arc<Wallet>, op: &Op, password: &str, first_attempt: b
     }
 }
 
-/// Records an exchange or deposit operation and tags its coins, inside `tx` (so it can
-/// share a transaction with whatever made the coins ours). Coins in `from = Available`
-/// become pending; received coins stay received until the bank answers.
-#[allow(clippy::too_many_arguments)]
-pub fn start_op(
-    tx: &rusqlite::Transaction<'_>,
-    vault: &db::Vault,
-    kind: OpKind,
-    bank: &str,
-    request_id: &[u8; 16],
-    payment: Option<i64>,
-    serials: &[Serial],
-    from: CoinState,
-) -> Result<i64, DbError> {
-    tx.execute(
-        "INSERT INTO ops(kind, state, bank_id, request_id, amount, payment, created) VALUES (?1, 'started', ?2, ?3, 0, ?4, ?5)",
-        params![kind.as_str(), bank, &request_id[..], payment, db::i(db::now())?],
-    )?;
-    let op_id = tx.last_insert_rowid();
-    if from == CoinState::Available {
-        move_coins(tx, serials, CoinState::Pending, None, Some(op_id))?;
-    } else {
-        for s in serials {
-            tx.execute("UPDATE coins SET op = ?2 WHERE serial = ?1", params![&s.0[..], op_id])?;
+/// Serialises the choice of available coins: held from reading which coins are available
+/// until the payment or operation that takes them has committed them as pending, so two
+/// never choose the same coin. Only [`CoinLock::lock`] makes a [`CoinsLocked`], and
+/// taking available coins ([`Taking::Available`]) needs one, borrowed until the coins are
+/// marked: the lock cannot be let go between the choice and the mark.
+#[derive(Default)]
+pub struct CoinLock(tokio::sync::Mutex<()>);
+
+/// The held [`CoinLock`]; released on drop.
+pub struct CoinsLocked<'a>(#[allow(dead_code)] tokio::sync::MutexGuard<'a, ()>);
+
+impl CoinLock {
+    /// Waits for the lock (first come, first served).
+    pub async fn lock(&self) -> CoinsLocked<'_> {
+        CoinsLocked(self.0.lock().await)
+    }
+}
+
+/// The coins an operation takes, by their state now.
+#[derive(Clone, Copy)]
+pub enum Taking<'a> {
+    /// Available coins, chosen under the held coin lock: they become pending in the
+    /// transaction that records the operation.
+    Available(&'a CoinsLocked<'a>),
+    /// Our coins, already pending (a payment without a receipt, a coin retried alone).
+    Pending,
+    /// Coins received from a buyer, validated by a merchant.
+    Received,
+}
+
+impl Taking<'_> {
+    fn state(self) -> CoinState {
+        match self {
+            Taking::Available(_) => CoinState::Available,
+            Taking::Pending => CoinState::Pending,
+            Taking::Received => CoinState::Received,
         }
     }
-    let total: i64 = coins_of(tx, vault, "op", op_id)?.iter().map(|r| r.coin.value().minor_units() as i64).sum();
-    tx.execute("UPDATE ops SET amount = ?2 WHERE id = ?1", params![op_id, total])?;
-    Ok(op_id)
 }
 
 /// Work to do in the same transaction as an operation's success (a merchant marks the
 /// payment done and stores the receipt there).
 pub type OnDone = Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> Result<(), DbError> + Send>;
 
-/// Exchanges (or deposits) coins now in `from` state at their bank, as one operation.
-/// `denominations` applies to exchanges (empty: the bank's split). Returns the new coins
-/// of an exchange (already stored as available).
+/// Exchanges (or deposits) coins at their bank, as one operation
+/// ([`begin_op`], then [`run_op_then`]). `denominations` applies to exchanges (empty: the
+/// bank's split). Returns the new coins of an exchange (already stored as available).
 pub async fn exchange_or_deposit(
     w: &Arc<Wallet>,
     kind: OpKind,
     bank: &str,
     serials: Vec<Serial>,
-    from: CoinState,
+    from: Taking<'_>,
     denominations: Vec<Denomination>,
     payment: Option<i64>,
 ) -> Result<Vec<Coin>, WalletError> {
+    let (op, _claim) = begin_op(w, kind, bank, serials, from, payment).await?;
+    run_op_then(w, &op, denominations, None).await
+}
+
+/// Records an exchange or deposit of coins and commits it, with its coins marked
+/// (available ones become pending, under the lock their choice was made under), before
+/// anything is sent. Returns the operation and the claim on it (maintenance leaves it to
+/// the caller while the claim is held).
+pub async fn begin_op(
+    w: &Arc<Wallet>,
+    kind: OpKind,
+    bank: &str,
+    serials: Vec<Serial>,
+    from: Taking<'_>,
+    payment: Option<i64>,
+) -> Result<(Op, Option<Claim>), WalletError> {
     let entry = w.bank(bank)?;
     if kind == OpKind::Deposit && entry.account.is_none() {
         return Err(WalletError::new(
@@ -286,25 +204,19 @@ pub async fn exchange_or_deposit(
     let request_id: [u8; 16] = pmtp_proto::rng::bytes(&mut pmtp_proto::rng::os());
     let b = bank.to_owned();
     let claims = w.ops_in_flight.clone();
-    let (op_id, _claim) =
+    let from = from.state();
+    let (op_id, claim) =
         w.db.call(move |c, vault| {
             let tx = c.transaction()?;
-            let op_id = start_op(&tx, vault, kind, &b, &request_id, payment, &serials, from)?;
+            let op_id = store::start_coin_op(&tx, vault, kind, &b, &request_id, payment, &serials, from)?;
+            // Claimed before it is visible: maintenance does not send it alongside us.
             let claim = claims.claim(op_id);
             tx.commit()?;
             Ok((op_id, claim))
         })
         .await?;
     let op = Op { id: op_id, kind, bank: bank.to_owned(), request_id, amount: Amount::ZERO, payment, secret: None };
-    run_exchange_or_deposit(w, &op, denominations).await
-}
-
-async fn run_exchange_or_deposit(
-    w: &Arc<Wallet>,
-    op: &Op,
-    denominations: Vec<Denomination>,
-) -> Result<Vec<Coin>, WalletError> {
-    run_op_then(w, op, denominations, None).await
+    Ok((op, claim))
 }
 
 /// Runs a recorded exchange or deposit; on success, `on_done` runs in the same transaction
@@ -317,12 +229,12 @@ pub async fn run_op_then(
 ) -> Result<Vec<Coin>, WalletError> {
     let entry = w.bank(&op.bank)?;
     let op_id = op.id;
-    let rows = w.db.call(move |c, vault| coins_of(c, vault, "op", op_id)).await?;
+    let rows = w.db.call(move |c, vault| store::coins_of_op(c, vault, op_id)).await?;
     let rows: Vec<_> = rows.into_iter().filter(|r| r.state != CoinState::Spent).collect();
     if rows.is_empty() {
         w.db.call(move |c, _| {
             let tx = c.transaction()?;
-            end_op(&tx, op_id, OpState::Done, "")?;
+            store::end_op(&tx, op_id, OpState::Done, "")?;
             tx.commit()?;
             Ok(())
         })
@@ -350,17 +262,9 @@ pub async fn run_op_then(
             let spent = serials.clone();
             w.db.call(move |c, vault| {
                 let tx = c.transaction()?;
-                finish_coins(&tx, &spent)?;
-                let known: Option<i64> = match stored.first() {
-                    Some(f) => tx
-                        .query_row("SELECT 1 FROM coins WHERE serial = ?1", params![&f.serial().0[..]], |r| r.get(0))
-                        .optional()?,
-                    None => Some(1),
-                };
-                if known.is_none() {
-                    insert_coins(&tx, vault, &stored, CoinState::Available, None)?;
-                }
-                end_op(&tx, op_id, OpState::Done, "")?;
+                store::spend_coins(&tx, &spent)?;
+                store::insert_issued_coins(&tx, vault, &stored)?;
+                store::end_op(&tx, op_id, OpState::Done, "")?;
                 if let Some(f) = on_done {
                     f(&tx)?;
                 }
@@ -386,12 +290,12 @@ pub async fn run_op_then(
             let back = serials.clone();
             w.db.call(move |c, _| {
                 let tx = c.transaction()?;
-                end_op(&tx, op_id, OpState::Failed, &reason)?;
+                store::end_op(&tx, op_id, OpState::Failed, &reason)?;
                 if spent_all {
-                    finish_coins(&tx, &back)?;
+                    store::spend_coins(&tx, &back)?;
                 } else if !split {
                     // Refused for a reason that spends nothing: the coins are still ours.
-                    restore_coins(&tx, &back)?;
+                    store::restore_pending_coins(&tx, &back)?;
                 }
                 tx.commit()?;
                 Ok(())
@@ -402,27 +306,13 @@ pub async fn run_op_then(
                 // each alone (bounded by the number of coins) to keep the good ones.
                 for s in serials {
                     let kind = op.kind;
-                    let state: Option<String> =
-                        w.db.call(move |c, _| {
-                            Ok(c.query_row("SELECT state FROM coins WHERE serial = ?1", params![&s.0[..]], |r| {
-                                r.get(0)
-                            })
-                            .optional()?)
-                        })
-                        .await?;
-                    let from = match state.as_deref() {
-                        Some("received") => CoinState::Received,
-                        Some("pending") => {
-                            w.db.call(move |c, _| {
-                                let tx = c.transaction()?;
-                                move_coins(&tx, &[s], CoinState::Available, None, None)?;
-                                tx.commit()?;
-                                Ok(())
-                            })
-                            .await?;
-                            CoinState::Available
-                        }
-                        _ => continue,
+                    // The coin keeps its state (pending: ours, never available meanwhile
+                    // for another payment to choose; received: the buyer's) under a new
+                    // operation. Any other state has nothing left to try.
+                    let from = match w.db.call(move |c, _| store::coin_state(c, &s)).await? {
+                        Some(CoinState::Received) => Taking::Received,
+                        Some(CoinState::Pending) => Taking::Pending,
+                        Some(CoinState::Available | CoinState::Spent | CoinState::Quarantined) | None => continue,
                     };
                     let _ = Box::pin(exchange_or_deposit(w, kind, &op.bank, vec![s], from, vec![], op.payment)).await;
                 }
@@ -432,36 +322,11 @@ pub async fn run_op_then(
     }
 }
 
-/// Marks coins spent, from pending or received. A coin quarantined while its operation
-/// was under way stays quarantined (kept and reported; its row is not to be trusted).
-fn finish_coins(tx: &rusqlite::Transaction<'_>, serials: &[Serial]) -> Result<(), DbError> {
-    for s in serials {
-        let state: String =
-            tx.query_row("SELECT state FROM coins WHERE serial = ?1", params![&s.0[..]], |r| r.get(0))?;
-        if !matches!(CoinState::parse(&state)?, CoinState::Spent | CoinState::Quarantined) {
-            move_coins(tx, &[*s], CoinState::Spent, None, None)?;
-        }
-    }
-    Ok(())
-}
-
-/// Puts pending coins back to available (received coins stay received for a later try).
-fn restore_coins(tx: &rusqlite::Transaction<'_>, serials: &[Serial]) -> Result<(), DbError> {
-    for s in serials {
-        let state: String =
-            tx.query_row("SELECT state FROM coins WHERE serial = ?1", params![&s.0[..]], |r| r.get(0))?;
-        if state == "pending" {
-            move_coins(tx, &[*s], CoinState::Available, None, None)?;
-        }
-    }
-    Ok(())
-}
-
 /// Deposits `amount` (or everything, when `None`) of the available coins of `bank`.
 pub async fn deposit(w: &Arc<Wallet>, bank: &str, amount: Option<Amount>) -> Result<Amount, WalletError> {
-    let _guard = w.coin_lock.lock().await;
+    let locked = w.coin_lock.lock().await;
     let b = bank.to_owned();
-    let rows = w.db.call(move |c, vault| coins_in(c, vault, CoinState::Available, Some(&b))).await?;
+    let rows = w.db.call(move |c, vault| store::coins_in(c, vault, CoinState::Available, Some(&b))).await?;
     let chosen: Vec<Serial> = match amount {
         None => rows.iter().map(|r| r.coin.serial()).collect(),
         Some(a) => {
@@ -482,40 +347,38 @@ pub async fn deposit(w: &Arc<Wallet>, bank: &str, amount: Option<Amount>) -> Res
     }
     let total = Amount::checked_sum(rows.iter().filter(|r| chosen.contains(&r.coin.serial())).map(|r| r.coin.value()))
         .map_err(|e| WalletError::new(ReasonCode::INVALID_AMOUNT, e.to_string()))?;
-    drop(_guard);
-    exchange_or_deposit(w, OpKind::Deposit, bank, chosen, CoinState::Available, vec![], None).await?;
+    let (op, _claim) = begin_op(w, OpKind::Deposit, bank, chosen, Taking::Available(&locked), None).await?;
+    drop(locked);
+    run_op_then(w, &op, vec![], None).await?;
     Ok(total)
 }
 
 /// Exchanges all available coins of `bank` for fresh ones (new serials: unlinkable to the
 /// withdrawal, and a new expiry).
 pub async fn exchange_all(w: &Arc<Wallet>, bank: &str) -> Result<Amount, WalletError> {
-    let guard = w.coin_lock.lock().await;
+    let locked = w.coin_lock.lock().await;
     let b = bank.to_owned();
-    let rows = w.db.call(move |c, vault| coins_in(c, vault, CoinState::Available, Some(&b))).await?;
+    let rows = w.db.call(move |c, vault| store::coins_in(c, vault, CoinState::Available, Some(&b))).await?;
     if rows.is_empty() {
         return Err(WalletError::new(ReasonCode::NOT_ENOUGH_MONEY, format!("no coins of bank {bank} to exchange")));
     }
     let total = Amount::checked_sum(rows.iter().map(|r| r.coin.value()))
         .map_err(|e| WalletError::new(ReasonCode::INVALID_AMOUNT, e.to_string()))?;
     let serials = rows.iter().map(|r| r.coin.serial()).collect();
-    drop(guard);
-    exchange_or_deposit(w, OpKind::Exchange, bank, serials, CoinState::Available, vec![], None).await?;
+    let (op, _claim) = begin_op(w, OpKind::Exchange, bank, serials, Taking::Available(&locked), None).await?;
+    drop(locked);
+    run_op_then(w, &op, vec![], None).await?;
     Ok(total)
 }
 
-/// Exchanges the pending coins of an outgoing payment whose outcome is unknown. Returns
-/// the value that came back (the rest was spent: the merchant has it).
+/// Exchanges the pending coins of an outgoing payment whose outcome is unknown, and
+/// settles the payment as returned (some value came back) or spent_unconfirmed (none
+/// did), unless one of its coins is quarantined or an exchange's outcome is itself
+/// unknown. Returns the value that came back (the rest was spent: the merchant has it).
 pub async fn resolve_payment(w: &Arc<Wallet>, payment: i64) -> Result<Amount, WalletError> {
     let (rows, quarantined) =
         w.db.call(move |c, vault| {
-            let rows = coins_of(c, vault, "payment", payment)?;
-            let quarantined: i64 = c.query_row(
-                "SELECT COUNT(*) FROM coins WHERE payment = ?1 AND state = 'quarantined'",
-                params![payment],
-                |r| r.get(0),
-            )?;
-            Ok((rows, quarantined))
+            Ok((store::coins_of_payment(c, vault, payment)?, store::quarantined_of_payment(c, payment)?))
         })
         .await?;
     let pending: Vec<_> = rows.into_iter().filter(|r| r.state == CoinState::Pending).collect();
@@ -532,53 +395,29 @@ pub async fn resolve_payment(w: &Arc<Wallet>, payment: i64) -> Result<Amount, Wa
     }
     for (bank, serials) in by_bank {
         // The coins are pending under the payment; the exchange takes them as they are.
-        let request_id: [u8; 16] = pmtp_proto::rng::bytes(&mut pmtp_proto::rng::os());
-        let b = bank.clone();
-        let s2 = serials.clone();
-        let claims = w.ops_in_flight.clone();
-        let (op_id, _claim) = w
-            .db
-            .call(move |c, _| {
-                let tx = c.transaction()?;
-                tx.execute(
-                    "INSERT INTO ops(kind, state, bank_id, request_id, amount, payment, created) VALUES ('exchange', 'started', ?1, ?2, 0, ?3, ?4)",
-                    params![b, &request_id[..], payment, db::i(db::now())?],
-                )?;
-                let op_id = tx.last_insert_rowid();
-                for s in &s2 {
-                    tx.execute("UPDATE coins SET op = ?2 WHERE serial = ?1", params![&s.0[..], op_id])?;
-                }
-                let claim = claims.claim(op_id);
-                tx.commit()?;
-                Ok((op_id, claim))
-            })
-            .await?;
-        let op = Op {
-            id: op_id,
-            kind: OpKind::Exchange,
-            bank,
-            request_id,
-            amount: Amount::ZERO,
-            payment: Some(payment),
-            secret: None,
-        };
-        match run_exchange_or_deposit(w, &op, vec![]).await {
+        match exchange_or_deposit(w, OpKind::Exchange, &bank, serials, Taking::Pending, vec![], Some(payment)).await {
             Ok(fresh) => {
-                returned = returned
-                    .checked_add(Amount::checked_sum(fresh.iter().map(|c| c.value())).unwrap_or_default())
-                    .unwrap_or(returned);
+                let back = Amount::checked_sum(fresh.iter().map(|c| c.value())).and_then(|v| returned.checked_add(v));
+                match back {
+                    Ok(v) => returned = v,
+                    Err(e) => {
+                        // Cannot happen with coins the bank issued; if it did, the value
+                        // that came back is not known, so the payment stays unresolved.
+                        tracing::error!(payment, error = %e, "value returned by exchange overflows");
+                        unresolved = true;
+                    }
+                }
             }
             Err(e) if e.code.is_definitive() => {}
             Err(_) => unresolved = true,
         }
     }
     if !unresolved {
-        let state = if returned.is_zero() { "spent_unconfirmed" } else { "returned" };
+        let state = if returned.is_zero() { PaymentState::SpentUnconfirmed } else { PaymentState::Returned };
         w.db.call(move |c, _| {
-            c.execute(
-                "UPDATE payments SET state = ?2, updated = ?3 WHERE id = ?1 AND state IN ('sending', 'refused_unresolved')",
-                params![payment, state, db::i(db::now())?],
-            )?;
+            let tx = c.transaction()?;
+            store::resolve_outgoing(&tx, payment, state)?;
+            tx.commit()?;
             Ok(())
         })
         .await?;
@@ -587,122 +426,45 @@ pub async fn resolve_payment(w: &Arc<Wallet>, payment: i64) -> Result<Amount, Wa
     Ok(returned)
 }
 
-/// One maintenance round: finish operations left unfinished (crash, lost replies),
-/// resolve payments with no receipt, validate coins a buyer sent, refresh coins near expiry.
-pub async fn maintenance(w: &Arc<Wallet>) {
-    if let Err(e) = maintenance_inner(w).await {
-        tracing::warn!(error = %e, "maintenance round failed; will retry");
-    }
-}
-
-async fn maintenance_inner(w: &Arc<Wallet>) -> Result<(), WalletError> {
-    let ops: Vec<Op> = w
-        .db
-        .call(|c, _| {
-            let mut st = c.prepare("SELECT id, kind, bank_id, request_id, amount, payment, secret FROM ops WHERE state = 'started' ORDER BY id")?;
-            let rows = st.query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, Option<i64>>(5)?,
-                    r.get::<_, Option<Vec<u8>>>(6)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for r in rows {
-                let (id, kind, bank, rid, amount, payment, secret) = r?;
-                let kind = OpKind::parse(&kind)?;
-                let request_id = rid.try_into().map_err(|_| DbError::Other("bad request id".into()))?;
-                out.push(Op { id, kind, bank, request_id, amount: Amount::new(amount.max(0) as u64), payment, secret });
-            }
-            Ok(out)
-        })
-        .await?;
-    for op in ops {
-        // Another task is sending this one right now.
-        let Some(_claim) = w.ops_in_flight.claim(op.id) else { continue };
-        let result = match op.kind {
-            OpKind::Withdraw => {
-                // Without its password a withdrawal cannot be sent: an empty or garbled one
-                // would only count as a wrong password against the account.
-                let password = op
-                    .secret
-                    .as_ref()
-                    .and_then(|s| w.db.vault.open(b"withdraw password", s).ok())
-                    .and_then(|p| String::from_utf8(p.to_vec()).ok());
-                match password {
-                    Some(p) => run_withdraw(w, &op, &p, false).await.map(|_| ()),
-                    None => {
-                        tracing::warn!(op = op.id, "unfinished withdrawal has no readable password; not retried");
-                        continue;
-                    }
+/// Sends a started operation again, under its request id (maintenance, after a crash or
+/// a lost reply). A withdrawal without a readable stored password is not sent: an empty
+/// or garbled one would only count as a wrong password against the account.
+pub async fn retry(w: &Arc<Wallet>, op: &Op) -> Result<(), WalletError> {
+    match op.kind {
+        OpKind::Withdraw => {
+            let password = op
+                .secret
+                .as_ref()
+                .and_then(|s| w.db.vault.open(b"withdraw password", s).ok())
+                .and_then(|p| String::from_utf8(p.to_vec()).ok());
+            match password {
+                Some(p) => run_withdraw(w, op, &p, false).await.map(|_| ()),
+                None => {
+                    tracing::warn!(op = op.id, "unfinished withdrawal has no readable password; not retried");
+                    Ok(())
                 }
             }
-            _ => run_exchange_or_deposit(w, &op, vec![]).await.map(|_| ()),
-        };
-        if let Err(e) = result {
-            tracing::info!(op = op.id, reason = %e, "unfinished operation retried");
         }
+        OpKind::Exchange | OpKind::Deposit => run_op_then(w, op, vec![], None).await.map(|_| ()),
     }
-    // Outgoing payments with no receipt and nothing in flight.
-    let open: Vec<i64> =
-        w.db.call(|c, _| {
-            let mut st = c.prepare(
-                "SELECT id FROM payments WHERE direction = 'out' AND state IN ('sending', 'refused_unresolved')",
-            )?;
-            let ids = st.query_map([], |r| r.get::<_, i64>(0))?.collect::<Result<Vec<_>, _>>()?;
-            Ok(ids)
-        })
-        .await?;
-    for p in open {
-        // Checked now, not before the query: a payment claimed since is being sent.
-        let Some(_claim) = w.in_flight.claim(p) else { continue };
-        let _ = resolve_payment(w, p).await;
-    }
-    // Merchant side: coins received and not yet validated.
-    let received: Vec<i64> =
-        w.db.call(|c, _| {
-            let mut st =
-                c.prepare("SELECT DISTINCT payment FROM coins WHERE state = 'received' AND payment IS NOT NULL")?;
-            let ids = st.query_map([], |r| r.get::<_, i64>(0))?.collect::<Result<Vec<_>, _>>()?;
-            Ok(ids)
-        })
-        .await?;
-    for p in received {
-        let Some(_claim) = w.in_flight.claim(p) else { continue };
-        let _ = crate::merchant::validate_received(w, p).await;
-    }
-    // Incoming payments whose coins a retried operation has since validated.
-    w.db.call(|c, _| {
-        c.execute(
-            "UPDATE payments SET state = 'done' WHERE direction = 'in' AND state = 'received'
-             AND NOT EXISTS (SELECT 1 FROM coins WHERE coins.payment = payments.id
-                             AND coins.state IN ('received', 'quarantined'))",
-            [],
-        )?;
-        Ok(())
-    })
-    .await?;
-    refresh(w).await
 }
 
 /// Exchanges coins that expire within `refresh_before_secs` for fresh ones.
 pub async fn refresh(w: &Arc<Wallet>) -> Result<(), WalletError> {
-    let horizon = db::now().saturating_add(w.config.limits.refresh_before_secs);
+    let horizon = store::now().saturating_add(w.config.limits.refresh_before_secs);
     let banks: Vec<String> = w.banks.keys().cloned().collect();
     for bank in banks {
-        let guard = w.coin_lock.lock().await;
+        let locked = w.coin_lock.lock().await;
         let b = bank.clone();
-        let rows = w.db.call(move |c, _| db::values_in(c, CoinState::Available, &b)).await?;
+        let rows = w.db.call(move |c, _| store::values_in(c, CoinState::Available, &b)).await?;
         let old: Vec<Serial> = rows.iter().filter(|r| r.2 <= horizon).map(|r| r.0).collect();
-        drop(guard);
-        if !old.is_empty() {
-            tracing::info!(bank = %bank, coins = old.len(), "refreshing coins near expiry");
-            exchange_or_deposit(w, OpKind::Exchange, &bank, old, CoinState::Available, vec![], None).await?;
+        if old.is_empty() {
+            continue;
         }
+        tracing::info!(bank = %bank, coins = old.len(), "refreshing coins near expiry");
+        let (op, _claim) = begin_op(w, OpKind::Exchange, &bank, old, Taking::Available(&locked), None).await?;
+        drop(locked);
+        run_op_then(w, &op, vec![], None).await?;
     }
     Ok(())
 }
@@ -711,20 +473,6 @@ pub async fn refresh(w: &Arc<Wallet>) -> Result<(), WalletError> {
 mod tests {
     use super::*;
     use pmtp_proto::refusal::{reason_text, PlainRefusal, Refusal};
-
-    #[test]
-    fn op_transition_table_is_exactly_as_documented() {
-        use OpState::*;
-        let all = [Started, Done, Failed];
-        for from in all {
-            assert_eq!(OpState::parse(from.as_str()).unwrap(), from);
-            for to in all {
-                assert_eq!(from.can_become(to), from == Started && to != Started, "{from:?} -> {to:?}");
-            }
-        }
-        assert!(OpState::parse("retrying").is_err());
-        assert!(OpKind::parse("refund").is_err());
-    }
 
     #[test]
     fn which_failures_end_a_withdrawal() {

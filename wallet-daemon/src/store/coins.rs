@@ -1,10 +1,8 @@
-//! The wallet's durable state: coins (encrypted at rest), payments, bank operations,
-//! pinned merchant keys. SQLite in WAL mode with `synchronous=FULL`.
+//! Coins: one row each, encrypted at rest.
 //!
 //! Every coin moves through the states of [`CoinState`] along the transitions that
 //! [`CoinState::can_become`] allows, and each change is committed before anything is sent
-//! on the network. All access goes through [`Db::call`], which runs on tokio's blocking
-//! pool, never on an async worker.
+//! on the network.
 //!
 //! A coin row has clear columns (bank id, value, expiry) that coin choice reads without
 //! decrypting, and the sealed coin. The seal's associated data covers the clear columns
@@ -16,65 +14,29 @@
 //! carries on with the other coins. Balances are summed from opened coins, never from the
 //! clear value column alone.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Key, Nonce as GcmNonce};
+use super::vault::{Clear, Damage, Vault};
+use super::{i, now, DbError};
 use pmtp_proto::{Amount, Coin, Denomination, Serial};
 use rusqlite::{params, Connection, OptionalExtension};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
 
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("wallet database: {0}")]
-    Sql(#[from] rusqlite::Error),
-    #[error("wallet database: {0}")]
-    Other(String),
-    #[error("a stored coin does not decrypt (wrong key or damaged database)")]
-    Decrypt,
-    #[error("coin {serial} cannot go from {from:?} to {to:?}")]
-    Transition { serial: Serial, from: CoinState, to: CoinState },
-    /// A coin to insert is already in this wallet (under any state).
-    #[error("coin {0} is already in this wallet")]
-    DuplicateCoin(Serial),
-}
-
-/// Where a coin is in its life in this wallet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CoinState {
-    /// Ours to spend.
-    Available,
-    /// Handed to a payment, exchange or deposit whose outcome is not yet known.
-    Pending,
-    /// Received from a buyer, not yet validated at the bank (merchant side).
-    Received,
-    /// Gone: paid, deposited, exchanged, or proven spent by the bank.
-    Spent,
-    /// Damaged in storage (does not decrypt, or its clear columns disagree with the
-    /// sealed coin): kept for inspection, never spent, reported apart in `balance`.
-    Quarantined,
+stored_enum! {
+    /// Where a coin is in its life in this wallet.
+    pub enum CoinState ("coin state") {
+        /// Ours to spend.
+        Available = "available",
+        /// Handed to a payment, exchange or deposit whose outcome is not yet known.
+        Pending = "pending",
+        /// Received from a buyer, not yet validated at the bank (merchant side).
+        Received = "received",
+        /// Gone: paid, deposited, exchanged, or proven spent by the bank.
+        Spent = "spent",
+        /// Damaged in storage (does not decrypt, or its clear columns disagree with the
+        /// sealed coin): kept for inspection, never spent, reported apart in `balance`.
+        Quarantined = "quarantined",
+    }
 }
 
 impl CoinState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CoinState::Available => "available",
-            CoinState::Pending => "pending",
-            CoinState::Received => "received",
-            CoinState::Spent => "spent",
-            CoinState::Quarantined => "quarantined",
-        }
-    }
-    pub fn parse(s: &str) -> Result<Self, DbError> {
-        Ok(match s {
-            "available" => CoinState::Available,
-            "pending" => CoinState::Pending,
-            "received" => CoinState::Received,
-            "spent" => CoinState::Spent,
-            "quarantined" => CoinState::Quarantined,
-            _ => return Err(DbError::Other(format!("unknown coin state {s:?}"))),
-        })
-    }
-
     /// The transition table. Anything else is a bug and is refused.
     ///
     /// | from | to | when |
@@ -99,184 +61,6 @@ impl CoinState {
     }
 }
 
-const SCHEMA: &[(i64, &str)] = &[
-    (
-        1,
-        "
-    CREATE TABLE coins (
-        serial BLOB PRIMARY KEY,
-        bank_id TEXT NOT NULL,
-        value INTEGER NOT NULL,
-        expiry INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        payment INTEGER,
-        op INTEGER,
-        sealed BLOB NOT NULL,
-        updated INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    CREATE INDEX coins_state ON coins(state, bank_id, value);
-    CREATE INDEX coins_payment ON coins(payment);
-    CREATE INDEX coins_op ON coins(op);
-    CREATE TABLE payments (
-        id INTEGER PRIMARY KEY,
-        direction TEXT NOT NULL,
-        state TEXT NOT NULL,
-        peer TEXT NOT NULL,
-        merchant TEXT NOT NULL,
-        merchant_fp TEXT NOT NULL,
-        amount INTEGER NOT NULL,
-        description TEXT NOT NULL,
-        request BLOB NOT NULL,
-        receipt BLOB,
-        reason TEXT NOT NULL DEFAULT '',
-        created INTEGER NOT NULL,
-        updated INTEGER NOT NULL
-    );
-    CREATE INDEX payments_state ON payments(state);
-    CREATE TABLE ops (
-        id INTEGER PRIMARY KEY,
-        kind TEXT NOT NULL,
-        state TEXT NOT NULL,
-        bank_id TEXT NOT NULL,
-        request_id BLOB NOT NULL,
-        amount INTEGER NOT NULL,
-        payment INTEGER,
-        secret BLOB,
-        reason TEXT NOT NULL DEFAULT '',
-        created INTEGER NOT NULL
-    );
-    CREATE INDEX ops_state ON ops(state);
-    CREATE TABLE merchants (
-        name TEXT PRIMARY KEY,
-        fingerprint TEXT NOT NULL,
-        identity BLOB NOT NULL,
-        first_seen INTEGER NOT NULL,
-        last_seen INTEGER NOT NULL
-    );
-    ",
-    ),
-    (
-        2,
-        "
-    -- seal: what the sealed coin's associated data covers (1: serial; 2: serial, bank id,
-    -- value, expiry). damage: why a quarantined coin was quarantined.
-    ALTER TABLE coins ADD COLUMN seal INTEGER NOT NULL DEFAULT 1;
-    ALTER TABLE coins ADD COLUMN damage TEXT NOT NULL DEFAULT '';
-    ",
-    ),
-];
-
-/// Encrypts stored coins and secrets under a key derived from the wallet's private key
-/// (itself under the passphrase): without the passphrase the coins cannot be spent.
-pub struct Vault {
-    cipher: Aes256Gcm,
-}
-
-impl Vault {
-    pub fn new(identity: &pmtp_proto::Identity) -> Vault {
-        let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"payme wallet storage v1"), identity.x25519.as_bytes());
-        let mut key = zeroize::Zeroizing::new([0u8; 32]);
-        // 32 bytes is within HKDF's output limit; expand cannot fail.
-        let _ = hk.expand(b"coins and secrets", key.as_mut());
-        Vault { cipher: Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key)) }
-    }
-
-    pub fn seal(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, DbError> {
-        let nonce: [u8; 12] = pmtp_proto::rng::bytes(&mut pmtp_proto::rng::os());
-        let mut out = nonce.to_vec();
-        out.extend(
-            self.cipher
-                .encrypt(&GcmNonce::from(nonce), Payload { msg: plain, aad })
-                .map_err(|_| DbError::Other("encryption failed".into()))?,
-        );
-        Ok(out)
-    }
-
-    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, DbError> {
-        if sealed.len() < 12 {
-            return Err(DbError::Decrypt);
-        }
-        let mut nonce = [0u8; 12];
-        nonce.copy_from_slice(&sealed[..12]);
-        self.cipher
-            .decrypt(&GcmNonce::from(nonce), Payload { msg: &sealed[12..], aad })
-            .map(zeroize::Zeroizing::new)
-            .map_err(|_| DbError::Decrypt)
-    }
-
-    /// Seals a coin in the current format ([`SEAL_V2`]): its clear columns are bound in.
-    pub fn seal_coin(&self, coin: &Coin) -> Result<Vec<u8>, DbError> {
-        let plain = bincode::serialize(coin).map_err(|e| DbError::Other(e.to_string()))?;
-        self.seal(&Clear::of(coin)?.aad(SEAL_V2), &plain)
-    }
-
-    /// Opens a stored coin given its row's clear columns and seal format, and checks that
-    /// the columns are the coin's. Any failure is damage, reported with why.
-    pub fn open_coin(&self, clear: &Clear, seal: i64, sealed: &[u8]) -> Result<Coin, Damage> {
-        if seal != SEAL_V1 && seal != SEAL_V2 {
-            return Err(Damage(format!("unknown seal format {seal}")));
-        }
-        let plain = self
-            .open(&clear.aad(seal), sealed)
-            .map_err(|_| Damage("does not decrypt with this wallet's key and its clear columns".into()))?;
-        let coin: Coin = bincode::deserialize(&plain).map_err(|_| Damage("decrypts to no coin".into()))?;
-        let actual = Clear::of(&coin).map_err(|e| Damage(e.to_string()))?;
-        if actual != *clear {
-            return Err(Damage(format!(
-                "clear columns (bank {:?}, value {}, expiry {}) disagree with the coin (bank {:?}, value {}, expiry {})",
-                clear.bank_id, clear.value, clear.expiry, actual.bank_id, actual.value, actual.expiry
-            )));
-        }
-        Ok(coin)
-    }
-}
-
-/// Seal format 1: the associated data is the serial alone (rows written before format 2).
-pub const SEAL_V1: i64 = 1;
-/// Seal format 2: the associated data binds the clear columns (serial, bank id, value,
-/// expiry), so that editing any of them makes the coin fail to open.
-pub const SEAL_V2: i64 = 2;
-
-/// Why a stored coin is damaged.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Damage(pub String);
-
-/// A coin row's clear columns, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Clear {
-    pub serial: Serial,
-    pub bank_id: String,
-    pub value: i64,
-    pub expiry: i64,
-}
-
-impl Clear {
-    pub fn of(coin: &Coin) -> Result<Clear, DbError> {
-        let b = coin.body();
-        Ok(Clear {
-            serial: b.serial,
-            bank_id: b.bank_id.as_str().to_owned(),
-            value: i(coin.value().minor_units())?,
-            expiry: i(b.expiry)?,
-        })
-    }
-
-    /// The associated data of seal format `seal`: every field length-prefixed or fixed
-    /// width, so that no two rows share an encoding.
-    fn aad(&self, seal: i64) -> Vec<u8> {
-        if seal == SEAL_V1 {
-            return self.serial.0.to_vec();
-        }
-        let mut aad = b"payme wallet coin v2".to_vec();
-        aad.extend_from_slice(&self.serial.0);
-        aad.extend_from_slice(&(self.bank_id.len() as u64).to_le_bytes());
-        aad.extend_from_slice(self.bank_id.as_bytes());
-        aad.extend_from_slice(&self.value.to_le_bytes());
-        aad.extend_from_slice(&self.expiry.to_le_bytes());
-        aad
-    }
-}
-
 /// One row of `coins`, decrypted.
 #[derive(Clone, Debug)]
 pub struct CoinRow {
@@ -284,72 +68,6 @@ pub struct CoinRow {
     pub state: CoinState,
     pub payment: Option<i64>,
     pub op: Option<i64>,
-}
-
-/// Handle to the database; cheap to clone.
-#[derive(Clone)]
-pub struct Db {
-    conn: Arc<Mutex<Connection>>,
-    pub vault: Arc<Vault>,
-}
-
-pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-pub(crate) fn i(v: u64) -> Result<i64, DbError> {
-    i64::try_from(v).map_err(|_| DbError::Other("value out of range".into()))
-}
-
-impl Db {
-    pub fn open(path: &Path, vault: Vault) -> Result<Db, DbError> {
-        use bank_daemon::store::sqlite::{apply_migrations, open_durable};
-        let mut conn = open_durable(path).map_err(|e| DbError::Other(e.to_string()))?;
-        apply_migrations(&mut conn, SCHEMA).map_err(|e| DbError::Other(e.to_string()))?;
-        reseal_v1(&mut conn, &vault)?;
-        Ok(Db { conn: Arc::new(Mutex::new(conn)), vault: Arc::new(vault) })
-    }
-
-    /// Runs `f` with the connection, synchronously (start-up and tests).
-    pub fn with<R>(&self, f: impl FnOnce(&mut Connection) -> Result<R, DbError>) -> Result<R, DbError> {
-        let mut guard = self.conn.lock().map_err(|_| DbError::Other("database lock poisoned".into()))?;
-        f(&mut guard)
-    }
-
-    /// Runs `f` with the connection on the blocking pool.
-    pub async fn call<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Connection, &Vault) -> Result<R, DbError> + Send + 'static,
-    ) -> Result<R, DbError> {
-        let db = self.clone();
-        tokio::task::spawn_blocking(move || db.with(|c| f(c, &db.vault)))
-            .await
-            .map_err(|e| DbError::Other(format!("database task failed: {e}")))?
-    }
-}
-
-/// A payment record as first written: outgoing (`out`, state `sending`) or incoming
-/// (`in`, state `received`).
-pub struct NewPayment<'a> {
-    pub direction: &'a str,
-    pub state: &'a str,
-    pub peer: String,
-    pub merchant: String,
-    pub merchant_fp: String,
-    pub amount: Amount,
-    pub description: String,
-    /// bincode of the ask_payment_request's nonce.
-    pub request: Vec<u8>,
-}
-
-/// Inserts a payment record; returns its id.
-pub fn insert_payment(tx: &rusqlite::Transaction<'_>, p: &NewPayment<'_>) -> Result<i64, DbError> {
-    tx.execute(
-        "INSERT INTO payments(direction, state, peer, merchant, merchant_fp, amount, description, request, created, updated)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
-        params![p.direction, p.state, p.peer, p.merchant, p.merchant_fp, i(p.amount.minor_units())?, p.description, p.request, i(now())?],
-    )?;
-    Ok(tx.last_insert_rowid())
 }
 
 /// Inserts coins in `state` (new coins from a bank or a buyer).
@@ -386,6 +104,17 @@ pub fn insert_coins(
         }
     }
     Ok(())
+}
+
+/// Stores coins a bank just issued as available, unless they are already stored: a retry
+/// after a crash or a lost reply gets the same coins again from the bank. Writes `coins`.
+pub fn insert_issued_coins(tx: &rusqlite::Transaction<'_>, vault: &Vault, coins: &[Coin]) -> Result<(), DbError> {
+    match coins.first() {
+        Some(first) if coin_state(tx, &first.serial())?.is_none() => {
+            insert_coins(tx, vault, coins, CoinState::Available, None)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Moves coins to `to`, checking each one's current state against the transition table,
@@ -504,7 +233,7 @@ fn quarantine(conn: &Connection, row: &StoredRow, damage: &Damage) -> Result<(),
 /// Re-seals coins of format 1 in format 2, in one transaction, after checking their clear
 /// columns against the decrypted coin; damaged ones are quarantined instead. Spent coins
 /// are left as they are (nothing reads their value).
-fn reseal_v1(conn: &mut Connection, vault: &Vault) -> Result<(), DbError> {
+pub(super) fn reseal_v1(conn: &mut Connection, vault: &Vault) -> Result<(), DbError> {
     let tx = conn.transaction()?;
     let rows = load_rows(&tx, "seal = 1 AND state IN ('available', 'pending', 'received')", [])?;
     if rows.is_empty() {
@@ -536,8 +265,8 @@ pub fn coins_in(
 
 /// Serials, values and expiries of coins in `state` of one bank, as the clear columns say,
 /// without decrypting anything (coin choice needs only values; the refresher only
-/// expiries). Whoever then takes coins opens them ([`coins_by_serial`], [`coins_of`]), which
-/// catches a row whose columns lie.
+/// expiries). Whoever then takes coins opens them ([`coins_by_serial`], [`coins_of_op`],
+/// [`coins_of_payment`]), which catches a row whose columns lie.
 pub fn values_in(conn: &Connection, state: CoinState, bank: &str) -> Result<Vec<(Serial, Denomination, u64)>, DbError> {
     let mut st = conn.prepare_cached(
         "SELECT serial, value, expiry FROM coins WHERE state = ?1 AND bank_id = ?2 ORDER BY value DESC, serial",
@@ -571,15 +300,80 @@ pub fn coins_by_serial(conn: &Connection, vault: &Vault, serials: &[Serial]) -> 
     Ok(out)
 }
 
-/// Coins tagged with a payment or an operation (damaged ones quarantined and left out;
-/// quarantined ones are not read).
-pub fn coins_of(conn: &Connection, vault: &Vault, column: &str, id: i64) -> Result<Vec<CoinRow>, DbError> {
-    let filter = match column {
-        "payment" => "payment = ?1 AND state != 'quarantined'",
-        _ => "op = ?1 AND state != 'quarantined'",
-    };
-    let rows = load_rows(conn, filter, params![id])?;
+/// The coins of payment `payment`, in any state but quarantined, decrypted (damaged ones
+/// are quarantined and left out).
+pub fn coins_of_payment(conn: &Connection, vault: &Vault, payment: i64) -> Result<Vec<CoinRow>, DbError> {
+    let rows = load_rows(conn, "payment = ?1 AND state != 'quarantined'", params![payment])?;
     open_rows(conn, vault, rows)
+}
+
+/// The coins of operation `op`, in any state but quarantined, decrypted (damaged ones are
+/// quarantined and left out).
+pub fn coins_of_op(conn: &Connection, vault: &Vault, op: i64) -> Result<Vec<CoinRow>, DbError> {
+    let rows = load_rows(conn, "op = ?1 AND state != 'quarantined'", params![op])?;
+    open_rows(conn, vault, rows)
+}
+
+/// How many of payment `payment`'s coins are quarantined (reads `coins` only).
+pub fn quarantined_of_payment(conn: &Connection, payment: i64) -> Result<u64, DbError> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM coins WHERE payment = ?1 AND state = 'quarantined'",
+        params![payment],
+        |r| r.get(0),
+    )?;
+    Ok(n.max(0) as u64)
+}
+
+/// The state of coin `serial`, or `None` if this wallet has no such coin. An unknown
+/// stored state is [`DbError::Corrupt`].
+pub fn coin_state(conn: &Connection, serial: &Serial) -> Result<Option<CoinState>, DbError> {
+    let state: Option<String> =
+        conn.query_row("SELECT state FROM coins WHERE serial = ?1", params![&serial.0[..]], |r| r.get(0)).optional()?;
+    state.map(|s| CoinState::parse(&s)).transpose()
+}
+
+/// Tags coins with operation `op` without changing their state (coins already pending
+/// under a payment, or received from a buyer). Writes `coins.op`.
+pub fn tag_coins_with_op(tx: &rusqlite::Transaction<'_>, serials: &[Serial], op: i64) -> Result<(), DbError> {
+    let mut st = tx.prepare_cached("UPDATE coins SET op = ?2 WHERE serial = ?1")?;
+    for s in serials {
+        st.execute(params![&s.0[..], op])?;
+    }
+    Ok(())
+}
+
+/// Marks coins spent, from pending or received, along the table. A coin already spent is
+/// left as it is (a retry), and so is one quarantined while its operation was under way
+/// (kept and reported; its row is not to be trusted).
+pub fn spend_coins(tx: &rusqlite::Transaction<'_>, serials: &[Serial]) -> Result<(), DbError> {
+    for s in serials {
+        match coin_state(tx, s)? {
+            Some(CoinState::Spent | CoinState::Quarantined) => {}
+            Some(_) => move_coins(tx, std::slice::from_ref(s), CoinState::Spent, None, None)?,
+            None => return Err(DbError::Other(format!("coin {s} is not in this wallet"))),
+        }
+    }
+    Ok(())
+}
+
+/// Puts the pending ones among these coins back to available (an operation that is known
+/// not to have spent them); coins in any other state are left as they are (received coins
+/// stay received for a later try).
+pub fn restore_pending_coins(tx: &rusqlite::Transaction<'_>, serials: &[Serial]) -> Result<(), DbError> {
+    for s in serials {
+        if coin_state(tx, s)? == Some(CoinState::Pending) {
+            move_coins(tx, std::slice::from_ref(s), CoinState::Available, None, None)?;
+        }
+    }
+    Ok(())
+}
+
+/// Payments (incoming) that have coins received and not yet validated at a bank.
+pub fn payments_with_received_coins(conn: &Connection) -> Result<Vec<i64>, DbError> {
+    let mut st =
+        conn.prepare_cached("SELECT DISTINCT payment FROM coins WHERE state = 'received' AND payment IS NOT NULL")?;
+    let ids = st.query_map([], |r| r.get::<_, i64>(0))?.collect::<Result<Vec<_>, _>>()?;
+    Ok(ids)
 }
 
 /// What `balance` shows.
@@ -626,6 +420,7 @@ pub fn total(conn: &Connection, vault: &Vault, state: CoinState) -> Result<Amoun
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Db, SEAL_V1, SEAL_V2};
 
     #[test]
     fn transition_table_is_exactly_as_documented() {
