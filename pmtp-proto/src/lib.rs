@@ -16,6 +16,7 @@ pub mod batch;
 pub mod coin;
 pub mod denomination;
 pub mod frame;
+pub mod http;
 pub mod keyfile;
 pub mod keys;
 pub mod message;
