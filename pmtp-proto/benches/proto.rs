@@ -1,5 +1,5 @@
-//! Protocol-level costs: coin sign and verify, sealing and opening a pay_coins body, frame
-//! encode and decode, nonce check. `cargo bench -p pmtp-proto`; figures in docs/BENCHMARKS.md.
+//! Protocol-level costs: coin sign and verify, batch signing (Merkle tree and proofs),
+//! sealing and opening a pay_coins body, frame encode and decode, nonce check. `cargo bench -p pmtp-proto`; figures in docs/BENCHMARKS.md.
 
 #![allow(clippy::unwrap_used)] // a benchmark that fails should stop loudly
 
@@ -18,6 +18,34 @@ fn coins(c: &mut Criterion) {
     let bank = coin.body().bank_id.clone();
     c.bench_function("coin_sign_rsa2048", |b| b.iter(|| Coin::mint(black_box(body.clone()), &p.bank.signing).unwrap()));
     c.bench_function("coin_verify_rsa2048", |b| b.iter(|| black_box(&coin).verify(&bank, &key, NOW).unwrap()));
+}
+
+/// One RSA signature plus the tree: leaf hashes, inner nodes and one proof per leaf. The
+/// tree's share should grow about linearly with the batch (n log n for copying the proofs).
+fn batches(c: &mut Criterion) {
+    let key = testing::signing_key(0);
+    let ack = |i: u64| DepositAck {
+        bank_id: "bank-a".try_into().unwrap(),
+        account: AccountId(i),
+        request_id: [i as u8; 16],
+        amount: Amount::new(i),
+        coins_hash: [0; 32],
+        balance: Amount::new(i),
+        time: NOW,
+    };
+    let mut g = c.benchmark_group("sign_batch");
+    g.sample_size(10);
+    for n in [256u64, 1024, 4096] {
+        g.throughput(Throughput::Elements(n));
+        g.bench_function(n.to_string(), |b| {
+            b.iter_batched(
+                || (0..n).map(ack).collect::<Vec<_>>(),
+                |acks| batch::BatchSigned::sign_batch(acks, &key).unwrap(),
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
 }
 
 fn sealing(c: &mut Criterion) {
@@ -78,5 +106,5 @@ fn nonces(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, coins, sealing, framing, nonces);
+criterion_group!(benches, coins, batches, sealing, framing, nonces);
 criterion_main!(benches);
