@@ -78,7 +78,8 @@ pub struct Limits {
     pub nonce_cache_capacity: usize,
     /// Require the nonce's address to be the connection's peer address.
     pub nonce_check_address: bool,
-    /// Most requests committed in one database transaction.
+    /// Most requests committed in one database transaction, and most deposit
+    /// acknowledgements signed with one signature (1 to [`MAX_COMMIT_BATCH`]).
     pub commit_batch: usize,
     /// Wrong passwords tolerated before back-off starts.
     pub password_failures_free: u32,
@@ -94,6 +95,12 @@ pub struct Limits {
     /// Seconds between retries of deposits waiting for a peer bank's answer.
     pub clearing_retry_secs: u64,
 }
+
+/// Largest `limits.commit_batch`. It also sizes acknowledgement batches, whose Merkle tree
+/// and proofs the signer thread builds while every deposit in the batch waits: at 4096 that
+/// is a few milliseconds (docs/BENCHMARKS.md), and one durable commit of 4096 requests is
+/// already far past the point where a bigger group saves fsyncs.
+pub const MAX_COMMIT_BATCH: usize = 4096;
 
 impl Default for Config {
     fn default() -> Self {
@@ -174,6 +181,9 @@ impl Config {
                     .into(),
             );
         }
+        if self.limits.commit_batch > MAX_COMMIT_BATCH {
+            return bad(format!("limits.commit_batch must be at most {MAX_COMMIT_BATCH}"));
+        }
         if self.coin_lifetime_secs == 0 {
             return bad("coin_lifetime_secs must be positive".into());
         }
@@ -252,7 +262,8 @@ nonce_cache_capacity = {cap}
 # Require a request's nonce address to equal the connection's address (turn off only
 # when clients sit behind NAT).
 nonce_check_address = {check_addr}
-# Most requests committed together in one durable transaction.
+# Most requests committed together in one durable transaction, and most deposit
+# acknowledgements signed with one signature (1 to 4096).
 commit_batch = {batch}
 # Wrong passwords allowed before an account backs off (doubling delay, up to 15 min).
 password_failures_free = {free}
@@ -334,5 +345,15 @@ mod tests {
         assert!(toml::from_str::<Config>("bank_idd = \"x\"").is_err());
         let c = Config { max_denomination_exponent: 63, ..Config::default() };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn commit_batch_above_the_cap_is_refused() {
+        let with = |commit_batch| Config { limits: Limits { commit_batch, ..Limits::default() }, ..Config::default() };
+        assert!(with(MAX_COMMIT_BATCH).validate().is_ok());
+        let err = with(MAX_COMMIT_BATCH + 1).validate().unwrap_err().to_string();
+        assert!(err.contains("commit_batch"), "{err}");
+        assert!(with(pmtp_proto::batch::MAX_BATCH).validate().is_err());
+        assert!(with(0).validate().is_err());
     }
 }

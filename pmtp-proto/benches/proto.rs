@@ -1,5 +1,5 @@
-//! Protocol-level costs: coin sign and verify, sealing and opening a pay_coins body, frame
-//! encode and decode, nonce check. `cargo bench -p pmtp-proto`; figures in docs/BENCHMARKS.md.
+//! Protocol-level costs: coin sign and verify, batch signing (Merkle tree and proofs),
+//! sealing and opening a pay_coins body, frame encode and decode, nonce check. `cargo bench -p pmtp-proto`; figures in docs/BENCHMARKS.md.
 
 #![allow(clippy::unwrap_used)] // a benchmark that fails should stop loudly
 
@@ -18,6 +18,71 @@ fn coins(c: &mut Criterion) {
     let bank = coin.body().bank_id.clone();
     c.bench_function("coin_sign_rsa2048", |b| b.iter(|| Coin::mint(black_box(body.clone()), &p.bank.signing).unwrap()));
     c.bench_function("coin_verify_rsa2048", |b| b.iter(|| black_box(&coin).verify(&bank, &key, NOW).unwrap()));
+}
+
+/// The RSA-2048 primitive alone, through each library on the same test key and message:
+/// the figures behind signing and verifying through ring (docs/BENCHMARKS.md).
+fn rsa_primitive(c: &mut Criterion) {
+    use ring::signature::{RsaKeyPair, RsaPublicKeyComponents, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256};
+    use rsa::pkcs8::DecodePrivateKey;
+    use rsa::signature::{SignatureEncoding, Signer, Verifier};
+    use rsa::traits::PublicKeyParts;
+
+    let der = testing::signing_key(0).to_pkcs8_der().unwrap();
+    let msg = [7u8; 300];
+    let mut g = c.benchmark_group("rsa2048_pkcs1v15_sha256");
+
+    let private = rsa::RsaPrivateKey::from_pkcs8_der(&der).unwrap();
+    let (n, e) = (private.n_bytes().to_vec(), private.e_bytes().to_vec());
+    let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(private);
+    let verifier = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(signer.as_ref().to_public_key());
+    let sig = signer.sign(&msg);
+    g.bench_function("rsa/sign", |b| b.iter(|| signer.sign(black_box(&msg)).to_vec()));
+    g.bench_function("rsa/verify", |b| b.iter(|| verifier.verify(black_box(&msg), &sig).unwrap()));
+
+    let pair = RsaKeyPair::from_pkcs8(&der).unwrap();
+    let public = RsaPublicKeyComponents { n, e };
+    let rng = ring::rand::SystemRandom::new();
+    let sig = sig.to_vec();
+    g.bench_function("ring/sign", |b| {
+        b.iter(|| {
+            let mut out = vec![0; pair.public().modulus_len()];
+            pair.sign(&RSA_PKCS1_SHA256, &rng, black_box(&msg), &mut out).unwrap();
+            out
+        })
+    });
+    g.bench_function("ring/verify", |b| {
+        b.iter(|| public.verify(&RSA_PKCS1_2048_8192_SHA256, black_box(&msg), &sig).unwrap())
+    });
+    g.finish();
+}
+
+/// One RSA signature plus the tree: leaf hashes, inner nodes and one proof per leaf. The
+/// tree's share should grow about linearly with the batch (n log n for copying the proofs).
+fn batches(c: &mut Criterion) {
+    let key = testing::signing_key(0);
+    let ack = |i: u64| DepositAck {
+        bank_id: "bank-a".try_into().unwrap(),
+        account: AccountId(i),
+        request_id: [i as u8; 16],
+        amount: Amount::new(i),
+        coins_hash: [0; 32],
+        balance: Amount::new(i),
+        time: NOW,
+    };
+    let mut g = c.benchmark_group("sign_batch");
+    g.sample_size(10);
+    for n in [256u64, 1024, 4096] {
+        g.throughput(Throughput::Elements(n));
+        g.bench_function(n.to_string(), |b| {
+            b.iter_batched(
+                || (0..n).map(ack).collect::<Vec<_>>(),
+                |acks| batch::BatchSigned::sign_batch(acks, &key).unwrap(),
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
 }
 
 fn sealing(c: &mut Criterion) {
@@ -78,5 +143,5 @@ fn nonces(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, coins, sealing, framing, nonces);
+criterion_group!(benches, coins, rsa_primitive, batches, sealing, framing, nonces);
 criterion_main!(benches);
