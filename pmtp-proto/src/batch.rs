@@ -149,10 +149,34 @@ impl<T: Signable + DeserializeOwned + Clone> BatchSigned<T> {
 
     /// Checks the inclusion proof and the signature over the root.
     pub fn verify(&self, key: &VerifyingKey) -> Result<&T, KeyError> {
-        let r = root_from_proof(leaf(&self.body)?, self.index, self.size, &self.proof).ok_or(KeyError::BadSignature)?;
-        key.verify(&root_message::<T>(self.size, &r), &self.signature)?;
+        let r = self.root()?;
+        verify_root::<T>(self.size, &r, &self.signature, key)?;
         Ok(&self.body)
     }
+
+    /// The root this value's proof leads to: what the signature must cover. Checking the
+    /// proof costs hashes only; a verifier that already checked the signature over this
+    /// root (and size) for this key need not check it again.
+    pub fn root(&self) -> Result<[u8; 32], KeyError> {
+        root_of(&self.body, self.index, self.size, &self.proof)
+    }
+}
+
+/// The root that `body`'s proof (its index, the batch size, the audit path) leads to.
+/// Checking it costs hashes only; what makes it trustworthy is a signature over the root,
+/// which [`verify_root`] checks (and which a verifier may remember having checked).
+pub fn root_of<T: Signable>(body: &T, index: u32, size: u32, proof: &[[u8; 32]]) -> Result<[u8; 32], KeyError> {
+    root_from_proof(leaf(body)?, index, size, proof).ok_or(KeyError::BadSignature)
+}
+
+/// Checks `signature` over a batch root of `size` values of type `T`.
+pub fn verify_root<T: Signable>(
+    size: u32,
+    root: &[u8; 32],
+    signature: &[u8],
+    key: &VerifyingKey,
+) -> Result<(), KeyError> {
+    key.verify(&root_message::<T>(size, root), signature)
 }
 
 /// The recursive definition of RFC 6962 (2.1 and 2.1.1), kept as the oracle for [`Tree`]:

@@ -90,9 +90,8 @@ pub fn decode<T: DeserializeOwned>(header: &str) -> Result<T, HttpError> {
         return Err(HttpError::TooLong);
     }
     let b64 = header.strip_prefix(VERSION_PREFIX).ok_or(HttpError::Version)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(b64)
-        .map_err(|e| HttpError::Decode(e.to_string()))?;
+    let bytes =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(b64).map_err(|e| HttpError::Decode(e.to_string()))?;
     bincode::options()
         .with_fixint_encoding()
         .with_limit(MAX_HEADER as u64)
@@ -193,10 +192,7 @@ pub fn check_offer(offer: &SignedOffer, fetched: &Origin, now: u64) -> Result<Pe
     let keys = offer.body.merchant.parse()?;
     offer.verify(&keys.verifying).map_err(|_| HttpError::BadSignature)?;
     if &offer.body.origin != fetched {
-        return Err(HttpError::WrongOrigin {
-            offered: offer.body.origin.to_string(),
-            fetched: fetched.to_string(),
-        });
+        return Err(HttpError::WrongOrigin { offered: offer.body.origin.to_string(), fetched: fetched.to_string() });
     }
     if offer.body.expires <= now {
         return Err(HttpError::Expired);

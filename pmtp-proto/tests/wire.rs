@@ -233,3 +233,40 @@ async fn tokio_codec_is_the_same_decoder() {
     }
     writer.await.unwrap();
 }
+
+/// Pins format-2 (batch-signed) coins: three coins minted together with test key 0. PKCS#1
+/// v1.5 is deterministic, so the bytes are too. `PMTP_BLESS=1` rewrites the file.
+#[test]
+fn golden_vectors_for_batch_signed_coins() {
+    const COINS: &str = "tests/golden/coins_v2.txt";
+    let key = testing::signing_key(0);
+    let bodies: Vec<coin::CoinBody> = [1u64, 2, 32]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| coin::CoinBody {
+            value: Denomination::try_from(*v).unwrap(),
+            serial: Serial([i as u8 + 1; 16]),
+            bank_id: text::BankId::new("bank-a").unwrap(),
+            bank_addr: text::HostPort::new("127.0.0.1:8000").unwrap(),
+            expiry: NOW + 86_400,
+            key_id: key.verifying_key().key_id(),
+        })
+        .collect();
+    let coins = Coin::mint_batch(bodies, &key).unwrap();
+    let mut text = String::from("# bincode of three coins minted together, format 2 (tests/wire.rs; docs/PMTP.md)\n");
+    for c in &coins {
+        assert_eq!(c.format(), 2);
+        c.verify(&text::BankId::new("bank-a").unwrap(), key.verifying_key(), NOW).unwrap();
+        text.push_str(&format!("{}\n", hex::encode(bincode::serialize(c).unwrap())));
+    }
+    if std::env::var_os("PMTP_BLESS").is_some() {
+        std::fs::write(COINS, &text).unwrap();
+    }
+    let golden = std::fs::read_to_string(COINS).expect("golden file exists (PMTP_BLESS=1 to create)");
+    assert_eq!(text, golden, "the bytes of batch-signed coins changed");
+    // Each decodes back to the same coin.
+    for line in golden.lines().skip(1) {
+        let c: Coin = bincode::deserialize(&hex::decode(line).unwrap()).unwrap();
+        assert!(coins.contains(&c));
+    }
+}

@@ -239,28 +239,29 @@ pub fn plan_denominations(bank: &Bank, amount: Amount, asked: &[Denomination]) -
     Ok(plan)
 }
 
-/// Signs new coins for `plan` on all cores. Their serials are not yet in circulation: the
-/// caller inserts them in the same transaction as the debit, or throws the coins away.
-/// Signing is the costly step of a request, so callers check everything a read can check
-/// (retry, balance, circulation) before they call this.
+/// Signs new coins for `plan`: one RSA signature over the Merkle root of their bodies
+/// (coin format 2), on the CPU pool. Their serials are not yet in circulation: the caller
+/// inserts them in the same transaction as the debit, or throws the coins away. Signing is
+/// the costly step of a request, so callers check everything a read can check (retry,
+/// balance, circulation) before they call this.
 pub async fn mint(bank: &Arc<Bank>, plan: Vec<Denomination>, now: u64) -> Result<Vec<Coin>, Refuse> {
     let b = bank.clone();
     let expiry = now.saturating_add(bank.config.coin_lifetime_secs);
     cpu(move || {
-        use rayon::prelude::*;
-        plan.par_iter()
-            .map(|d| {
-                let body = CoinBody {
-                    value: *d,
-                    serial: Serial::random(&mut pmtp_proto::rng::os()),
-                    bank_id: b.bank_id.clone(),
-                    bank_addr: b.public_addr.clone(),
-                    expiry,
-                    key_id: b.identity.signing.verifying_key().key_id(),
-                };
-                Coin::mint(body, &b.identity.signing).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))
+        let mut rng = pmtp_proto::rng::os();
+        let key_id = b.identity.signing.verifying_key().key_id();
+        let bodies = plan
+            .iter()
+            .map(|d| CoinBody {
+                value: *d,
+                serial: Serial::random(&mut rng),
+                bank_id: b.bank_id.clone(),
+                bank_addr: b.public_addr.clone(),
+                expiry,
+                key_id,
             })
-            .collect()
+            .collect();
+        Coin::mint_batch(bodies, &b.identity.signing).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))
     })
     .await?
 }
