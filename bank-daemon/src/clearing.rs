@@ -22,10 +22,10 @@
 //! Coins of two or more peers in one deposit are refused up front: making them all or
 //! nothing would need a hold-then-commit step at each peer that PMTP does not have.
 
-use crate::client::{BankClient, ClientError};
 use crate::handlers::{now, Refuse};
 use crate::store::{ClearingRow, CounterDelta, DepositRow, SerialRow};
 use crate::Bank;
+use pmtp_client::{BankClient, ClientError};
 use pmtp_proto::bank_statement::EntryKind;
 use pmtp_proto::keys::tagged_hash;
 use pmtp_proto::{AccountId, Amount, Coin, ReasonCode, VerifiedCoin};

@@ -145,7 +145,7 @@ pub enum ConfigError {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = crate::daemon::load_toml(path).map_err(ConfigError::Invalid)?;
+        let cfg: Config = payme_node::config::load_toml(path).map_err(ConfigError::Invalid)?;
         cfg.validate()?;
         Ok(cfg)
     }

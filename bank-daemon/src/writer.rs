@@ -163,7 +163,7 @@ impl Readers {
             result
         })
         .await
-        .map_err(|e| StoreError::Db(format!("reader task failed: {e}")))?
+        .map_err(|e| StoreError::Task(format!("reader: {e}")))?
     }
 }
 

@@ -10,7 +10,7 @@
 
 use crate::db::{self, coins_in, coins_of, insert_coins, move_coins, CoinState, DbError};
 use crate::{Wallet, WalletError};
-use bank_daemon::client::ClientError;
+use pmtp_client::ClientError;
 use pmtp_proto::{Amount, Coin, Denomination, ReasonCode, Serial};
 use rusqlite::{params, OptionalExtension};
 use std::sync::Arc;

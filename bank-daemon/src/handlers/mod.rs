@@ -72,9 +72,7 @@ pub(crate) fn record_nonce(tx: &mut dyn crate::store::Tx, random: &[u8; 16], exp
     Ok(())
 }
 
-pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
+pub use pmtp_client::clock::now;
 
 /// Answers one frame. `None` means close the connection without a reply (the frame was
 /// not a request this bank serves and no refusal identifier fits).
@@ -121,7 +119,7 @@ where
     let req = match opened {
         Ok(Ok(q)) => Arc::new(q),
         Ok(Err(e)) => return plain(refusal_id, &e),
-        Err(_) => return plain(refusal_id, &ProtoError::Body("internal".into())),
+        Err(_) => return internal(refusal_id, "the bank could not open the request; try again"),
     };
     let now = now();
     let checked = match bank.nonces.lock() {
@@ -145,18 +143,31 @@ where
     .await;
     match sealed {
         Ok(Ok(f)) => f,
-        Ok(Err(e)) => plain(refusal_id, &e),
-        Err(_) => plain(refusal_id, &ProtoError::Body("internal".into())),
+        // The bank failed to encode or seal its own answer: not the requester's doing.
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, request = %Q::ID, "sealing the reply failed");
+            internal(refusal_id, "the bank could not seal its answer; try again with the same request id")
+        }
+        Err(_) => internal(refusal_id, "the bank could not seal its answer; try again with the same request id"),
     }
+}
+
+/// A plain refusal for a failure of this bank's own: `internal`, never a code that blames
+/// the request.
+fn internal(refusal_id: pmtp_proto::MessageId, text: &str) -> Frame {
+    plain_code(refusal_id, ReasonCode::INTERNAL, text)
 }
 
 fn plain(refusal_id: pmtp_proto::MessageId, e: &ProtoError) -> Frame {
     let code = ReasonCode::from(e);
     tracing::info!(code = %code, error = %e, "refused unopened request");
+    plain_code(refusal_id, code, &e.to_string())
+}
+
+fn plain_code(refusal_id: pmtp_proto::MessageId, code: ReasonCode, text: &str) -> Frame {
     // A refusal identifier always takes a Plain envelope, so this cannot fail; if it ever
     // did, an empty refusal body still ends the exchange rather than panicking.
-    Frame::plain_refusal(refusal_id, code, &e.to_string())
-        .unwrap_or(Frame { id: refusal_id, body: bytes::Bytes::new() })
+    Frame::plain_refusal(refusal_id, code, text).unwrap_or(Frame { id: refusal_id, body: bytes::Bytes::new() })
 }
 
 /// Checks the coins a request hands in: at least one, at most the limit, no serial twice,
