@@ -88,7 +88,7 @@ pub fn init(dir: &DataDir, passphrase: &str, opts: &InitOptions) -> Result<Publi
     let public = identity.public();
     keyfile::fs::write_atomic(&dir.public(), format!("{}\n", public.to_text()).as_bytes(), 0o644)?;
     if !dir.config().exists() {
-        keyfile::fs::write_atomic(&dir.config(), config.commented_toml().as_bytes(), 0o600)?;
+        keyfile::fs::write_atomic(&dir.config(), config.commented_toml()?.as_bytes(), 0o600)?;
     }
     let mut store = SqliteStore::open(&dir.database())?;
     let mut tx = store.begin()?;

@@ -172,7 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut cfg = Config::load(&dir.config())?;
             cfg.peers.push(peer.clone());
             cfg.validate()?;
-            pmtp_proto::keyfile::fs::append_atomic(&dir.config(), Config::peer_section(&peer).as_bytes())?;
+            pmtp_proto::keyfile::fs::append_atomic(&dir.config(), Config::peer_section(&peer)?.as_bytes())?;
             println!("peer {} added; restart `payme-bank serve` to use it", peer.id);
         }
         Command::Clearing { passphrase_file, json } => {

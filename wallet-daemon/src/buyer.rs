@@ -292,7 +292,7 @@ async fn pay(
             tracing::info!(payment, %reason, "merchant refused the payment; resolving its coins");
             set_state(w, payment, "refused_unresolved", &reason).await;
             let w2 = w.clone();
-            tokio::spawn(async move {
+            w.tasks.spawn(async move {
                 let _ = ops::resolve_payment(&w2, payment).await;
             });
             Ok(())
@@ -300,7 +300,7 @@ async fn pay(
         Err(Outcome::Unknown(reason)) => {
             tracing::warn!(payment, %reason, "no receipt; resolving the payment's coins at the bank");
             let w2 = w.clone();
-            tokio::spawn(async move {
+            w.tasks.spawn(async move {
                 let _ = ops::resolve_payment(&w2, payment).await;
             });
             Ok(())

@@ -154,6 +154,8 @@ pub struct Wallet {
     pub in_flight: Mutex<HashSet<i64>>,
     /// Outbound connections come from this address (the listen address, when specific).
     pub bind_ip: Option<IpAddr>,
+    /// Every task the daemon starts, so shutdown waits for them all.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl Wallet {
@@ -192,6 +194,7 @@ impl Wallet {
             coin_lock: tokio::sync::Mutex::new(()),
             in_flight: Mutex::new(HashSet::new()),
             bind_ip,
+            tasks: tokio_util::task::TaskTracker::new(),
         })
     }
 
@@ -243,7 +246,7 @@ pub async fn run_daemon(dir: DataDir, cfg: config::Config, passphrase: &str) -> 
     let w = std::sync::Arc::new(Wallet::new(cfg, dir, identity, db)?);
 
     let token = tokio_util::sync::CancellationToken::new();
-    let tracker = tokio_util::task::TaskTracker::new();
+    let tracker = w.tasks.clone();
     // Finish what a previous run left (crash, kill -9) before taking new work, then keep
     // a maintenance round going.
     ops::maintenance(&w).await;

@@ -203,7 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut cfg = load_config(&dir)?;
             cfg.banks.push(b.clone());
             cfg.validate()?;
-            keyfile::fs::append_atomic(&dir.config(), Config::bank_section(&b).as_bytes())?;
+            keyfile::fs::append_atomic(&dir.config(), Config::bank_section(&b)?.as_bytes())?;
             writeln!(std::io::stdout().lock(), "bank {} added; restart `payme-wallet serve` to use it", b.id)?;
             return Ok(ExitCode::SUCCESS);
         }
@@ -383,7 +383,7 @@ fn init(
     keyfile::fs::write_atomic(&dir.public(), format!("{}\n", public.to_text()).as_bytes(), 0o644)?;
     let cfg = Config { listen, ..Config::default() };
     if !dir.config().exists() {
-        keyfile::fs::write_atomic(&dir.config(), cfg.commented_toml().as_bytes(), 0o600)?;
+        keyfile::fs::write_atomic(&dir.config(), cfg.commented_toml()?.as_bytes(), 0o600)?;
     }
     wallet_daemon::db::Db::open(&dir.database(), wallet_daemon::db::Vault::new(&identity))?;
     let mut out = std::io::stdout().lock();
