@@ -108,6 +108,7 @@ pub fn open_bank(
     dir: &DataDir,
     config: Config,
     passphrase: &str,
+    clock: std::sync::Arc<dyn pmtp_client::clock::Clock>,
 ) -> Result<(std::sync::Arc<Bank>, crate::writer::WriterThread, std::fs::File), AdminError> {
     let lock = dir.lock()?;
     let identity = load_identity(dir, passphrase)?;
@@ -126,7 +127,7 @@ pub fn open_bank(
     let readers = crate::writer::Readers::new(Box::new(move || {
         SqliteStore::open_reader(&db).map(|s| Box::new(s) as Box<dyn Store>)
     }));
-    let bank = Bank::new(config, identity, writer, readers)?;
+    let bank = Bank::new(config, identity, writer, readers)?.with_clock(clock);
     Ok((std::sync::Arc::new(bank), thread, lock))
 }
 

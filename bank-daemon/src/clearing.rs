@@ -22,7 +22,7 @@
 //! Coins of two or more peers in one deposit are refused up front: making them all or
 //! nothing would need a hold-then-commit step at each peer that PMTP does not have.
 
-use crate::handlers::{now, Refuse};
+use crate::handlers::Refuse;
 use crate::store::{ClearingRow, CounterDelta, DepositRow, SerialRow};
 use crate::Bank;
 use pmtp_client::{BankClient, ClientError};
@@ -90,7 +90,7 @@ pub async fn deposit(
         coins_hash,
         state: "pending".into(),
         reason: String::new(),
-        time: now(),
+        time: bank.clock.now(),
     };
     let (nonce_random, nonce_expiry) = (nonce.random, bank.nonce_expiry(nonce));
     let begun = bank
@@ -179,7 +179,7 @@ pub async fn settle(bank: &Arc<Bank>, row: ClearingRow) -> Result<DepositRow, Re
     let request_id = row.request_id;
     match answer {
         Ok(_) => {
-            let now = now();
+            let now = bank.clock.now();
             let total = row
                 .local_amount
                 .checked_add(row.foreign_amount)

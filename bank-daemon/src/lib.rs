@@ -28,6 +28,7 @@ pub mod writer;
 
 use handlers::Refuse;
 pub use payme_node::DataDir;
+use pmtp_client::clock::{Clock, SystemClock};
 use pmtp_proto::keys::{Identity, PublicIdentity, Signable, Signed};
 use pmtp_proto::text::{BankId, HostPort};
 use pmtp_proto::{AccountId, Nonce, NonceChecker, ReasonCode};
@@ -66,6 +67,9 @@ pub struct Bank {
     owners: dashmap::DashMap<AccountId, (String, Arc<pmtp_proto::keys::PeerKeys>)>,
     /// Signs deposit acknowledgements in batches.
     pub acks: acks::AckSigner,
+    /// Where handlers, purges and clearing get the time: the system clock, or one a test
+    /// moves ([`Bank::with_clock`]).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Bank {
@@ -118,7 +122,17 @@ impl Bank {
             readers: Arc::new(readers),
             password_cache: dashmap::DashMap::new(),
             password_cache_key: pmtp_proto::rng::bytes(&mut pmtp_proto::rng::os()),
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// This bank, reading the time from `clock`, and so do its clients of peer banks.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        for p in self.peers.values_mut() {
+            p.client.clock = clock.clone();
+        }
+        self.clock = clock;
+        self
     }
 
     /// Until when a nonce must be remembered durably: after that the window refuses it.

@@ -298,7 +298,8 @@ fn serve(dir: &DataDir, cfg: Config, passphrase: &str) -> anyhow::Result<()> {
         if cfg.public_addr.ends_with(":0") {
             cfg.public_addr = local.to_string();
         }
-        let (bank, writer_thread, _lock) = admin::open_bank(dir, cfg, passphrase)?;
+        let (bank, writer_thread, _lock) =
+            admin::open_bank(dir, cfg, passphrase, std::sync::Arc::new(pmtp_client::clock::SystemClock))?;
         tracing::info!(addr = %local, bank = %bank.bank_id, "serving");
         // Tests and scripts read this line to learn the port when listening on port 0.
         println!("payme-bank listening on {local}");

@@ -34,7 +34,7 @@ pub async fn serve(bank: Arc<Bank>, listener: TcpListener, shutdown: impl Future
         let every = Duration::from_secs(bank.config.limits.purge_interval_secs.max(1));
         tracker.spawn(async move {
             loop {
-                if let Err(e) = bank.purge_expired(crate::handlers::now()).await {
+                if let Err(e) = bank.purge_expired(bank.clock.now()).await {
                     tracing::warn!(reason = %e.text, "purge failed; will retry");
                 }
                 tokio::select! {

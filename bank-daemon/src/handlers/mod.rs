@@ -72,7 +72,6 @@ pub(crate) fn record_nonce(tx: &mut dyn crate::store::Tx, random: &[u8; 16], exp
     Ok(())
 }
 
-pub use pmtp_client::clock::now;
 
 /// Answers one frame. `None` means close the connection without a reply (the frame was
 /// not a request this bank serves and no refusal identifier fits).
@@ -121,7 +120,7 @@ where
         Ok(Err(e)) => return plain(refusal_id, &e),
         Err(_) => return internal(refusal_id, "the bank could not open the request; try again"),
     };
-    let now = now();
+    let now = bank.clock.now();
     let checked = match bank.nonces.lock() {
         Ok(mut n) => n.check(req.nonce(), peer, now).map_err(|e| Refuse::new(ReasonCode::from(e), e.to_string())),
         Err(_) => Err(Refuse::new(ReasonCode::INTERNAL, "internal error")),
