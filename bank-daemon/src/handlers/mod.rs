@@ -72,7 +72,6 @@ pub(crate) fn record_nonce(tx: &mut dyn crate::store::Tx, random: &[u8; 16], exp
     Ok(())
 }
 
-
 /// Answers one frame. `None` means close the connection without a reply (the frame was
 /// not a request this bank serves and no refusal identifier fits).
 pub async fn dispatch(bank: &Arc<Bank>, frame: Frame, peer: IpAddr) -> Option<Frame> {
