@@ -25,7 +25,7 @@
 use crate::handlers::Refuse;
 use crate::store::{ClearingRow, CounterDelta, DepositRow, SerialRow};
 use crate::Bank;
-use pmtp_client::{BankClient, ClientError};
+use pmtp_client::BankClient;
 use pmtp_proto::bank_statement::EntryKind;
 use pmtp_proto::keys::tagged_hash;
 use pmtp_proto::{AccountId, Amount, Coin, ReasonCode, VerifiedCoin};
@@ -244,7 +244,7 @@ pub async fn settle(bank: &Arc<Bank>, row: ClearingRow) -> Result<DepositRow, Re
             Err(Refuse::new(ReasonCode::PEER_BANK_REFUSED, reason))
         }
         Err(e) => {
-            let unknown = matches!(e, ClientError::Timeout | ClientError::Closed | ClientError::Io(_));
+            let unknown = e.outcome_unknown();
             tracing::warn!(peer = %row.peer, error = %e, "peer bank unavailable; clearing stays pending");
             Err(Refuse::new(
                 ReasonCode::PEER_BANK_UNAVAILABLE,

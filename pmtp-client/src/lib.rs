@@ -59,6 +59,12 @@ impl ClientError {
     pub fn is_definitive(&self) -> bool {
         matches!(self, ClientError::Refused(r) if r.code.is_definitive())
     }
+    /// True when the request may have reached the bank and taken effect, but no answer
+    /// came (timeout, closed connection, I/O failure): only a retry with the same request
+    /// id tells what happened.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, ClientError::Timeout | ClientError::Closed | ClientError::Io(_))
+    }
     pub fn code(&self) -> Option<ReasonCode> {
         match self {
             ClientError::Refused(r) => Some(r.code),
@@ -272,5 +278,21 @@ impl BankClient {
             Signed::sign(body, &owner.signing).map_err(|e| ClientError::BadAnswer(e.to_string()))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_missing_answer_leaves_the_outcome_unknown() {
+        assert!(ClientError::Timeout.outcome_unknown());
+        assert!(ClientError::Closed.outcome_unknown());
+        assert!(ClientError::Io("reset".into()).outcome_unknown());
+        let not_sent = ClientError::Connect { addr: "x:1".into(), message: "refused".into() };
+        assert!(!not_sent.outcome_unknown(), "a request never sent took no effect");
+        assert!(!ClientError::BadAnswer("x".into()).outcome_unknown());
+        assert!(!ClientError::Timeout.is_definitive());
     }
 }
