@@ -166,6 +166,16 @@ fn from_tuple(t: &SerialTuple) -> SerialRow {
     }
 }
 
+/// This bank's own coins a clearing holds out of circulation. Damaged, they are an
+/// internal failure: read as none, settling would redeem nothing and a refusal would put
+/// nothing back, and the audit would no longer hold.
+fn held_serials(row: &ClearingRow) -> Result<Vec<SerialTuple>, Refuse> {
+    bincode::deserialize(&row.local_serials).map_err(|_| {
+        tracing::error!(clearing = %hex::encode(row.request_id), "stored clearing serials are damaged");
+        Refuse::new(ReasonCode::INTERNAL, "the bank's record of this clearing is damaged")
+    })
+}
+
 /// Asks the peer (step 2) and applies its answer (step 3). Used by the deposit and by
 /// the resolver for clearings left pending.
 pub async fn settle(bank: &Arc<Bank>, row: ClearingRow) -> Result<DepositRow, Refuse> {
@@ -184,7 +194,7 @@ pub async fn settle(bank: &Arc<Bank>, row: ClearingRow) -> Result<DepositRow, Re
                 .local_amount
                 .checked_add(row.foreign_amount)
                 .map_err(|_| Refuse::new(ReasonCode::INVALID_AMOUNT, "overflow"))?;
-            let locals: Vec<SerialTuple> = bincode::deserialize(&row.local_serials).unwrap_or_default();
+            let locals = held_serials(&row)?;
             let peer_id = row.peer.clone();
             let done = bank
                 .writer
@@ -224,7 +234,7 @@ pub async fn settle(bank: &Arc<Bank>, row: ClearingRow) -> Result<DepositRow, Re
         }
         Err(e) if e.is_definitive() => {
             let reason = format!("bank {} refused the coins: {e}", row.peer);
-            let locals: Vec<SerialTuple> = bincode::deserialize(&row.local_serials).unwrap_or_default();
+            let locals = held_serials(&row)?;
             let r2 = reason.clone();
             bank.writer
                 .run(move |tx| {
