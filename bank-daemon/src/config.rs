@@ -3,6 +3,7 @@
 //!
 //! Every limit a peer can push against is here, with its default.
 
+pub use payme_node::config::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -137,17 +138,9 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("configuration: {0}")]
-    Invalid(String),
-}
-
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = payme_node::config::load_toml(path).map_err(ConfigError::Invalid)?;
-        cfg.validate()?;
-        Ok(cfg)
+        payme_node::config::load(path, Config::validate)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -193,13 +186,12 @@ impl Config {
 
     /// The `[[peer]]` section `peer add` appends.
     pub fn peer_section(p: &PeerBank) -> Result<String, ConfigError> {
-        payme_node::config::array_section("peer", p).map_err(|e| ConfigError::Invalid(e.to_string()))
+        payme_node::config::array_section("peer", p)
     }
 
     /// The config file `init` writes: every setting, with a comment saying what it does.
     pub fn commented_toml(&self) -> Result<String, ConfigError> {
-        let doc =
-            payme_node::config::commented_document(self, COMMENTS).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let doc = payme_node::config::commented_document(self, COMMENTS)?;
         Ok(format!("{HEADER}{doc}{PEER_EXAMPLE}"))
     }
 }

@@ -16,10 +16,32 @@ pub fn default_data_dir(app: &str) -> PathBuf {
     home.join(".local/share").join(app)
 }
 
+/// A daemon's configuration cannot be read, parsed, accepted or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is missing or unreadable, is not TOML, or holds a value the daemon refuses.
+    #[error("configuration: {0}")]
+    Invalid(String),
+    /// A value TOML cannot hold (an integer over `i64::MAX`, say).
+    #[error("cannot write the configuration: {0}")]
+    Write(String),
+}
+
 /// Reads and parses a TOML file; the error names the file and what is wrong.
-pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid(format!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| invalid(&e))?;
+    toml::from_str(&text).map_err(|e| invalid(&e))
+}
+
+/// Reads a daemon's config file and checks it with `validate`.
+pub fn load<T: DeserializeOwned>(
+    path: &Path,
+    validate: impl FnOnce(&T) -> Result<(), ConfigError>,
+) -> Result<T, ConfigError> {
+    let config = load_toml(path)?;
+    validate(&config)?;
+    Ok(config)
 }
 
 /// The replay checker a daemon builds from its `[limits]` nonce settings: the clock
@@ -29,17 +51,12 @@ pub fn nonce_checker(window_secs: u64, capacity: usize, check_address: bool) -> 
     NonceChecker::new(NonceConfig { window_secs, capacity, check_address })
 }
 
-/// A config value TOML cannot hold (an integer over `i64::MAX`, say).
-#[derive(Debug, thiserror::Error)]
-#[error("cannot write the configuration: {0}")]
-pub struct WriteError(String);
-
 /// The TOML document of `value` as people read it: a `[section]` per nested struct, an
 /// `[[array]]` of tables per list of structs, one key per line. `toml_edit` writes every
 /// value, so strings with quotes, backslashes or control characters come out as valid
 /// TOML that reads back to the same value.
-pub fn document<T: Serialize>(value: &T) -> Result<DocumentMut, WriteError> {
-    let mut doc = toml_edit::ser::to_document(value).map_err(|e| WriteError(e.to_string()))?;
+pub fn document<T: Serialize>(value: &T) -> Result<DocumentMut, ConfigError> {
+    let mut doc = toml_edit::ser::to_document(value).map_err(|e| ConfigError::Write(e.to_string()))?;
     expand(doc.as_table_mut());
     Ok(doc)
 }
@@ -101,7 +118,7 @@ pub fn comment(doc: &mut DocumentMut, path: &str, text: &str) -> bool {
 /// The commented file a daemon's `init` writes: `value` as a [`document`], with `comments`
 /// (dotted path, text) put above their settings. An empty list at the top level is left
 /// out: `add` commands append its `[[sections]]` later, which an `x = []` would clash with.
-pub fn commented_document<T: Serialize>(value: &T, comments: &[(&str, &str)]) -> Result<DocumentMut, WriteError> {
+pub fn commented_document<T: Serialize>(value: &T, comments: &[(&str, &str)]) -> Result<DocumentMut, ConfigError> {
     let mut doc = document(value)?;
     let empty: Vec<String> = doc
         .iter()
@@ -118,7 +135,7 @@ pub fn commented_document<T: Serialize>(value: &T, comments: &[(&str, &str)]) ->
 }
 
 /// One `[[name]]` section holding `item`, as an `add` command appends it to a config file.
-pub fn array_section<T: Serialize>(name: &str, item: &T) -> Result<String, WriteError> {
+pub fn array_section<T: Serialize>(name: &str, item: &T) -> Result<String, ConfigError> {
     let doc = document(&std::collections::BTreeMap::from([(name, [item])]))?;
     Ok(format!("\n{doc}"))
 }

@@ -1,6 +1,7 @@
 //! Wallet configuration: defaults, then `config.toml` in the data directory, then
 //! environment variables and flags (applied in `main.rs`).
 
+pub use payme_node::config::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -161,17 +162,9 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("configuration: {0}")]
-    Invalid(String),
-}
-
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = payme_node::config::load_toml(path).map_err(ConfigError::Invalid)?;
-        cfg.validate()?;
-        Ok(cfg)
+        payme_node::config::load(path, Config::validate)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -211,8 +204,7 @@ impl Config {
 
     /// The config file `init` writes, every setting commented.
     pub fn commented_toml(&self) -> Result<String, ConfigError> {
-        let mut doc =
-            payme_node::config::commented_document(self, COMMENTS).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut doc = payme_node::config::commented_document(self, COMMENTS)?;
         if self.merchant.deposit_bank.is_none() {
             // Unset, it is not in the document: its comment and an example go above [limits].
             payme_node::config::comment(&mut doc, "limits", &format!("{DEPOSIT_BANK}\ndeposit_bank = \"bank-a\"\n\n"));
@@ -222,7 +214,7 @@ impl Config {
 
     /// The `[[bank]]` section `bank add` appends.
     pub fn bank_section(b: &BankConfig) -> Result<String, ConfigError> {
-        payme_node::config::array_section("bank", b).map_err(|e| ConfigError::Invalid(e.to_string()))
+        payme_node::config::array_section("bank", b)
     }
 }
 
