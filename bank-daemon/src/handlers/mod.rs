@@ -35,7 +35,12 @@ impl Refuse {
 // The one place internal failures become refusal codes.
 impl From<StoreError> for Refuse {
     fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "store error");
+        // The kind goes to the log (a corrupt database needs a person; busy does not); the
+        // requester learns only that the failure was the bank's, and may retry.
+        match e.kind() {
+            Some(kind) => tracing::error!(error = %e, %kind, "store error"),
+            None => tracing::error!(error = %e, "store error"),
+        }
         Refuse::new(ReasonCode::INTERNAL, "the bank's database failed; try again")
     }
 }
