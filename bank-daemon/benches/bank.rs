@@ -29,9 +29,7 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
+use pmtp_client::clock::now;
 
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();

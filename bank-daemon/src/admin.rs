@@ -4,19 +4,52 @@
 //! `serve` is running (the daemon keeps no balances in memory), waiting briefly for the
 //! writer if it is mid-commit.
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::store::{sqlite::SqliteStore, Circulation, Counters, Store, StoreError};
 use crate::{Bank, DataDir};
-use anyhow::{bail, Context};
+use payme_node::datadir::LockError;
+use pmtp_client::clock::now;
 use pmtp_proto::bank_statement::EntryKind;
-use pmtp_proto::keyfile::{self, KdfParams};
-use pmtp_proto::keys::{Identity, PublicIdentity};
+use pmtp_proto::keyfile::{self, KdfParams, KeyFileError};
+use pmtp_proto::keys::{Identity, KeyError, PublicIdentity};
 use pmtp_proto::text::Name;
 use pmtp_proto::{AccountId, Amount};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-fn now() -> u64 {
-    crate::handlers::now()
+/// Why an administrative command failed: one line for the person at the terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// What the person asked for cannot be done (a bad name, amount or key file).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Client(#[from] pmtp_client::ClientError),
+    #[error("cannot encode {what}: {message}")]
+    Encode { what: &'static str, message: String },
+    #[error("{}: {source}", .path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(
+        "refusing to use the database in {}: {what}. Nothing was changed. Restore the data directory from \
+         a backup (README.md, \"Backups and recovery\"); keep this copy for inspection",
+        .dir.display()
+    )]
+    Damaged { dir: PathBuf, what: String },
+}
+
+fn refused(text: impl Into<String>) -> AdminError {
+    AdminError::Refused(text.into())
 }
 
 /// Options for `init`.
@@ -30,14 +63,15 @@ pub struct InitOptions {
 
 /// Creates a bank: keys under the passphrase, a commented config file, the database.
 /// Refuses to touch a directory that already holds a bank key.
-pub fn init(dir: &DataDir, passphrase: &str, opts: &InitOptions) -> anyhow::Result<PublicIdentity> {
+pub fn init(dir: &DataDir, passphrase: &str, opts: &InitOptions) -> Result<PublicIdentity, AdminError> {
     if dir.key().exists() {
-        bail!("{} already holds a bank key; refusing to overwrite it", dir.0.display());
+        return Err(refused(format!("{} already holds a bank key; refusing to overwrite it", dir.root.display())));
     }
-    std::fs::create_dir_all(&dir.0).with_context(|| format!("cannot create {}", dir.0.display()))?;
+    let io = |source| AdminError::Io { path: dir.root.clone(), source };
+    std::fs::create_dir_all(&dir.root).map_err(io)?;
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::set_permissions(&dir.root, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
     }
     let config = Config {
         bank_id: opts.bank_id.clone(),
@@ -47,14 +81,14 @@ pub fn init(dir: &DataDir, passphrase: &str, opts: &InitOptions) -> anyhow::Resu
     };
     config.validate()?;
     let mut rng = pmtp_proto::rng::os();
-    let name = Name::new(opts.bank_id.clone())?;
+    let name = Name::new(opts.bank_id.clone()).map_err(|e| refused(format!("bank id: {e}")))?;
     let identity = Identity::generate(name, &mut rng, opts.rsa_bits)?;
     let sealed = keyfile::seal_identity(&mut rng, &identity, passphrase.as_bytes(), opts.kdf)?;
     keyfile::fs::write_private(&dir.key(), &sealed)?;
     let public = identity.public();
     keyfile::fs::write_atomic(&dir.public(), format!("{}\n", public.to_text()).as_bytes(), 0o644)?;
     if !dir.config().exists() {
-        keyfile::fs::write_atomic(&dir.config(), config.commented_toml().as_bytes(), 0o600)?;
+        keyfile::fs::write_atomic(&dir.config(), config.commented_toml()?.as_bytes(), 0o600)?;
     }
     let mut store = SqliteStore::open(&dir.database())?;
     let mut tx = store.begin()?;
@@ -64,9 +98,9 @@ pub fn init(dir: &DataDir, passphrase: &str, opts: &InitOptions) -> anyhow::Resu
 }
 
 /// Loads the bank's identity from its encrypted key file.
-pub fn load_identity(dir: &DataDir, passphrase: &str) -> anyhow::Result<Identity> {
+pub fn load_identity(dir: &DataDir, passphrase: &str) -> Result<Identity, AdminError> {
     let bytes = keyfile::fs::read_private(&dir.key())?;
-    keyfile::open_identity(&bytes, passphrase.as_bytes()).map_err(|e| anyhow::anyhow!("{}: {e}", dir.key().display()))
+    keyfile::open_identity(&bytes, passphrase.as_bytes()).map_err(|e| refused(format!("{}: {e}", dir.key().display())))
 }
 
 /// Opens the data directory for serving: lock, config, key, store, writer, readers.
@@ -74,16 +108,17 @@ pub fn open_bank(
     dir: &DataDir,
     config: Config,
     passphrase: &str,
-) -> anyhow::Result<(std::sync::Arc<Bank>, crate::writer::WriterThread, std::fs::File)> {
+    clock: std::sync::Arc<dyn pmtp_client::clock::Clock>,
+) -> Result<(std::sync::Arc<Bank>, crate::writer::WriterThread, std::fs::File), AdminError> {
     let lock = dir.lock()?;
     let identity = load_identity(dir, passphrase)?;
     if identity.name.as_str() != config.bank_id {
-        bail!(
+        return Err(refused(format!(
             "the key in {} is for bank {:?}, but config.toml says {:?}",
             dir.key().display(),
             identity.name.as_str(),
             config.bank_id
-        );
+        )));
     }
     let mut store = open_checked(dir)?;
     check_at_start(dir, &mut store)?;
@@ -92,13 +127,14 @@ pub fn open_bank(
     let readers = crate::writer::Readers::new(Box::new(move || {
         SqliteStore::open_reader(&db).map(|s| Box::new(s) as Box<dyn Store>)
     }));
-    let bank = Bank::new(config, identity, writer, readers)?;
+    let bank = Bank::new(config, identity, writer, readers)?.with_clock(clock);
     Ok((std::sync::Arc::new(bank), thread, lock))
 }
 
-fn open_store(dir: &DataDir) -> anyhow::Result<SqliteStore> {
+fn open_store(dir: &DataDir) -> Result<SqliteStore, AdminError> {
     if !dir.database().exists() {
-        bail!("no bank in {} (run `payme-bank init --data-dir {}` first)", dir.0.display(), dir.0.display());
+        let d = dir.root.display();
+        return Err(refused(format!("no bank in {d} (run `payme-bank init --data-dir {d}` first)")));
     }
     match dir.lock() {
         // No `serve` is running: this may be the first open since a crash, which would
@@ -110,17 +146,13 @@ fn open_store(dir: &DataDir) -> anyhow::Result<SqliteStore> {
 }
 
 /// What to do when the database fails a check: one line for the log, and the way out.
-fn damaged(dir: &DataDir, what: &str) -> anyhow::Error {
-    anyhow::anyhow!(
-        "refusing to use the database in {}: {what}. Nothing was changed. Restore the data directory from \
-         a backup (README.md, \"Backups and recovery\"); keep this copy for inspection",
-        dir.0.display()
-    )
+fn damaged(dir: &DataDir, what: &str) -> AdminError {
+    AdminError::Damaged { dir: dir.root.clone(), what: what.to_owned() }
 }
 
 /// Opens the bank's database after checking that its WAL holds every committed
 /// transaction (see [`crate::store::wal`]). The caller holds the serve lock.
-fn open_checked(dir: &DataDir) -> anyhow::Result<SqliteStore> {
+fn open_checked(dir: &DataDir) -> Result<SqliteStore, AdminError> {
     if let crate::store::wal::WalCheck::Damaged(what) = crate::store::wal::check(&dir.database())? {
         return Err(damaged(dir, &format!("committed transactions in its write-ahead log are damaged ({what})")));
     }
@@ -130,7 +162,7 @@ fn open_checked(dir: &DataDir) -> anyhow::Result<SqliteStore> {
 /// The checks `serve` makes before it answers anyone: SQLite's integrity check, and the
 /// audit (counters against the serials in circulation, every account's ledger against its
 /// balance). A bank that fails them would serve damaged numbers as the truth.
-pub fn check_at_start(dir: &DataDir, store: &mut dyn Store) -> anyhow::Result<()> {
+pub fn check_at_start(dir: &DataDir, store: &mut dyn Store) -> Result<(), AdminError> {
     let started = std::time::Instant::now();
     let problems = store.integrity_check()?;
     if !problems.is_empty() {
@@ -151,38 +183,45 @@ pub fn check_at_start(dir: &DataDir, store: &mut dyn Store) -> anyhow::Result<()
 }
 
 /// Hashes an account password with Argon2id and a random salt.
-pub fn hash_password(password: &str) -> anyhow::Result<String> {
+pub fn hash_password(password: &str) -> Result<String, AdminError> {
     use argon2::password_hash::PasswordHasher;
     let salt: [u8; 16] = pmtp_proto::rng::bytes(&mut pmtp_proto::rng::os());
     let hash = argon2::Argon2::default()
         .hash_password_with_salt(password.as_bytes(), &salt)
-        .map_err(|e| anyhow::anyhow!("hashing the password failed: {e}"))?;
+        .map_err(|e| AdminError::Encode { what: "the password hash", message: e.to_string() })?;
     Ok(hash.to_string())
 }
 
 /// Opens an account for the owner whose public identity is in `public_key_file`.
-pub fn account_open(dir: &DataDir, name: &str, public_key_file: &Path, password: &str) -> anyhow::Result<AccountId> {
+pub fn account_open(
+    dir: &DataDir,
+    name: &str,
+    public_key_file: &Path,
+    password: &str,
+) -> Result<AccountId, AdminError> {
     if Name::new(name).is_err() || name.is_empty() {
-        bail!("account name must be 1 to 128 bytes");
+        return Err(refused("account name must be 1 to 128 bytes"));
     }
     if password.len() < 8 {
-        bail!("the account password must be at least 8 characters");
+        return Err(refused("the account password must be at least 8 characters"));
     }
     let text = std::fs::read_to_string(public_key_file)
-        .with_context(|| format!("cannot read {}", public_key_file.display()))?;
+        .map_err(|source| AdminError::Io { path: public_key_file.to_owned(), source })?;
     let identity = PublicIdentity::from_text(&text)
-        .map_err(|e| anyhow::anyhow!("{} is not a payme public key: {e}", public_key_file.display()))?;
-    identity.parse().map_err(|e| anyhow::anyhow!("{}: {e}", public_key_file.display()))?;
+        .map_err(|e| refused(format!("{} is not a payme public key: {e}", public_key_file.display())))?;
+    identity.parse().map_err(|e| refused(format!("{}: {e}", public_key_file.display())))?;
     let hash = hash_password(password)?;
+    let owner = bincode::serialize(&identity)
+        .map_err(|e| AdminError::Encode { what: "the owner key", message: e.to_string() })?;
     let mut store = open_store(dir)?;
     let mut tx = store.begin()?;
-    let id = tx.create_account(name, &bincode::serialize(&identity)?, &hash, now())?;
+    let id = tx.create_account(name, &owner, &hash, now())?;
     tx.audit_event(now(), "account_open", &format!("account {id} name {name:?} key {}", identity.fingerprint()))?;
     tx.commit()?;
     Ok(id)
 }
 
-pub fn account_list(dir: &DataDir) -> anyhow::Result<Vec<crate::store::AccountRow>> {
+pub fn account_list(dir: &DataDir) -> Result<Vec<crate::store::AccountRow>, AdminError> {
     let mut store = open_store(dir)?;
     let mut tx = store.begin_read()?;
     Ok(tx.accounts()?)
@@ -195,20 +234,20 @@ pub fn account_adjust(
     amount: Amount,
     credit: bool,
     memo: &str,
-) -> anyhow::Result<Amount> {
+) -> Result<Amount, AdminError> {
     if amount.is_zero() || amount > Amount::MAX {
-        bail!("amount must be positive and at most 2^62");
+        return Err(refused("amount must be positive and at most 2^62"));
     }
     let mut store = open_store(dir)?;
     let mut tx = store.begin()?;
-    let acct = tx.account(id)?.ok_or_else(|| anyhow::anyhow!("no account {id}"))?;
+    let acct = tx.account(id)?.ok_or_else(|| refused(format!("no account {id}")))?;
     let (balance, kind) = if credit {
-        (acct.balance.checked_add(amount)?, EntryKind::CounterCredit)
+        (acct.balance.checked_add(amount).map_err(|e| refused(e.to_string()))?, EntryKind::CounterCredit)
     } else {
         (
             acct.balance
                 .checked_sub(amount)
-                .map_err(|_| anyhow::anyhow!("balance {} is less than {amount}", acct.balance))?,
+                .map_err(|_| refused(format!("balance {} is less than {amount}", acct.balance)))?,
             EntryKind::CounterDebit,
         )
     };
@@ -278,7 +317,7 @@ impl AuditReport {
 }
 
 /// Checks minted - redeemed - expired = circulating, and ledger sums = balances.
-pub fn audit(dir: &DataDir) -> anyhow::Result<AuditReport> {
+pub fn audit(dir: &DataDir) -> Result<AuditReport, AdminError> {
     let mut store = open_store(dir)?;
     audit_store(&mut store).map_err(Into::into)
 }
@@ -326,7 +365,7 @@ impl PeerPosition {
 }
 
 /// This bank's net position with every peer, from its books and statements at the peers.
-pub fn clearing(dir: &DataDir, config: &Config, passphrase: &str) -> anyhow::Result<Vec<PeerPosition>> {
+pub fn clearing(dir: &DataDir, config: &Config, passphrase: &str) -> Result<Vec<PeerPosition>, AdminError> {
     let identity = load_identity(dir, passphrase)?;
     let mut store = open_store(dir)?;
     let (totals, balances) = {
@@ -336,11 +375,11 @@ pub fn clearing(dir: &DataDir, config: &Config, passphrase: &str) -> anyhow::Res
             tx.accounts()?.into_iter().map(|a| (a.id, a.balance)).collect();
         (totals, balances)
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(AdminError::Runtime)?;
     let mut out = Vec::new();
     for p in &config.peers {
         let public = PublicIdentity::from_text(&p.public_key)?;
-        let client = crate::client::BankClient::new(p.addr.clone(), &public)?;
+        let client = pmtp_client::BankClient::new(p.addr.clone(), &public)?;
         let statement = rt.block_on(client.statement(&identity, AccountId(p.account), &p.account_name, None));
         let (balance_there, error) = match statement {
             Ok(s) => (Some(s.balance), None),

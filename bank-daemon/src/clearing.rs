@@ -22,10 +22,10 @@
 //! Coins of two or more peers in one deposit are refused up front: making them all or
 //! nothing would need a hold-then-commit step at each peer that PMTP does not have.
 
-use crate::client::{BankClient, ClientError};
-use crate::handlers::{now, Refuse};
+use crate::handlers::Refuse;
 use crate::store::{ClearingRow, CounterDelta, DepositRow, SerialRow};
 use crate::Bank;
+use pmtp_client::BankClient;
 use pmtp_proto::bank_statement::EntryKind;
 use pmtp_proto::keys::tagged_hash;
 use pmtp_proto::{AccountId, Amount, Coin, ReasonCode, VerifiedCoin};
@@ -90,7 +90,7 @@ pub async fn deposit(
         coins_hash,
         state: "pending".into(),
         reason: String::new(),
-        time: now(),
+        time: bank.clock.now(),
     };
     let (nonce_random, nonce_expiry) = (nonce.random, bank.nonce_expiry(nonce));
     let begun = bank
@@ -166,6 +166,16 @@ fn from_tuple(t: &SerialTuple) -> SerialRow {
     }
 }
 
+/// This bank's own coins a clearing holds out of circulation. Damaged, they are an
+/// internal failure: read as none, settling would redeem nothing and a refusal would put
+/// nothing back, and the audit would no longer hold.
+fn held_serials(row: &ClearingRow) -> Result<Vec<SerialTuple>, Refuse> {
+    bincode::deserialize(&row.local_serials).map_err(|_| {
+        tracing::error!(clearing = %hex::encode(row.request_id), "stored clearing serials are damaged");
+        Refuse::new(ReasonCode::INTERNAL, "the bank's record of this clearing is damaged")
+    })
+}
+
 /// Asks the peer (step 2) and applies its answer (step 3). Used by the deposit and by
 /// the resolver for clearings left pending.
 pub async fn settle(bank: &Arc<Bank>, row: ClearingRow) -> Result<DepositRow, Refuse> {
@@ -179,12 +189,12 @@ pub async fn settle(bank: &Arc<Bank>, row: ClearingRow) -> Result<DepositRow, Re
     let request_id = row.request_id;
     match answer {
         Ok(_) => {
-            let now = now();
+            let now = bank.clock.now();
             let total = row
                 .local_amount
                 .checked_add(row.foreign_amount)
                 .map_err(|_| Refuse::new(ReasonCode::INVALID_AMOUNT, "overflow"))?;
-            let locals: Vec<SerialTuple> = bincode::deserialize(&row.local_serials).unwrap_or_default();
+            let locals = held_serials(&row)?;
             let peer_id = row.peer.clone();
             let done = bank
                 .writer
@@ -224,7 +234,7 @@ pub async fn settle(bank: &Arc<Bank>, row: ClearingRow) -> Result<DepositRow, Re
         }
         Err(e) if e.is_definitive() => {
             let reason = format!("bank {} refused the coins: {e}", row.peer);
-            let locals: Vec<SerialTuple> = bincode::deserialize(&row.local_serials).unwrap_or_default();
+            let locals = held_serials(&row)?;
             let r2 = reason.clone();
             bank.writer
                 .run(move |tx| {
@@ -244,7 +254,7 @@ pub async fn settle(bank: &Arc<Bank>, row: ClearingRow) -> Result<DepositRow, Re
             Err(Refuse::new(ReasonCode::PEER_BANK_REFUSED, reason))
         }
         Err(e) => {
-            let unknown = matches!(e, ClientError::Timeout | ClientError::Closed | ClientError::Io(_));
+            let unknown = e.outcome_unknown();
             tracing::warn!(peer = %row.peer, error = %e, "peer bank unavailable; clearing stays pending");
             Err(Refuse::new(
                 ReasonCode::PEER_BANK_UNAVAILABLE,

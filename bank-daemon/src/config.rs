@@ -3,6 +3,7 @@
 //!
 //! Every limit a peer can push against is here, with its default.
 
+pub use payme_node::config::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -144,17 +145,9 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("configuration: {0}")]
-    Invalid(String),
-}
-
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = crate::daemon::load_toml(path).map_err(ConfigError::Invalid)?;
-        cfg.validate()?;
-        Ok(cfg)
+        payme_node::config::load(path, Config::validate)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -202,82 +195,89 @@ impl Config {
     }
 
     /// The `[[peer]]` section `peer add` appends.
-    pub fn peer_section(p: &PeerBank) -> String {
-        let mut s = format!(
-            "\n[[peer]]\nid = {:?}\naddr = {:?}\npublic_key = {:?}\naccount = {}\naccount_name = {:?}\n",
-            p.id, p.addr, p.public_key, p.account, p.account_name
-        );
-        if let Some(l) = p.local_account {
-            s.push_str(&format!("local_account = {l}\n"));
-        }
-        s
+    pub fn peer_section(p: &PeerBank) -> Result<String, ConfigError> {
+        payme_node::config::array_section("peer", p)
     }
 
     /// The config file `init` writes: every setting, with a comment saying what it does.
-    pub fn commented_toml(&self) -> String {
-        let l = &self.limits;
-        format!(
-            r#"# payme-bank configuration. Environment variables and flags override these
+    pub fn commented_toml(&self) -> Result<String, ConfigError> {
+        let doc = payme_node::config::commented_document(self, COMMENTS)?;
+        Ok(format!("{HEADER}{doc}{PEER_EXAMPLE}"))
+    }
+}
+
+const HEADER: &str = "\
+# payme-bank configuration. Environment variables and flags override these
 # (see `payme-bank serve --help`).
 
-# This bank's identifier, written into every coin it mints. Wallets know the bank by it.
-bank_id = {bank_id:?}
-# host:port where wallets reach this bank; written into every coin (exchanges go there).
-# Port 0 means the address `serve` actually listens on.
-public_addr = {public_addr:?}
-# Address `payme-bank serve` listens on (PMTP over TCP; the paper's port is 8000).
-listen = "{listen}"
-# Currency name, and how many decimal digits its minor unit has (2: amounts are cents).
-currency = {currency:?}
-minor_unit_digits = {minor_unit_digits}
-# Coins are powers of two minor units, from 1 up to 2^max_denomination_exponent.
-max_denomination_exponent = {max_exp}
-# Seconds a coin stays valid after minting; expired coins are refused and purged.
-coin_lifetime_secs = {lifetime}
-# false refuses exchange_coins (coins that must stay traceable, e.g. CPU time).
-exchange_enabled = {exchange}
+";
 
-[limits]
-# Connections served at once, and from one source (an IPv4 address or an IPv6 /64) once
-# half the slots are in use: more are closed at once, so taking every slot needs about
-# max_connections / 2 / max_connections_per_ip sources. max_connections is capped by the
-# open-file limit (ulimit -n).
-max_connections = {max_connections}
-max_connections_per_ip = {per_ip}
-# Largest frame body accepted, in bytes (at most 1048576).
-max_frame_bytes = {max_frame_bytes}
-# Close a connection idle this many seconds between requests.
-idle_timeout_secs = {idle}
-# Answer `timeout` to a request not done in this many seconds.
-request_timeout_secs = {request}
-# Most coins handed in by one deposit or exchange.
-max_coins_per_request = {max_coins}
-# Most coins minted for one withdraw or exchange (each costs one RSA signature).
-max_coins_minted_per_request = {max_minted}
-# Largest single withdrawal, in minor units.
-max_withdraw_amount = {max_withdraw}
-# Nonce clock window each way, in seconds, and how many nonces are remembered in memory.
-nonce_window_secs = {window}
-nonce_cache_capacity = {cap}
-# Require a request's nonce address to equal the connection's address (turn off only
-# when clients sit behind NAT).
-nonce_check_address = {check_addr}
-# Most requests committed together in one durable transaction, and most deposit
-# acknowledgements signed with one signature (1 to 4096).
-commit_batch = {batch}
-# Wrong passwords allowed before an account backs off (doubling delay, up to 15 min).
-password_failures_free = {free}
-# Seconds between purges of expired serials and nonces, and rows per purge transaction.
-purge_interval_secs = {purge_interval}
-purge_batch = {purge_batch}
-# Most ledger entries in one bank statement.
-statement_max_entries = {stmt}
-# Seconds a withdrawal, exchange or deposit is remembered by its request id, so that a
-# client retrying after a lost reply gets the original answer instead of a second one.
-request_retention_secs = {retention}
-# Seconds between retries of deposits waiting for a peer bank (inter-bank clearing).
-clearing_retry_secs = {clearing}
+/// The comment above each setting in the file `init` writes (one comment may cover the
+/// settings that follow it).
+const COMMENTS: &[(&str, &str)] = &[
+    ("bank_id", "This bank's identifier, written into every coin it mints. Wallets know the bank by it."),
+    (
+        "public_addr",
+        "host:port where wallets reach this bank; written into every coin (exchanges go there).\n\
+         Port 0 means the address `serve` actually listens on.",
+    ),
+    ("listen", "Address `payme-bank serve` listens on (PMTP over TCP; the paper's port is 8000)."),
+    ("currency", "Currency name, and how many decimal digits its minor unit has (2: amounts are cents)."),
+    ("max_denomination_exponent", "Coins are powers of two minor units, from 1 up to 2^max_denomination_exponent."),
+    ("coin_lifetime_secs", "Seconds a coin stays valid after minting; expired coins are refused and purged."),
+    ("exchange_enabled", "false refuses exchange_coins (coins that must stay traceable, e.g. CPU time)."),
+    ("limits", ""),
+    (
+        "limits.max_connections",
+        "Connections served at once, and from one source (an IPv4 address or an IPv6 /64) once\n\
+         half the slots are in use: more are closed at once, so taking every slot needs about\n\
+         max_connections / 2 / max_connections_per_ip sources. max_connections is capped by the\n\
+         open-file limit (ulimit -n).",
+    ),
+    ("limits.max_frame_bytes", "Largest frame body accepted, in bytes (at most 1048576)."),
+    ("limits.idle_timeout_secs", "Close a connection idle this many seconds between requests."),
+    ("limits.request_timeout_secs", "Answer `timeout` to a request not done in this many seconds."),
+    ("limits.max_coins_per_request", "Most coins handed in by one deposit or exchange."),
+    (
+        "limits.max_coins_minted_per_request",
+        "Most coins minted for one withdraw or exchange (each costs one RSA signature).",
+    ),
+    ("limits.max_withdraw_amount", "Largest single withdrawal, in minor units."),
+    (
+        "limits.nonce_window_secs",
+        "Nonce clock window each way, in seconds, and how many nonces are remembered in memory.",
+    ),
+    (
+        "limits.nonce_check_address",
+        "Require a request's nonce address to equal the connection's address (turn off only\n\
+         when clients sit behind NAT).",
+    ),
+    (
+        "limits.commit_batch",
+        "Most requests committed together in one durable transaction, and most deposit\n\
+         acknowledgements signed with one signature (1 to 4096).",
+    ),
+    (
+        "limits.password_failures_free",
+        "Wrong passwords allowed before an account backs off (doubling delay, up to 15 min).",
+    ),
+    (
+        "limits.purge_interval_secs",
+        "Seconds between purges of expired serials and nonces, and rows per purge transaction.",
+    ),
+    ("limits.statement_max_entries", "Most ledger entries in one bank statement."),
+    (
+        "limits.request_retention_secs",
+        "Seconds a withdrawal, exchange or deposit is remembered by its request id, so that a\n\
+         client retrying after a lost reply gets the original answer instead of a second one.",
+    ),
+    (
+        "limits.clearing_retry_secs",
+        "Seconds between retries of deposits waiting for a peer bank (inter-bank clearing).",
+    ),
+];
 
+const PEER_EXAMPLE: &str = r#"
 # Peer banks this bank clears with are appended by `payme-bank peer add`:
 # [[peer]]
 # id = "bank-b"                 # its bank id
@@ -286,40 +286,21 @@ clearing_retry_secs = {clearing}
 # account = 1001                # this bank's account there (opened with this bank's bank.pub)
 # account_name = "bank-a"
 # local_account = 1002          # its account here, if any
-"#,
-            bank_id = self.bank_id,
-            public_addr = self.public_addr,
-            listen = self.listen,
-            currency = self.currency,
-            minor_unit_digits = self.minor_unit_digits,
-            max_exp = self.max_denomination_exponent,
-            lifetime = self.coin_lifetime_secs,
-            exchange = self.exchange_enabled,
-            max_connections = l.max_connections,
-            per_ip = l.max_connections_per_ip,
-            max_frame_bytes = l.max_frame_bytes,
-            idle = l.idle_timeout_secs,
-            request = l.request_timeout_secs,
-            max_coins = l.max_coins_per_request,
-            max_minted = l.max_coins_minted_per_request,
-            max_withdraw = l.max_withdraw_amount,
-            window = l.nonce_window_secs,
-            cap = l.nonce_cache_capacity,
-            check_addr = l.nonce_check_address,
-            batch = l.commit_batch,
-            free = l.password_failures_free,
-            purge_interval = l.purge_interval_secs,
-            purge_batch = l.purge_batch,
-            stmt = l.statement_max_entries,
-            retention = l.request_retention_secs,
-            clearing = l.clearing_retry_secs,
-        )
-    }
-}
+"#;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commit_batch_above_the_cap_is_refused() {
+        let with = |commit_batch| Config { limits: Limits { commit_batch, ..Limits::default() }, ..Config::default() };
+        assert!(with(MAX_COMMIT_BATCH).validate().is_ok());
+        let err = with(MAX_COMMIT_BATCH + 1).validate().unwrap_err().to_string();
+        assert!(err.contains("commit_batch"), "{err}");
+        assert!(with(pmtp_proto::batch::MAX_BATCH).validate().is_err());
+        assert!(with(0).validate().is_err());
+    }
 
     #[test]
     fn commented_file_round_trips_every_setting() {
@@ -329,8 +310,44 @@ mod tests {
             limits: Limits { commit_batch: 7, ..Limits::default() },
             ..Config::default()
         };
-        let back: Config = toml::from_str(&c.commented_toml()).unwrap();
+        let back: Config = toml::from_str(&c.commented_toml().unwrap()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn every_setting_has_a_comment_and_every_comment_a_setting() {
+        let text = Config::default().commented_toml().unwrap();
+        let doc: toml_edit::DocumentMut = text.parse().unwrap();
+        for (path, _) in COMMENTS {
+            let mut d = doc.clone();
+            assert!(payme_node::config::comment(&mut d, path, "x"), "no setting {path}");
+        }
+        assert!(
+            text.contains("\n# Largest frame body accepted, in bytes (at most 1048576).\nmax_frame_bytes = 1048576\n"),
+            "{text}"
+        );
+        assert!(text.contains("# id = \"bank-b\""), "the peer example is kept");
+    }
+
+    #[test]
+    fn control_characters_in_names_round_trip() {
+        let nasty = "b\u{1}\u{1b}[31m\"\\\n\u{7f}'x'\t";
+        let c = Config { bank_id: nasty.into(), currency: nasty.into(), ..Config::default() };
+        let text = c.commented_toml().unwrap();
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "no raw control character: {text:?}");
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, c);
+        let p = PeerBank {
+            id: nasty.into(),
+            addr: "127.0.0.1:1".into(),
+            public_key: "k".into(),
+            account: 7,
+            account_name: nasty.into(),
+            local_account: Some(3),
+        };
+        let text = Config::default().commented_toml().unwrap() + &Config::peer_section(&p).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back.peers, vec![p]);
     }
 
     #[test]
@@ -345,15 +362,5 @@ mod tests {
         assert!(toml::from_str::<Config>("bank_idd = \"x\"").is_err());
         let c = Config { max_denomination_exponent: 63, ..Config::default() };
         assert!(c.validate().is_err());
-    }
-
-    #[test]
-    fn commit_batch_above_the_cap_is_refused() {
-        let with = |commit_batch| Config { limits: Limits { commit_batch, ..Limits::default() }, ..Config::default() };
-        assert!(with(MAX_COMMIT_BATCH).validate().is_ok());
-        let err = with(MAX_COMMIT_BATCH + 1).validate().unwrap_err().to_string();
-        assert!(err.contains("commit_batch"), "{err}");
-        assert!(with(pmtp_proto::batch::MAX_BATCH).validate().is_err());
-        assert!(with(0).validate().is_err());
     }
 }

@@ -7,66 +7,40 @@
 //! - [`writer`]: the single database-writer thread with group commit, read connections,
 //!   and the CPU pool for RSA, X25519 and Argon2.
 //! - [`handlers`]: one file per message type.
-//! - [`server`]: accept loop, connection limits, deadlines, graceful shutdown.
-//! - [`admin`]: `init`, accounts, `audit`.
-//! - [`client`]: a PMTP client for banks, used by wallets, peer banks and tests.
+//! - [`server`]: the per-connection loop, deadlines, background rounds, graceful shutdown
+//!   (the accept loop and connection limits are `payme_node::net`).
+//! - [`admin`]: `init`, accounts, `audit`, `clearing`.
+//! - [`clearing`]: deposits of peer banks' coins, through `pmtp_client` to the peer.
+//!
+//! Shared daemon plumbing (data directory and its lock, config loading, signals, logs,
+//! secrets, SQLite opening) is in `payme-node`; the PMTP client is `pmtp-client`.
 
 #![forbid(unsafe_code)]
 
 pub mod acks;
 pub mod admin;
 pub mod clearing;
-pub mod client;
 pub mod config;
-pub mod daemon;
 pub mod handlers;
 pub mod server;
 pub mod store;
 pub mod writer;
 
 use handlers::Refuse;
+pub use payme_node::DataDir;
+use pmtp_client::clock::{Clock, SystemClock};
 use pmtp_proto::keys::{Identity, PublicIdentity, Signable, Signed};
 use pmtp_proto::text::{BankId, HostPort};
-use pmtp_proto::{AccountId, Nonce, NonceChecker, NonceConfig, ReasonCode};
+use pmtp_proto::{AccountId, Nonce, NonceChecker, ReasonCode};
 use serde::de::DeserializeOwned;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use store::AccountRow;
 
-/// File names inside a bank's data directory.
-pub struct DataDir(pub PathBuf);
-
-impl DataDir {
-    pub fn config(&self) -> PathBuf {
-        self.0.join("config.toml")
-    }
-    pub fn key(&self) -> PathBuf {
-        self.0.join("bank.key")
-    }
-    pub fn public(&self) -> PathBuf {
-        self.0.join("bank.pub")
-    }
-    pub fn database(&self) -> PathBuf {
-        self.0.join("bank.db")
-    }
-    pub fn lock_file(&self) -> PathBuf {
-        self.0.join("serve.lock")
-    }
-
-    /// Takes the exclusive lock that stops a second `serve` on this directory. Held until
-    /// the returned file is dropped (the OS releases it if the process dies).
-    pub fn lock(&self) -> Result<std::fs::File, store::StoreError> {
-        let path = self.lock_file();
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| store::StoreError::Locked(format!("{}: {e}", path.display())))?;
-        f.try_lock().map_err(|_| store::StoreError::Locked(path.display().to_string()))?;
-        Ok(f)
-    }
+/// A bank's data directory: `config.toml`, `bank.key`, `bank.pub`, `bank.db`, `serve.lock`.
+pub fn data_dir(root: impl Into<PathBuf>) -> DataDir {
+    DataDir::new(root, "bank")
 }
 
 /// Everything a running bank shares between connections.
@@ -93,6 +67,9 @@ pub struct Bank {
     owners: dashmap::DashMap<AccountId, (String, Arc<pmtp_proto::keys::PeerKeys>)>,
     /// Signs deposit acknowledgements in batches.
     pub acks: acks::AckSigner,
+    /// Where handlers, purges and clearing get the time: the system clock, or one a test
+    /// moves ([`Bank::with_clock`]).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Bank {
@@ -106,16 +83,14 @@ impl Bank {
         let bank_id = BankId::new(config.bank_id.clone()).map_err(|e| config::ConfigError::Invalid(e.to_string()))?;
         let public_addr =
             HostPort::new(config.public_addr.clone()).map_err(|e| config::ConfigError::Invalid(e.to_string()))?;
-        let nonces = NonceChecker::new(NonceConfig {
-            window_secs: config.limits.nonce_window_secs,
-            capacity: config.limits.nonce_cache_capacity,
-            check_address: config.limits.nonce_check_address,
-        });
+        let l = &config.limits;
+        let nonces =
+            payme_node::config::nonce_checker(l.nonce_window_secs, l.nonce_cache_capacity, l.nonce_check_address);
         let mut peers = std::collections::HashMap::new();
         for p in &config.peers {
             let public = PublicIdentity::from_text(&p.public_key)
                 .map_err(|e| config::ConfigError::Invalid(format!("peer {}: {e}", p.id)))?;
-            let client = client::BankClient::new(p.addr.clone(), &public)
+            let client = pmtp_client::BankClient::new(p.addr.clone(), &public)
                 .map_err(|e| config::ConfigError::Invalid(format!("peer {}: {e}", p.id)))?;
             peers.insert(
                 p.id.clone(),
@@ -147,7 +122,17 @@ impl Bank {
             readers: Arc::new(readers),
             password_cache: dashmap::DashMap::new(),
             password_cache_key: pmtp_proto::rng::bytes(&mut pmtp_proto::rng::os()),
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// This bank, reading the time from `clock`, and so do its clients of peer banks.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        for p in self.peers.values_mut() {
+            p.client.clock = clock.clone();
+        }
+        self.clock = clock;
+        self
     }
 
     /// Until when a nonce must be remembered durably: after that the window refuses it.
@@ -303,21 +288,4 @@ impl Bank {
         }
         Ok(total)
     }
-}
-
-/// Reads a secret: from a file (first line), else an environment variable, else a prompt
-/// on the terminal. Fails with a one-line message saying how to provide it.
-pub fn read_secret(file: Option<&Path>, env_var: &str, prompt: &str) -> anyhow::Result<zeroize::Zeroizing<String>> {
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        return Ok(zeroize::Zeroizing::new(text.lines().next().unwrap_or("").to_owned()));
-    }
-    if let Ok(v) = std::env::var(env_var) {
-        return Ok(zeroize::Zeroizing::new(v));
-    }
-    use std::io::IsTerminal;
-    if !std::io::stdin().is_terminal() {
-        anyhow::bail!("no secret given: use the --*-file flag or set {env_var}");
-    }
-    Ok(zeroize::Zeroizing::new(rpassword::prompt_password(prompt)?))
 }

@@ -5,6 +5,7 @@ use bank_daemon::admin::{self, InitOptions};
 use bank_daemon::config::Config;
 use bank_daemon::DataDir;
 use clap::{Parser, Subcommand};
+use payme_node::secret::read_secret;
 use pmtp_proto::{AccountId, Amount};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -133,7 +134,7 @@ enum AccountCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    bank_daemon::daemon::init_tracing();
+    payme_node::logging::init_tracing();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -144,20 +145,16 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let dir = DataDir(cli.data_dir.unwrap_or_else(|| bank_daemon::daemon::default_data_dir("payme-bank")));
+    let dir = bank_daemon::data_dir(cli.data_dir.unwrap_or_else(|| payme_node::config::default_data_dir("payme-bank")));
     match cli.command {
         Command::Init { bank_id, public_addr, listen, rsa_bits, passphrase_file } => {
-            let pass = bank_daemon::read_secret(
-                passphrase_file.as_deref(),
-                "PAYME_BANK_PASSPHRASE",
-                "New bank key passphrase: ",
-            )?;
+            let pass = read_secret(passphrase_file.as_deref(), "PAYME_BANK_PASSPHRASE", "New bank key passphrase: ")?;
             if pass.len() < 8 {
                 anyhow::bail!("the passphrase must be at least 8 characters");
             }
             let opts = InitOptions { bank_id, public_addr, listen, rsa_bits, kdf: Default::default() };
             let public = admin::init(&dir, &pass, &opts)?;
-            println!("created bank {} in {}", public.name, dir.0.display());
+            println!("created bank {} in {}", public.name, dir.root.display());
             println!("public key: {} (fingerprint {})", dir.public().display(), public.fingerprint());
         }
         Command::Account(cmd) => account(&dir, cmd)?,
@@ -175,13 +172,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut cfg = Config::load(&dir.config())?;
             cfg.peers.push(peer.clone());
             cfg.validate()?;
-            pmtp_proto::keyfile::fs::append_atomic(&dir.config(), Config::peer_section(&peer).as_bytes())?;
+            pmtp_proto::keyfile::fs::append_atomic(&dir.config(), Config::peer_section(&peer)?.as_bytes())?;
             println!("peer {} added; restart `payme-bank serve` to use it", peer.id);
         }
         Command::Clearing { passphrase_file, json } => {
             let cfg = Config::load(&dir.config())?;
-            let pass =
-                bank_daemon::read_secret(passphrase_file.as_deref(), "PAYME_BANK_PASSPHRASE", "Bank key passphrase: ")?;
+            let pass = read_secret(passphrase_file.as_deref(), "PAYME_BANK_PASSPHRASE", "Bank key passphrase: ")?;
             let positions = admin::clearing(&dir, &cfg, &pass)?;
             let agree = positions.iter().all(|p| p.agrees());
             if json {
@@ -239,7 +235,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::PublicKey => {
             let text =
-                std::fs::read_to_string(dir.public()).with_context(|| format!("no bank in {}", dir.0.display()))?;
+                std::fs::read_to_string(dir.public()).with_context(|| format!("no bank in {}", dir.root.display()))?;
             print!("{text}");
         }
         Command::Serve { listen, passphrase_file, config } => {
@@ -248,8 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(l) = listen {
                 cfg.listen = l;
             }
-            let pass =
-                bank_daemon::read_secret(passphrase_file.as_deref(), "PAYME_BANK_PASSPHRASE", "Bank key passphrase: ")?;
+            let pass = read_secret(passphrase_file.as_deref(), "PAYME_BANK_PASSPHRASE", "Bank key passphrase: ")?;
             serve(&dir, cfg, &pass)?;
         }
     }
@@ -259,8 +254,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn account(dir: &DataDir, cmd: AccountCommand) -> anyhow::Result<()> {
     match cmd {
         AccountCommand::Open { name, public_key, password_file } => {
-            let pw =
-                bank_daemon::read_secret(password_file.as_deref(), "PAYME_ACCOUNT_PASSWORD", "Account password: ")?;
+            let pw = read_secret(password_file.as_deref(), "PAYME_ACCOUNT_PASSWORD", "Account password: ")?;
             let id = admin::account_open(dir, &name, &public_key, &pw)?;
             println!("{id}");
         }
@@ -294,7 +288,7 @@ fn account(dir: &DataDir, cmd: AccountCommand) -> anyhow::Result<()> {
 fn serve(dir: &DataDir, cfg: Config, passphrase: &str) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
-        let shutdown = shutdown_signal()?;
+        let shutdown = payme_node::shutdown::shutdown_signal()?;
         let mut cfg = cfg;
         let listen = cfg.listen;
         let listener =
@@ -304,7 +298,8 @@ fn serve(dir: &DataDir, cfg: Config, passphrase: &str) -> anyhow::Result<()> {
         if cfg.public_addr.ends_with(":0") {
             cfg.public_addr = local.to_string();
         }
-        let (bank, writer_thread, _lock) = admin::open_bank(dir, cfg, passphrase)?;
+        let (bank, writer_thread, _lock) =
+            admin::open_bank(dir, cfg, passphrase, std::sync::Arc::new(pmtp_client::clock::SystemClock))?;
         tracing::info!(addr = %local, bank = %bank.bank_id, "serving");
         // Tests and scripts read this line to learn the port when listening on port 0.
         println!("payme-bank listening on {local}");
@@ -315,20 +310,5 @@ fn serve(dir: &DataDir, cfg: Config, passphrase: &str) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || writer_thread.join()).await?;
         tracing::info!("stopped");
         Ok(())
-    })
-}
-
-/// Installs the SIGINT and SIGTERM handlers now (before the daemon says it is ready, so
-/// a signal sent right after that line is never missed) and returns the future that
-/// completes on either.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
     })
 }

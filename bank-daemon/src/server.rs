@@ -10,6 +10,7 @@
 use crate::handlers::dispatch;
 use crate::Bank;
 use futures::{SinkExt, StreamExt};
+use payme_node::net::{accept_loop, ConnectionLimits};
 use pmtp_proto::codec::{CodecError, PmtpCodec};
 use pmtp_proto::frame::Frame;
 use pmtp_proto::ReasonCode;
@@ -33,7 +34,7 @@ pub async fn serve(bank: Arc<Bank>, listener: TcpListener, shutdown: impl Future
         let every = Duration::from_secs(bank.config.limits.purge_interval_secs.max(1));
         tracker.spawn(async move {
             loop {
-                if let Err(e) = bank.purge_expired(crate::handlers::now()).await {
+                if let Err(e) = bank.purge_expired(bank.clock.now()).await {
                     tracing::warn!(reason = %e.text, "purge failed; will retry");
                 }
                 tokio::select! {
@@ -59,8 +60,8 @@ pub async fn serve(bank: Arc<Bank>, listener: TcpListener, shutdown: impl Future
         });
     }
 
-    let max = crate::daemon::ConnectionLimits { total: limits.max_connections, per_ip: limits.max_connections_per_ip };
-    crate::daemon::accept_loop(listener, max, &tracker, shutdown, |stream| {
+    let max = ConnectionLimits { total: limits.max_connections, per_ip: limits.max_connections_per_ip };
+    accept_loop(listener, max, &tracker, shutdown, |stream| {
         let (bank, token) = (bank.clone(), token.clone());
         async move { connection(bank, stream, token).await }
     })
@@ -91,12 +92,7 @@ async fn connection(bank: Arc<Bank>, stream: TcpStream, token: CancellationToken
             Ok(Some(Ok(f))) => f,
             Ok(Some(Err(CodecError::Frame(e)))) => {
                 tracing::info!(%peer, error = %e, "bad frame; closing");
-                if let Some(id) = e.refusal_id() {
-                    let code = ReasonCode::from(&pmtp_proto::frame::ProtoError::Frame(e.clone()));
-                    if let Ok(f) = Frame::plain_refusal(id, code, &e.to_string()) {
-                        let _ = tokio::time::timeout(idle, framed.send(f)).await;
-                    }
-                }
+                payme_node::net::refuse_bad_frame(&mut framed, &e, idle).await;
                 return;
             }
             Ok(Some(Err(CodecError::Io(_)))) => return,

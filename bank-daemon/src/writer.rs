@@ -135,7 +135,7 @@ fn run_batch(store: &mut dyn Store, batch: &mut Vec<Job>) {
         }
         if !sound {
             tx.rollback()?;
-            return Err(StoreError::Db("a job's savepoint failed; the whole group was rolled back".into()));
+            return Err(StoreError::SavepointFailed);
         }
         tx.commit()
     })();
@@ -188,7 +188,7 @@ impl Readers {
             result
         })
         .await
-        .map_err(|e| StoreError::Db(format!("reader task failed: {e}")))?
+        .map_err(|e| StoreError::Task(format!("reader: {e}")))?
     }
 }
 

@@ -76,39 +76,10 @@ impl Request {
     }
 }
 
-/// Decodes `application/x-www-form-urlencoded`.
+/// Decodes `application/x-www-form-urlencoded` (a query string or a POSTed form); of a
+/// key given twice, the last value counts. Bytes that are not UTF-8 become U+FFFD.
 pub fn parse_form(s: &str) -> HashMap<String, String> {
-    s.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (url_decode(k), url_decode(v))
-        })
-        .collect()
-}
-
-fn url_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    form_urlencoded::parse(s.as_bytes()).into_owned().collect()
 }
 
 /// Escapes text for HTML.
@@ -412,5 +383,14 @@ mod tests {
         assert_eq!(f["b"], "%zz");
         assert_eq!(f["c"], "");
         assert_eq!(parse_form("x=%4"), [("x".to_string(), "%4".to_string())].into_iter().collect());
+    }
+
+    #[test]
+    fn form_decoding_at_the_end_of_the_input_and_of_utf8() {
+        // A percent escape that ends the input is decoded too.
+        assert_eq!(parse_form("item=%41")["item"], "A");
+        assert_eq!(parse_form("wallet=caf%C3%A9&wallet=last")["wallet"], "last", "the last value counts");
+        assert_eq!(parse_form("n=%FF")["n"], "\u{fffd}");
+        assert_eq!(parse_form("a%3Db=c%26d")["a=b"], "c&d");
     }
 }

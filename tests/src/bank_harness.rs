@@ -6,7 +6,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use bank_daemon::client::BankClient;
+use pmtp_client::BankClient;
 use pmtp_proto::keys::{Identity, PublicIdentity};
 use pmtp_proto::{AccountId, Amount};
 use std::io::BufRead;

@@ -104,7 +104,7 @@ impl Proxy {
 
 /// Connects to `target` from `source` (any port).
 pub async fn connect_from(source: IpAddr, target: &str) -> std::io::Result<TcpStream> {
-    bank_daemon::client::connect(target, Some(source)).await
+    pmtp_client::connect(target, Some(source)).await
 }
 
 async fn relay(client: TcpStream, source: IpAddr, target: &str, log: Arc<Mutex<Vec<Recorded>>>) -> std::io::Result<()> {

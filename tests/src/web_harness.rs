@@ -196,7 +196,7 @@ fn connect_from(ip: IpAddr, addr: &str) -> TcpStream {
     // std has no bind-before-connect; a tiny tokio runtime does it without unsafe.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let addr = addr.to_owned();
-    let s = rt.block_on(async move { bank_daemon::client::connect(&addr, Some(ip)).await.unwrap() });
+    let s = rt.block_on(async move { pmtp_client::connect(&addr, Some(ip)).await.unwrap() });
     let std = s.into_std().unwrap();
     std.set_nonblocking(false).unwrap();
     std

@@ -297,8 +297,9 @@ async fn pay(
             tracing::info!(payment, %reason, "merchant refused the payment; resolving its coins");
             set_state(w, payment, PaymentState::RefusedUnresolved, &reason).await;
             let w2 = w.clone();
-            // The claim goes with the task: maintenance does not resolve it alongside.
-            tokio::spawn(async move {
+            // The claim goes with the task: maintenance does not resolve it alongside; the
+            // shutdown tracker waits for it.
+            w.tasks.spawn(async move {
                 let _ = ops::resolve_payment(&w2, payment).await;
                 drop(claim);
             });
@@ -307,8 +308,9 @@ async fn pay(
         Err(Outcome::Unknown(reason)) => {
             tracing::warn!(payment, %reason, "no receipt; resolving the payment's coins at the bank");
             let w2 = w.clone();
-            // The claim goes with the task: maintenance does not resolve it alongside.
-            tokio::spawn(async move {
+            // The claim goes with the task: maintenance does not resolve it alongside; the
+            // shutdown tracker waits for it.
+            w.tasks.spawn(async move {
                 let _ = ops::resolve_payment(&w2, payment).await;
                 drop(claim);
             });
@@ -431,7 +433,7 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        Arc::new(Wallet::new(config, crate::DataDir(dir.to_owned()), parties.buyer, db).unwrap())
+        Arc::new(Wallet::new(config, crate::DataDir::new(dir.to_owned(), "wallet"), parties.buyer, db).unwrap())
     }
 
     fn ask(amount: u64) -> (AskPaymentRequest, PeerKeys) {

@@ -1,6 +1,7 @@
 //! Wallet configuration: defaults, then `config.toml` in the data directory, then
 //! environment variables and flags (applied in `main.rs`).
 
+pub use payme_node::config::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -161,17 +162,9 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("configuration: {0}")]
-    Invalid(String),
-}
-
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = bank_daemon::daemon::load_toml(path).map_err(ConfigError::Invalid)?;
-        cfg.validate()?;
-        Ok(cfg)
+        payme_node::config::load(path, Config::validate)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -210,109 +203,84 @@ impl Config {
     }
 
     /// The config file `init` writes, every setting commented.
-    pub fn commented_toml(&self) -> String {
-        let (p, m, l) = (&self.policy, &self.merchant, &self.limits);
-        format!(
-            r#"# payme-wallet configuration. Flags and environment variables override these.
-
-# PMTP listener where merchants' wallets reach this wallet (the paper's wallet port is 8001).
-listen = "{listen}"
-# Local control socket for the payme-wallet commands and the CGI program; empty means
-# control.sock in the data directory. Created with mode 0600; only this user may connect.
-control_socket = {control:?}
-
-# Banks are added with `payme-wallet bank add`, which appends sections like this:
-# [[bank]]
-# id = "bank-a"                 # the bank's id, as in its coins
-# addr = "127.0.0.1:8000"       # where it listens
-# public_key = "..."            # what `payme-bank public-key` prints
-# account = 1001                # your account there (to withdraw and deposit)
-# account_name = "alice"
-
-[policy]
-# Pay known merchants up to this amount (minor units) without asking; 0 always asks.
-auto_approve_limit = {auto}
-# A merchant never paid before: "ask" (approving pins its keys) or "refuse".
-unknown_merchants = "{unknown}"
-# Seconds a payment request waits for your answer before it is refused.
-consent_timeout_secs = {consent}
-
-[merchant]
-# Coins received are checked at their bank before the receipt goes out: "deposit" into
-# your account there, or "exchange" them for fresh coins (no account needed).
-validate = "{validate}"
-# Seconds `collect` waits for the buyer (and their consent) and the bank.
-collect_timeout_secs = {collect}
-# Deposit coins of every known bank at this one, which clears them with the bank that
-# minted them (inter-bank clearing); unset deposits each coin at its own bank.
-{deposit_bank}
-
-[limits]
-max_connections = {maxc}
-# Connections from one source, an IPv4 address or an IPv6 /64 (a merchant asks one
-# request at a time), once half the slots are in use; taking every slot needs about
-# max_connections / 2 / max_connections_per_ip sources. max_connections is capped by
-# the open-file limit (ulimit -n).
-max_connections_per_ip = {perip}
-max_frame_bytes = {maxf}
-idle_timeout_secs = {idle}
-# Nonce clock window each way (seconds), and how many nonces are remembered.
-nonce_window_secs = {window}
-nonce_cache_capacity = {cap}
-# Require a peer's nonce address to be its connection address (off only behind NAT).
-nonce_check_address = {check}
-# Payment requests waiting for your answer at once.
-max_pending_requests = {pending}
-# ...of which from one address (IPv6: one /64); never more than a quarter of the above.
-max_pending_per_source = {per_source}
-# Seconds a control-socket client may stay silent between requests before it is closed.
-control_idle_timeout_secs = {control_idle}
-# Coins this close to expiry (seconds) are exchanged for fresh ones.
-refresh_before_secs = {refresh}
-# Seconds between background rounds: refresh, and retrying unfinished operations.
-maintenance_interval_secs = {maint}
-"#,
-            listen = self.listen,
-            control = self.control_socket,
-            auto = p.auto_approve_limit,
-            unknown = match p.unknown_merchants {
-                UnknownMerchants::Ask => "ask",
-                UnknownMerchants::Refuse => "refuse",
-            },
-            consent = p.consent_timeout_secs,
-            validate = match m.validate {
-                Validate::Deposit => "deposit",
-                Validate::Exchange => "exchange",
-            },
-            collect = m.collect_timeout_secs,
-            deposit_bank = match &m.deposit_bank {
-                Some(b) => format!("deposit_bank = {b:?}"),
-                None => "# deposit_bank = \"bank-a\"".to_owned(),
-            },
-            maxc = l.max_connections,
-            perip = l.max_connections_per_ip,
-            maxf = l.max_frame_bytes,
-            idle = l.idle_timeout_secs,
-            window = l.nonce_window_secs,
-            cap = l.nonce_cache_capacity,
-            check = l.nonce_check_address,
-            pending = l.max_pending_requests,
-            per_source = l.max_pending_per_source,
-            control_idle = l.control_idle_timeout_secs,
-            refresh = l.refresh_before_secs,
-            maint = l.maintenance_interval_secs,
-        )
+    pub fn commented_toml(&self) -> Result<String, ConfigError> {
+        let mut doc = payme_node::config::commented_document(self, COMMENTS)?;
+        if self.merchant.deposit_bank.is_none() {
+            // Unset, it is not in the document: its comment and an example go above [limits].
+            payme_node::config::comment(&mut doc, "limits", &format!("{DEPOSIT_BANK}\ndeposit_bank = \"bank-a\"\n\n"));
+        }
+        Ok(format!("{HEADER}{doc}"))
     }
 
     /// The `[[bank]]` section `bank add` appends.
-    pub fn bank_section(b: &BankConfig) -> String {
-        let mut s = format!("\n[[bank]]\nid = {:?}\naddr = {:?}\npublic_key = {:?}\n", b.id, b.addr, b.public_key);
-        if let (Some(a), Some(n)) = (b.account, &b.account_name) {
-            s.push_str(&format!("account = {a}\naccount_name = {n:?}\n"));
-        }
-        s
+    pub fn bank_section(b: &BankConfig) -> Result<String, ConfigError> {
+        payme_node::config::array_section("bank", b)
     }
 }
+
+const HEADER: &str = "# payme-wallet configuration. Flags and environment variables override these.\n\n";
+
+const DEPOSIT_BANK: &str = "Deposit coins of every known bank at this one, which clears them with the bank that\n\
+                            minted them (inter-bank clearing); unset deposits each coin at its own bank.";
+
+/// The comment above each setting in the file `init` writes (one comment may cover the
+/// settings that follow it).
+const COMMENTS: &[(&str, &str)] = &[
+    ("listen", "PMTP listener where merchants' wallets reach this wallet (the paper's wallet port is 8001)."),
+    (
+        "control_socket",
+        "Local control socket for the payme-wallet commands and the CGI program; empty means\n\
+         control.sock in the data directory. Created with mode 0600; only this user may connect.",
+    ),
+    (
+        "policy",
+        "Banks are added with `payme-wallet bank add`, which appends sections like this:\n\
+         [[bank]]\n\
+         id = \"bank-a\"                 # the bank's id, as in its coins\n\
+         addr = \"127.0.0.1:8000\"       # where it listens\n\
+         public_key = \"...\"            # what `payme-bank public-key` prints\n\
+         account = 1001                # your account there (to withdraw and deposit)\n\
+         account_name = \"alice\"\n\n",
+    ),
+    ("policy.auto_approve_limit", "Pay known merchants up to this amount (minor units) without asking; 0 always asks."),
+    ("policy.unknown_merchants", "A merchant never paid before: \"ask\" (approving pins its keys) or \"refuse\"."),
+    ("policy.consent_timeout_secs", "Seconds a payment request waits for your answer before it is refused."),
+    ("merchant", ""),
+    (
+        "merchant.validate",
+        "Coins received are checked at their bank before the receipt goes out: \"deposit\" into\n\
+         your account there, or \"exchange\" them for fresh coins (no account needed).",
+    ),
+    ("merchant.collect_timeout_secs", "Seconds `collect` waits for the buyer (and their consent) and the bank."),
+    ("merchant.deposit_bank", DEPOSIT_BANK),
+    ("limits", ""),
+    (
+        "limits.max_connections_per_ip",
+        "Connections from one source, an IPv4 address or an IPv6 /64 (a merchant asks one\n\
+         request at a time), once half the slots are in use; taking every slot needs about\n\
+         max_connections / 2 / max_connections_per_ip sources. max_connections is capped by\n\
+         the open-file limit (ulimit -n).",
+    ),
+    ("limits.nonce_window_secs", "Nonce clock window each way (seconds), and how many nonces are remembered."),
+    (
+        "limits.nonce_check_address",
+        "Require a peer's nonce address to be its connection address (off only behind NAT).",
+    ),
+    ("limits.max_pending_requests", "Payment requests waiting for your answer at once."),
+    (
+        "limits.max_pending_per_source",
+        "...of which from one address (IPv6: one /64); never more than a quarter of the above.",
+    ),
+    (
+        "limits.control_idle_timeout_secs",
+        "Seconds a control-socket client may stay silent between requests before it is closed.",
+    ),
+    ("limits.refresh_before_secs", "Coins this close to expiry (seconds) are exchanged for fresh ones."),
+    (
+        "limits.maintenance_interval_secs",
+        "Seconds between background rounds: refresh, and retrying unfinished operations.",
+    ),
+];
 
 #[cfg(test)]
 mod tests {
@@ -333,7 +301,7 @@ mod tests {
             },
             ..Config::default()
         };
-        assert_eq!(toml::from_str::<Config>(&c.commented_toml()).unwrap(), c);
+        assert_eq!(toml::from_str::<Config>(&c.commented_toml().unwrap()).unwrap(), c);
     }
 
     #[test]
@@ -354,9 +322,43 @@ mod tests {
             account: Some(7),
             account_name: Some("a".into()),
         };
-        let text = Config::default().commented_toml() + &Config::bank_section(&b);
+        let text = Config::default().commented_toml().unwrap() + &Config::bank_section(&b).unwrap();
         let c: Config = toml::from_str(&text).unwrap();
         c.validate().unwrap();
         assert_eq!(c.banks, vec![b]);
+    }
+
+    #[test]
+    fn control_characters_in_values_round_trip() {
+        let nasty = "b\u{1}\u{1b}[31m\"\\\n\u{7f}'x'\t";
+        let mut c = Config { control_socket: nasty.into(), ..Config::default() };
+        c.merchant.deposit_bank = Some(nasty.into());
+        let text = c.commented_toml().unwrap();
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "no raw control character: {text:?}");
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), c);
+        let b = BankConfig {
+            id: nasty.into(),
+            addr: nasty.into(),
+            public_key: nasty.into(),
+            account: Some(1),
+            account_name: Some(nasty.into()),
+        };
+        let without = BankConfig { account: None, account_name: None, ..b.clone() };
+        let text = Config::default().commented_toml().unwrap()
+            + &Config::bank_section(&b).unwrap()
+            + &Config::bank_section(&without).unwrap();
+        assert_eq!(toml::from_str::<Config>(&text).unwrap().banks, vec![b, without]);
+    }
+
+    #[test]
+    fn every_comment_names_a_setting() {
+        let mut c = Config::default();
+        c.merchant.deposit_bank = Some("b".into());
+        let doc: toml_edit::DocumentMut = c.commented_toml().unwrap().parse().unwrap();
+        for (path, _) in COMMENTS {
+            assert!(payme_node::config::comment(&mut doc.clone(), path, "x"), "no setting {path}");
+        }
+        let text = Config::default().commented_toml().unwrap();
+        assert!(text.contains("# deposit_bank = \"bank-a\"\n\n[limits]\n"), "{text}");
     }
 }

@@ -316,17 +316,27 @@ fn pinned_identity(w: &Wallet, merchant: &str) -> Option<pmtp_proto::PublicIdent
     bincode::deserialize(&blob).ok()
 }
 
+/// Why a control call got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("the wallet daemon is not running ({}: {source}); start it with `payme-wallet serve`", .path.display())]
+    NotRunning { path: std::path::PathBuf, source: std::io::Error },
+    #[error("the control connection failed: {0}")]
+    Connection(#[from] tokio_util::codec::LinesCodecError),
+    #[error("the wallet daemon closed the connection")]
+    Closed,
+    #[error("the control message is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
 /// Client side: sends one request to the daemon's control socket and returns its result.
-pub async fn call(socket: &Path, req: &Request) -> anyhow::Result<Result<Value, (u16, String, String)>> {
-    let stream = UnixStream::connect(socket).await.map_err(|e| {
-        anyhow::anyhow!(
-            "the wallet daemon is not running ({}: {e}); start it with `payme-wallet serve`",
-            socket.display()
-        )
-    })?;
+pub async fn call(socket: &Path, req: &Request) -> Result<Result<Value, (u16, String, String)>, CallError> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|source| CallError::NotRunning { path: socket.to_owned(), source })?;
     let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(16 * 1024 * 1024));
     lines.send(serde_json::to_string(req)?).await?;
-    let line = lines.next().await.ok_or_else(|| anyhow::anyhow!("the wallet daemon closed the connection"))??;
+    let line = lines.next().await.ok_or(CallError::Closed)??;
     let v: Value = serde_json::from_str(&line)?;
     if v["ok"].as_bool() == Some(true) {
         Ok(Ok(v["result"].clone()))

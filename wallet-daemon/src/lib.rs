@@ -15,6 +15,10 @@
 //!   merchant and ops, which never call it.
 //! - [`peer`]: the PMTP listener for other wallets.
 //! - [`control`]: the local control socket (JSON lines) and its client.
+//!
+//! Banks are reached through `pmtp-client`; the data directory, accept loop, signals,
+//! logs, secrets and SQLite opening are the shared `payme-node`. The wallet links nothing
+//! of the bank daemon.
 
 #![forbid(unsafe_code)]
 
@@ -27,9 +31,10 @@ pub mod peer;
 pub mod recovery;
 pub mod store;
 
-use bank_daemon::client::BankClient;
+pub use payme_node::DataDir;
+use pmtp_client::BankClient;
 use pmtp_proto::keys::{Identity, PublicIdentity};
-use pmtp_proto::{AccountId, Amount, NonceChecker, NonceConfig, ReasonCode};
+use pmtp_proto::{AccountId, Amount, NonceChecker, ReasonCode};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -69,19 +74,12 @@ impl From<store::DbError> for WalletError {
 }
 
 /// The source a peer's requests are counted under: its IPv4 address, or the /64 of its
-/// IPv6 address (one host usually holds a whole /64).
-pub fn source_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(std::net::Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
-        },
-    }
-}
+/// IPv6 address (one host usually holds a whole /64). The same key the accept loop counts
+/// connections under.
+pub use payme_node::net::source_key as source_of;
 
-impl From<bank_daemon::client::ClientError> for WalletError {
-    fn from(e: bank_daemon::client::ClientError) -> Self {
+impl From<pmtp_client::ClientError> for WalletError {
+    fn from(e: pmtp_client::ClientError) -> Self {
         let code = e.code().unwrap_or(ReasonCode::PEER_BANK_UNAVAILABLE);
         WalletError::new(code, e.to_string())
     }
@@ -99,26 +97,29 @@ pub fn checked_amount(minor_units: u64) -> Result<Amount, WalletError> {
     Ok(a)
 }
 
-/// File names inside a wallet's data directory.
-#[derive(Clone, Debug)]
-pub struct DataDir(pub PathBuf);
+/// A wallet's data directory: `config.toml`, `wallet.key`, `wallet.pub`, `wallet.db`,
+/// `serve.lock`.
+pub fn data_dir(root: impl Into<PathBuf>) -> DataDir {
+    DataDir::new(root, "wallet")
+}
 
-impl DataDir {
-    pub fn config(&self) -> PathBuf {
-        self.0.join("config.toml")
-    }
-    pub fn key(&self) -> PathBuf {
-        self.0.join("wallet.key")
-    }
-    pub fn public(&self) -> PathBuf {
-        self.0.join("wallet.pub")
-    }
-    pub fn database(&self) -> PathBuf {
-        self.0.join("wallet.db")
-    }
-    pub fn lock_file(&self) -> PathBuf {
-        self.0.join("serve.lock")
-    }
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Lock(#[from] payme_node::datadir::LockError),
+    #[error("{}: {source}", .path.display())]
+    Key { path: PathBuf, source: pmtp_proto::keyfile::KeyFileError },
+    #[error(transparent)]
+    Db(#[from] store::DbError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("cannot create {}: {source}", .path.display())]
+    Control { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Wallet(#[from] WalletError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 /// A bank this wallet knows.
@@ -193,6 +194,8 @@ pub struct Wallet {
     pub recovered: AtomicBool,
     /// Outbound connections come from this address (the listen address, when specific).
     pub bind_ip: Option<IpAddr>,
+    /// Every task the daemon starts, so shutdown waits for them all.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl Wallet {
@@ -214,11 +217,9 @@ impl Wallet {
             let account = b.account.zip(b.account_name.clone()).map(|(a, n)| (AccountId(a), n));
             banks.insert(b.id.clone(), BankEntry { client, account });
         }
-        let nonces = NonceChecker::new(NonceConfig {
-            window_secs: config.limits.nonce_window_secs,
-            capacity: config.limits.nonce_cache_capacity,
-            check_address: config.limits.nonce_check_address,
-        });
+        let l = &config.limits;
+        let nonces =
+            payme_node::config::nonce_checker(l.nonce_window_secs, l.nonce_cache_capacity, l.nonce_check_address);
         let public = identity.public();
         Ok(Wallet {
             config,
@@ -235,6 +236,7 @@ impl Wallet {
             ops_in_flight: Claims::default(),
             recovered: AtomicBool::new(false),
             bind_ip,
+            tasks: tokio_util::task::TaskTracker::new(),
         })
     }
 
@@ -266,40 +268,28 @@ impl Wallet {
     }
 }
 
-/// Reads a secret: from a file (first line), else an environment variable, else a prompt.
-pub fn read_secret(
-    file: Option<&std::path::Path>,
-    env_var: &str,
-    prompt: &str,
-) -> anyhow::Result<zeroize::Zeroizing<String>> {
-    bank_daemon::read_secret(file, env_var, prompt)
-}
-
 /// Runs the wallet daemon until SIGINT or SIGTERM: loads the key, opens the database,
 /// serves peers and the control socket at once, and resolves whatever a previous run left
 /// unfinished in the background (the first maintenance round), so that a bank that
 /// accepts connections and never answers cannot hold the wallet's start hostage.
-pub async fn run_daemon(dir: DataDir, cfg: config::Config, passphrase: &str) -> anyhow::Result<()> {
-    use anyhow::Context;
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.lock_file())?;
-    lock.try_lock()
-        .map_err(|_| anyhow::anyhow!("the data directory {} is in use by another payme-wallet", dir.0.display()))?;
-    let bytes = pmtp_proto::keyfile::fs::read_private(&dir.key())?;
-    let identity = pmtp_proto::keyfile::open_identity(&bytes, passphrase.as_bytes())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.key().display()))?;
+pub async fn run_daemon(dir: DataDir, cfg: config::Config, passphrase: &str) -> Result<(), DaemonError> {
+    let shutdown = payme_node::shutdown::shutdown_signal()?;
+    let lock = dir.lock()?;
+    let key = |source| DaemonError::Key { path: dir.key(), source };
+    let bytes = pmtp_proto::keyfile::fs::read_private(&dir.key()).map_err(key)?;
+    let identity = pmtp_proto::keyfile::open_identity(&bytes, passphrase.as_bytes()).map_err(key)?;
     let db = store::Db::open(&dir.database(), store::Vault::new(&identity))?;
-    let listener =
-        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| DaemonError::Listen { addr: cfg.listen, source })?;
     let local = listener.local_addr()?;
-    let socket_path = cfg.control_socket_path(&dir.0);
-    let control = control::bind(&socket_path).with_context(|| format!("cannot create {}", socket_path.display()))?;
-    let w = std::sync::Arc::new(Wallet::new(cfg, dir, identity, db).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let socket_path = cfg.control_socket_path(&dir.root);
+    let control =
+        control::bind(&socket_path).map_err(|source| DaemonError::Control { path: socket_path.clone(), source })?;
+    let w = std::sync::Arc::new(Wallet::new(cfg, dir, identity, db)?);
 
     let token = tokio_util::sync::CancellationToken::new();
-    let tracker = tokio_util::task::TaskTracker::new();
+    let tracker = w.tasks.clone();
     // Finish what a previous run left (crash, kill -9) in the background, then keep a
     // maintenance round going. Work that arrives meanwhile is safe: every payment and
     // operation a task is working on is claimed, and maintenance leaves claimed ones alone.
@@ -333,12 +323,6 @@ pub async fn run_daemon(dir: DataDir, cfg: config::Config, passphrase: &str) -> 
         let _ = writeln!(out, "payme-wallet listening on {local}");
         let _ = out.flush();
     }
-    let shutdown = async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-    };
     peer::serve(w.clone(), listener, token.clone(), tracker.clone(), shutdown).await;
     tracing::info!("shutting down");
     token.cancel();

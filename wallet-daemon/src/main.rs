@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use payme_node::secret::read_secret;
 use pmtp_proto::keyfile::{self, KdfParams};
 use pmtp_proto::keys::{Identity, PublicIdentity};
 use pmtp_proto::text::Name;
@@ -162,7 +163,7 @@ fn main() -> ExitCode {
         }
         Err(e) => e.exit(),
     };
-    bank_daemon::daemon::init_tracing();
+    payme_node::logging::init_tracing();
     match run(cli) {
         Ok(code) => code,
         // The reader went away (`payme-wallet history | head -1`): not an error of ours.
@@ -180,13 +181,15 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn load_config(dir: &DataDir) -> anyhow::Result<Config> {
     if !dir.config().exists() {
-        bail!("no wallet in {} (run `payme-wallet init --name NAME` first)", dir.0.display());
+        bail!("no wallet in {} (run `payme-wallet init --name NAME` first)", dir.root.display());
     }
     Ok(Config::load(&dir.config())?)
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let dir = DataDir(cli.data_dir.clone().unwrap_or_else(|| bank_daemon::daemon::default_data_dir("payme-wallet")));
+    let dir = wallet_daemon::data_dir(
+        cli.data_dir.clone().unwrap_or_else(|| payme_node::config::default_data_dir("payme-wallet")),
+    );
     let json = cli.json;
     let req = match cli.command {
         Command::Init { name, listen, rsa_bits, passphrase_file } => {
@@ -200,7 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut cfg = load_config(&dir)?;
             cfg.banks.push(b.clone());
             cfg.validate()?;
-            keyfile::fs::append_atomic(&dir.config(), Config::bank_section(&b).as_bytes())?;
+            keyfile::fs::append_atomic(&dir.config(), Config::bank_section(&b)?.as_bytes())?;
             writeln!(std::io::stdout().lock(), "bank {} added; restart `payme-wallet serve` to use it", b.id)?;
             return Ok(ExitCode::SUCCESS);
         }
@@ -208,7 +211,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             write!(
                 std::io::stdout().lock(),
                 "{}",
-                std::fs::read_to_string(dir.public()).with_context(|| format!("no wallet in {}", dir.0.display()))?
+                std::fs::read_to_string(dir.public())
+                    .with_context(|| format!("no wallet in {}", dir.root.display()))?
             )?;
             return Ok(ExitCode::SUCCESS);
         }
@@ -217,18 +221,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(l) = listen {
                 cfg.listen = l;
             }
-            let pass = wallet_daemon::read_secret(
-                passphrase_file.as_deref(),
-                "PAYME_WALLET_PASSPHRASE",
-                "Wallet passphrase: ",
-            )?;
+            let pass = read_secret(passphrase_file.as_deref(), "PAYME_WALLET_PASSPHRASE", "Wallet passphrase: ")?;
             serve(dir, cfg, &pass)?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Balance => Request::Balance,
         Command::Withdraw { amount, bank, password_file } => {
-            let password =
-                wallet_daemon::read_secret(password_file.as_deref(), "PAYME_ACCOUNT_PASSWORD", "Account password: ")?;
+            let password = read_secret(password_file.as_deref(), "PAYME_ACCOUNT_PASSWORD", "Account password: ")?;
             Request::Withdraw { bank, amount, password: password.to_string() }
         }
         Command::Deposit { amount, all, bank } => match (amount, all) {
@@ -247,7 +246,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Collect { from, amount, description } => Request::Collect { from, amount, description },
     };
     let cfg = load_config(&dir)?;
-    let socket = cfg.control_socket_path(&dir.0);
+    let socket = cfg.control_socket_path(&dir.root);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let answer = rt.block_on(control::call(&socket, &req))?;
     let mut out = std::io::stdout().lock();
@@ -378,17 +377,16 @@ fn init(
     passphrase_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     if dir.key().exists() {
-        bail!("{} already holds a wallet key; refusing to overwrite it", dir.0.display());
+        bail!("{} already holds a wallet key; refusing to overwrite it", dir.root.display());
     }
-    let pass =
-        wallet_daemon::read_secret(passphrase_file.as_deref(), "PAYME_WALLET_PASSPHRASE", "New wallet passphrase: ")?;
+    let pass = read_secret(passphrase_file.as_deref(), "PAYME_WALLET_PASSPHRASE", "New wallet passphrase: ")?;
     if pass.len() < 8 {
         bail!("the passphrase must be at least 8 characters");
     }
-    std::fs::create_dir_all(&dir.0)?;
+    std::fs::create_dir_all(&dir.root)?;
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::set_permissions(&dir.root, std::fs::Permissions::from_mode(0o700))?;
     }
     let mut rng = pmtp_proto::rng::os();
     let identity = Identity::generate(Name::new(name)?, &mut rng, bits)?;
@@ -398,16 +396,16 @@ fn init(
     keyfile::fs::write_atomic(&dir.public(), format!("{}\n", public.to_text()).as_bytes(), 0o644)?;
     let cfg = Config { listen, ..Config::default() };
     if !dir.config().exists() {
-        keyfile::fs::write_atomic(&dir.config(), cfg.commented_toml().as_bytes(), 0o600)?;
+        keyfile::fs::write_atomic(&dir.config(), cfg.commented_toml()?.as_bytes(), 0o600)?;
     }
     wallet_daemon::store::Db::open(&dir.database(), wallet_daemon::store::Vault::new(&identity))?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "created wallet {name} in {}", dir.0.display())?;
+    writeln!(out, "created wallet {name} in {}", dir.root.display())?;
     writeln!(out, "public key: {} (fingerprint {})", dir.public().display(), public.fingerprint())?;
     Ok(())
 }
 
 fn serve(dir: DataDir, cfg: Config, passphrase: &str) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(wallet_daemon::run_daemon(dir, cfg, passphrase))
+    Ok(rt.block_on(wallet_daemon::run_daemon(dir, cfg, passphrase))?)
 }

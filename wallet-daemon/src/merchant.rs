@@ -82,7 +82,7 @@ async fn collect_inner(
         ));
     }
     let deadline = Duration::from_secs(w.config.merchant.collect_timeout_secs.max(1));
-    let stream = tokio::time::timeout(deadline, bank_daemon::client::connect(from, w.bind_ip))
+    let stream = tokio::time::timeout(deadline, pmtp_client::connect(from, w.bind_ip))
         .await
         .map_err(|_| WalletError::new(ReasonCode::NO_ANSWER, format!("the buyer's wallet at {from} did not answer")))?
         .map_err(|e| {

@@ -21,7 +21,7 @@
 
 use crate::store::{self, CoinState, DbError, Op, OpKind, OpState, PaymentState};
 use crate::{Claim, Wallet, WalletError};
-use bank_daemon::client::ClientError;
+use pmtp_client::ClientError;
 use pmtp_proto::{Amount, Coin, Denomination, ReasonCode, Serial};
 use std::sync::Arc;
 

@@ -5,6 +5,7 @@
 
 use crate::Wallet;
 use futures::{SinkExt, StreamExt};
+use payme_node::net::{accept_loop, ConnectionLimits};
 use pmtp_proto::codec::{CodecError, PmtpCodec};
 use pmtp_proto::message::Kind;
 use pmtp_proto::{AskPaymentRequest, Frame, Message, ReasonCode};
@@ -24,8 +25,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let l = &w.config.limits;
-    let max = bank_daemon::daemon::ConnectionLimits { total: l.max_connections, per_ip: l.max_connections_per_ip };
-    bank_daemon::daemon::accept_loop(listener, max, &tracker, shutdown, |stream| {
+    let max = ConnectionLimits { total: l.max_connections, per_ip: l.max_connections_per_ip };
+    accept_loop(listener, max, &tracker, shutdown, |stream| {
         let (w, token) = (w.clone(), token.clone());
         async move { connection(w, stream, token).await }
     })
@@ -44,12 +45,7 @@ async fn connection(w: Arc<Wallet>, stream: TcpStream, token: CancellationToken)
     let frame = match next {
         Ok(Some(Ok(f))) => f,
         Ok(Some(Err(CodecError::Frame(e)))) => {
-            if let Some(id) = e.refusal_id() {
-                let code = ReasonCode::from(&pmtp_proto::frame::ProtoError::Frame(e.clone()));
-                if let Ok(f) = Frame::plain_refusal(id, code, &e.to_string()) {
-                    let _ = conn.send(f).await;
-                }
-            }
+            payme_node::net::refuse_bad_frame(&mut conn, &e, idle).await;
             return;
         }
         _ => return,

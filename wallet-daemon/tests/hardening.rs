@@ -31,9 +31,7 @@ const EVIL: &str = "\u{1b}]0;pwned\u{7}\u{1b}[31m";
 /// The same, as `escape_control` shows it.
 const EVIL_ESCAPED: &str = "\\u{1b}]0;pwned\\u{7}\\u{1b}[31m";
 
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
+use pmtp_client::clock::now;
 
 /// Polls `f` (bounded: 300 tries, 15 s) until it returns something.
 fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {

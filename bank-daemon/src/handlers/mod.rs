@@ -35,7 +35,12 @@ impl Refuse {
 // The one place internal failures become refusal codes.
 impl From<StoreError> for Refuse {
     fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "store error");
+        // The kind goes to the log (a corrupt database needs a person; busy does not); the
+        // requester learns only that the failure was the bank's, and may retry.
+        match e.kind() {
+            Some(kind) => tracing::error!(error = %e, %kind, "store error"),
+            None => tracing::error!(error = %e, "store error"),
+        }
         Refuse::new(ReasonCode::INTERNAL, "the bank's database failed; try again")
     }
 }
@@ -70,10 +75,6 @@ pub(crate) fn record_nonce(tx: &mut dyn crate::store::Tx, random: &[u8; 16], exp
         return Err(Refuse::new(ReasonCode::NONCE_REPLAY, "this request was already received"));
     }
     Ok(())
-}
-
-pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Answers one frame. `None` means close the connection without a reply (the frame was
@@ -121,9 +122,9 @@ where
     let req = match opened {
         Ok(Ok(q)) => Arc::new(q),
         Ok(Err(e)) => return plain(refusal_id, &e),
-        Err(_) => return plain(refusal_id, &ProtoError::Body("internal".into())),
+        Err(_) => return internal(refusal_id, "the bank could not open the request; try again"),
     };
-    let now = now();
+    let now = bank.clock.now();
     let checked = match bank.nonces.lock() {
         Ok(mut n) => n.check(req.nonce(), peer, now).map_err(|e| Refuse::new(ReasonCode::from(e), e.to_string())),
         Err(_) => Err(Refuse::new(ReasonCode::INTERNAL, "internal error")),
@@ -145,18 +146,31 @@ where
     .await;
     match sealed {
         Ok(Ok(f)) => f,
-        Ok(Err(e)) => plain(refusal_id, &e),
-        Err(_) => plain(refusal_id, &ProtoError::Body("internal".into())),
+        // The bank failed to encode or seal its own answer: not the requester's doing.
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, request = %Q::ID, "sealing the reply failed");
+            internal(refusal_id, "the bank could not seal its answer; try again with the same request id")
+        }
+        Err(_) => internal(refusal_id, "the bank could not seal its answer; try again with the same request id"),
     }
+}
+
+/// A plain refusal for a failure of this bank's own: `internal`, never a code that blames
+/// the request.
+fn internal(refusal_id: pmtp_proto::MessageId, text: &str) -> Frame {
+    plain_code(refusal_id, ReasonCode::INTERNAL, text)
 }
 
 fn plain(refusal_id: pmtp_proto::MessageId, e: &ProtoError) -> Frame {
     let code = ReasonCode::from(e);
     tracing::info!(code = %code, error = %e, "refused unopened request");
+    plain_code(refusal_id, code, &e.to_string())
+}
+
+fn plain_code(refusal_id: pmtp_proto::MessageId, code: ReasonCode, text: &str) -> Frame {
     // A refusal identifier always takes a Plain envelope, so this cannot fail; if it ever
     // did, an empty refusal body still ends the exchange rather than panicking.
-    Frame::plain_refusal(refusal_id, code, &e.to_string())
-        .unwrap_or(Frame { id: refusal_id, body: bytes::Bytes::new() })
+    Frame::plain_refusal(refusal_id, code, text).unwrap_or(Frame { id: refusal_id, body: bytes::Bytes::new() })
 }
 
 /// Checks the coins a request hands in: at least one, at most the limit, no serial twice,

@@ -39,7 +39,7 @@ pub async fn handle(
         &[
             &id.0.to_le_bytes(),
             &amount.minor_units().to_le_bytes(),
-            &bincode::serialize(&body.denominations).unwrap_or_default(),
+            &bincode::serialize(&body.denominations).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))?,
         ],
     );
     // Everything a read can tell, before paying for signatures: a retry gets its coins

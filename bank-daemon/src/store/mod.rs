@@ -14,24 +14,53 @@ pub mod sqlite;
 mod tests;
 pub mod wal;
 
+use payme_node::sqlite::OpenError;
+pub use payme_node::sqlite::{DbError, DbErrorKind};
 use pmtp_proto::bank_statement::{EntryKind, LedgerEntry};
 use pmtp_proto::keys::KeyId;
 use pmtp_proto::{AccountId, Amount, Serial};
 
+/// A store failure, typed by what went wrong so callers can act on it (a constraint is the
+/// request's doing, busy may be retried, corrupt stops the bank).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database error: {0}")]
-    Db(String),
+    /// The database refused or failed; [`DbError::kind`] says how.
+    #[error(transparent)]
+    Db(#[from] DbError),
     #[error("stored value out of range: {0}")]
     Range(&'static str),
-    #[error("the data directory is in use by another payme-bank ({0})")]
-    Locked(String),
-    #[error("{0}")]
-    Io(String),
-    #[error("the database is damaged: {0}")]
-    Damaged(String),
+    #[error("no account {0}")]
+    NoAccount(AccountId),
+    #[error("{}: {source}", .path.display())]
+    Io { path: std::path::PathBuf, source: std::io::Error },
     #[error("database schema version {found} is newer than this program knows ({known})")]
     NewerSchema { found: i64, known: i64 },
+    /// A job of a group commit left its savepoint unusable; the whole group was rolled
+    /// back (see the writer).
+    #[error("a job's savepoint failed; the whole group was rolled back")]
+    SavepointFailed,
+    /// A database task on the blocking pool panicked or was cancelled (a bug).
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+impl From<OpenError> for StoreError {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Db(e) => StoreError::Db(e),
+            OpenError::NewerSchema { found, known } => StoreError::NewerSchema { found, known },
+        }
+    }
+}
+
+impl StoreError {
+    /// The database's kind of failure, when the database failed.
+    pub fn kind(&self) -> Option<DbErrorKind> {
+        match self {
+            StoreError::Db(e) => Some(e.kind),
+            _ => None,
+        }
+    }
 }
 
 /// An account as stored.

@@ -6,6 +6,7 @@
 //! Rust and `INTEGER` (i64) here; every conversion is checked.
 
 use super::*;
+use payme_node::sqlite::{apply_migrations, open_durable};
 use pmtp_proto::bank_statement::LedgerEntry;
 use pmtp_proto::text::BoundedString;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -110,7 +111,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {
-    StoreError::Db(e.to_string())
+    StoreError::Db(e.into())
 }
 
 fn i(v: u64) -> Result<i64, StoreError> {
@@ -123,43 +124,6 @@ fn u(v: i64) -> Result<u64, StoreError> {
 
 fn arr<const N: usize>(v: Vec<u8>) -> Result<[u8; N], StoreError> {
     v.try_into().map_err(|_| StoreError::Range("blob length"))
-}
-
-/// Opens a SQLite database for durable writing: WAL, `synchronous=FULL` (a committed
-/// transaction survives power loss), foreign keys on, a 10 s busy timeout. The wallet
-/// opens its database the same way.
-pub fn open_durable(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path).map_err(db)?;
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
-    conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
-    conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db)?;
-    Ok(conn)
-}
-
-/// Applies the numbered `migrations` newer than the database's schema, in one
-/// transaction, recording each in `schema_migrations`; refuses a database written by a
-/// newer program. Used by the bank's store and the wallet's database.
-pub fn apply_migrations(conn: &mut Connection, migrations: &[(i64, &str)]) -> Result<(), StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
-    tx.execute_batch(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
-    )
-    .map_err(db)?;
-    let current: i64 =
-        tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0)).map_err(db)?;
-    let known = migrations.last().map(|m| m.0).unwrap_or(0);
-    if current > known {
-        return Err(StoreError::NewerSchema { found: current, known });
-    }
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    for (version, sql) in migrations.iter().filter(|m| m.0 > current) {
-        tx.execute_batch(sql).map_err(db)?;
-        tx.execute("INSERT INTO schema_migrations(version, applied_at) VALUES (?1, ?2)", params![version, now])
-            .map_err(db)?;
-    }
-    tx.commit().map_err(db)
 }
 
 /// The SQLite store: one connection, used by one thread at a time.
@@ -190,7 +154,7 @@ impl SqliteStore {
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
-        apply_migrations(&mut self.conn, MIGRATIONS)
+        Ok(apply_migrations(&mut self.conn, MIGRATIONS)?)
     }
 
     /// The schema version in force.
@@ -227,7 +191,10 @@ impl Store for SqliteStore {
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .map_err(db)?;
         if busy != 0 {
-            return Err(StoreError::Db("checkpoint blocked by a reader; the WAL stays for the next start".into()));
+            return Err(StoreError::Db(DbError::new(
+                DbErrorKind::Busy,
+                "checkpoint blocked by a reader; the WAL stays for the next start",
+            )));
         }
         Ok(())
     }
@@ -352,7 +319,7 @@ impl Tx for SqliteTx<'_> {
         let mut st = self.tx.prepare_cached("UPDATE accounts SET balance = ?2 WHERE id = ?1").map_err(db)?;
         let n = st.execute(params![i(id.0)?, i(balance.minor_units())?]).map_err(db)?;
         if n != 1 {
-            return Err(StoreError::Db(format!("account {id} not found")));
+            return Err(StoreError::NoAccount(id));
         }
         Ok(())
     }

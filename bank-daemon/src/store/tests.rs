@@ -66,6 +66,10 @@ pub fn accounts_ledger_and_sums(store: &mut dyn Store) {
         ("alice", Amount::new(70), 3, 99)
     );
     assert_eq!(tx.account(AccountId(999_999)).unwrap(), None);
+    assert!(matches!(
+        tx.set_balance(AccountId(999_999), Amount::new(1)),
+        Err(StoreError::NoAccount(AccountId(999_999)))
+    ));
     assert_eq!(tx.accounts().unwrap().len(), 2);
     let all = tx.ledger(a, 0, 100).unwrap();
     assert_eq!(all.len(), 2);
@@ -118,11 +122,13 @@ pub fn deposits_are_remembered(store: &mut dyn Store) {
     };
     assert_eq!(tx.deposit(&[9; 16]).unwrap(), None);
     tx.insert_deposit(&d).unwrap();
-    assert!(tx.insert_deposit(&d).is_err(), "request ids are unique");
+    let again = tx.insert_deposit(&d).unwrap_err();
+    assert_eq!(again.kind(), Some(DbErrorKind::Constraint), "request ids are unique, and say so: {again}");
     tx.audit_event(3, "test", "detail").unwrap();
     let issued = IssuedRow { request_id: [8; 16], input_hash: [2; 32], coins: vec![1, 2, 3], balance: None, time: 3 };
     tx.insert_issued(&issued).unwrap();
-    assert!(tx.insert_issued(&issued).is_err(), "request ids are unique");
+    let again = tx.insert_issued(&issued).unwrap_err();
+    assert_eq!(again.kind(), Some(DbErrorKind::Constraint), "request ids are unique, and say so: {again}");
     tx.commit().unwrap();
     let mut tx = store.begin().unwrap();
     assert_eq!(tx.deposit(&[9; 16]).unwrap(), Some(d));

@@ -99,7 +99,7 @@ pub fn check(db: &Path) -> Result<WalCheck, StoreError> {
     let read = |p: &Path| match std::fs::read(p) {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(StoreError::Io(format!("{}: {e}", p.display()))),
+        Err(source) => Err(StoreError::Io { path: p.to_owned(), source }),
     };
     let wal_path = with("-wal");
     let Some(wal) = read(&wal_path)? else { return Ok(WalCheck::Clean) };
@@ -187,7 +187,7 @@ mod tests {
     fn crashed_db(dir: &Path, rows: usize) -> std::path::PathBuf {
         std::fs::create_dir_all(dir).unwrap();
         let path = dir.join("t.db");
-        let conn = super::super::sqlite::open_durable(&path).unwrap();
+        let conn = payme_node::sqlite::open_durable(&path).unwrap();
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0; CREATE TABLE t (v BLOB)").unwrap();
         for i in 0..rows {
             conn.execute("INSERT INTO t VALUES (?1)", [vec![i as u8; 3000]]).unwrap();

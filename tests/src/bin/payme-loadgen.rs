@@ -72,9 +72,7 @@ struct Cli {
 
 const PEER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
+use pmtp_client::clock::now;
 
 fn eight() -> Vec<Denomination> {
     (0..8).map(|e| Denomination::from_exponent(e).unwrap()).collect()

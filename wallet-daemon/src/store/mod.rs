@@ -175,9 +175,7 @@ pub struct Db {
     pub vault: Arc<Vault>,
 }
 
-pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
+pub use pmtp_client::clock::now;
 
 pub(crate) fn i(v: u64) -> Result<i64, DbError> {
     i64::try_from(v).map_err(|_| DbError::Other("value out of range".into()))
@@ -185,7 +183,7 @@ pub(crate) fn i(v: u64) -> Result<i64, DbError> {
 
 impl Db {
     pub fn open(path: &Path, vault: Vault) -> Result<Db, DbError> {
-        use bank_daemon::store::sqlite::{apply_migrations, open_durable};
+        use payme_node::sqlite::{apply_migrations, open_durable};
         let mut conn = open_durable(path).map_err(|e| DbError::Other(e.to_string()))?;
         apply_migrations(&mut conn, SCHEMA).map_err(|e| DbError::Other(e.to_string()))?;
         reseal_v1(&mut conn, &vault)?;

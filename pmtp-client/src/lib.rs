@@ -4,6 +4,19 @@
 //! connection; the request's nonce names this side's address on that connection. Replies
 //! are checked: coins must be minted by the bank, signed, unexpired and add up; deposit
 //! acknowledgements must carry the bank's signature and name the coins deposited.
+//!
+//! A request id is the caller's: calling again with the same id after a timeout or a
+//! closed connection asks the bank for the original answer instead of a second effect
+//! ([`ClientError::is_definitive`] tells a refusal worth retrying from one that is not).
+//! Time comes from a [`clock::Clock`], so tests can move it instead of sleeping.
+//!
+//! May touch: the network (one TCP connection per call). Never a database or a file.
+
+#![forbid(unsafe_code)]
+
+pub mod clock;
+
+use clock::{Clock, SystemClock};
 
 use futures::{SinkExt, StreamExt};
 use pmtp_proto::codec::PmtpCodec;
@@ -14,6 +27,7 @@ use pmtp_proto::refusal::PlainRefusal;
 use pmtp_proto::text::{BankId, Name, Password};
 use pmtp_proto::*;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
@@ -45,6 +59,12 @@ impl ClientError {
     pub fn is_definitive(&self) -> bool {
         matches!(self, ClientError::Refused(r) if r.code.is_definitive())
     }
+    /// True when the request may have reached the bank and taken effect, but no answer
+    /// came (timeout, closed connection, I/O failure): only a retry with the same request
+    /// id tells what happened.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, ClientError::Timeout | ClientError::Closed | ClientError::Io(_))
+    }
     pub fn code(&self) -> Option<ReasonCode> {
         match self {
             ClientError::Refused(r) => Some(r.code),
@@ -64,6 +84,8 @@ pub struct BankClient {
     /// Connect from this local address (a host with several addresses, or tests on
     /// 127.0.0.x); `None` lets the kernel choose.
     pub bind_ip: Option<IpAddr>,
+    /// Where nonce timestamps and coin expiry checks get the time.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Connects to `addr` (`host:port`), from `bind_ip` when given.
@@ -83,15 +105,18 @@ pub async fn connect(addr: &str, bind_ip: Option<IpAddr>) -> std::io::Result<Tcp
     Err(last)
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 impl BankClient {
     pub fn new(addr: impl Into<String>, bank: &PublicIdentity) -> Result<Self, ClientError> {
         let keys = bank.parse().map_err(|e| ClientError::BadAnswer(format!("bank key: {e}")))?;
         let bank_id = BankId::new(keys.name.as_str()).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
-        Ok(BankClient { addr: addr.into(), bank_id, keys, timeout: Duration::from_secs(15), bind_ip: None })
+        Ok(BankClient {
+            addr: addr.into(),
+            bank_id,
+            keys,
+            timeout: Duration::from_secs(15),
+            bind_ip: None,
+            clock: Arc::new(SystemClock),
+        })
     }
 
     /// Sends one request built by `build` (given this side's address) and returns the
@@ -107,7 +132,7 @@ impl BankClient {
             .map_err(|e| ClientError::Connect { addr: self.addr.clone(), message: e.to_string() })?;
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().map_err(|e| ClientError::Io(e.to_string()))?.ip();
-        let request = build(local, now())?;
+        let request = build(local, self.clock.now())?;
         let frame = Frame::seal_to(&mut rng::os(), &self.keys.x25519, &request)?;
         let mut framed = Framed::new(stream, PmtpCodec::default());
         let exchange = async {
@@ -128,7 +153,7 @@ impl BankClient {
 
     /// Checks coins from this bank: signed by it, unexpired, summing to `expected`.
     pub fn check_coins(&self, coins: &[Coin], expected: Amount) -> Result<(), ClientError> {
-        let now = now();
+        let now = self.clock.now();
         let mut total = Amount::ZERO;
         for c in coins {
             let v = c
@@ -253,5 +278,21 @@ impl BankClient {
             Signed::sign(body, &owner.signing).map_err(|e| ClientError::BadAnswer(e.to_string()))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_missing_answer_leaves_the_outcome_unknown() {
+        assert!(ClientError::Timeout.outcome_unknown());
+        assert!(ClientError::Closed.outcome_unknown());
+        assert!(ClientError::Io("reset".into()).outcome_unknown());
+        let not_sent = ClientError::Connect { addr: "x:1".into(), message: "refused".into() };
+        assert!(!not_sent.outcome_unknown(), "a request never sent took no effect");
+        assert!(!ClientError::BadAnswer("x".into()).outcome_unknown());
+        assert!(!ClientError::Timeout.is_definitive());
     }
 }

@@ -1,43 +1,18 @@
-//! Plumbing shared by the payme daemons (bank and wallet): logging, default data
-//! directories, TOML config loading, and the connection-limited accept loop.
+//! The listening side every daemon shares: the connection-limited accept loop, the
+//! per-source count, and the plain refusal for a frame the codec cannot read.
 
-use serde::de::DeserializeOwned;
+use futures::SinkExt;
+use pmtp_proto::codec::PmtpCodec;
+use pmtp_proto::frame::{Frame, FrameError, ProtoError};
+use pmtp_proto::ReasonCode;
 use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_util::codec::Framed;
 use tokio_util::task::TaskTracker;
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: a log file or journald gets plain text, so any escape
-        // sequence found in a log is one that should not be there.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
-/// `$XDG_DATA_HOME/app`, else `~/.local/share/app`.
-pub fn default_data_dir(app: &str) -> PathBuf {
-    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
-        return PathBuf::from(d).join(app);
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-    home.join(".local/share").join(app)
-}
-
-/// Reads and parses a TOML file; the error names the file and what is wrong.
-pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
-}
 
 /// Connection limits for [`accept_loop`].
 #[derive(Clone, Copy, Debug)]
@@ -167,6 +142,20 @@ pub async fn accept_loop<F, Fut>(
             let _slot = slot;
             work.await;
         });
+    }
+}
+
+/// Answers a frame the codec refused (bad header, oversize) with a plain refusal, where
+/// the header names a message that can be refused, within `deadline`. The caller closes
+/// the connection after: the stream is no longer in step.
+pub async fn refuse_bad_frame<S>(framed: &mut Framed<S, PmtpCodec>, error: &FrameError, deadline: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(id) = error.refusal_id() else { return };
+    let code = ReasonCode::from(&ProtoError::Frame(error.clone()));
+    if let Ok(f) = Frame::plain_refusal(id, code, &error.to_string()) {
+        let _ = tokio::time::timeout(deadline, framed.send(f)).await;
     }
 }
 

@@ -1,0 +1,188 @@
+//! Where a daemon's files live by default, loading its TOML config, and the settings
+//! both daemons' `[limits]` share.
+
+use pmtp_proto::{NonceChecker, NonceConfig};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use toml_edit::{DocumentMut, Item, Table, Value};
+
+/// `$XDG_DATA_HOME/app`, else `~/.local/share/app`.
+pub fn default_data_dir(app: &str) -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(d).join(app);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share").join(app)
+}
+
+/// A daemon's configuration cannot be read, parsed, accepted or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is missing or unreadable, is not TOML, or holds a value the daemon refuses.
+    #[error("configuration: {0}")]
+    Invalid(String),
+    /// A value TOML cannot hold (an integer over `i64::MAX`, say).
+    #[error("cannot write the configuration: {0}")]
+    Write(String),
+}
+
+/// Reads and parses a TOML file; the error names the file and what is wrong.
+pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid(format!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| invalid(&e))?;
+    toml::from_str(&text).map_err(|e| invalid(&e))
+}
+
+/// Reads a daemon's config file and checks it with `validate`.
+pub fn load<T: DeserializeOwned>(
+    path: &Path,
+    validate: impl FnOnce(&T) -> Result<(), ConfigError>,
+) -> Result<T, ConfigError> {
+    let config = load_toml(path)?;
+    validate(&config)?;
+    Ok(config)
+}
+
+/// The replay checker a daemon builds from its `[limits]` nonce settings: the clock
+/// window each way, how many nonces are remembered, whether a nonce must name the
+/// connection's address.
+pub fn nonce_checker(window_secs: u64, capacity: usize, check_address: bool) -> NonceChecker {
+    NonceChecker::new(NonceConfig { window_secs, capacity, check_address })
+}
+
+/// The TOML document of `value` as people read it: a `[section]` per nested struct, an
+/// `[[array]]` of tables per list of structs, one key per line. `toml_edit` writes every
+/// value, so strings with quotes, backslashes or control characters come out as valid
+/// TOML that reads back to the same value.
+pub fn document<T: Serialize>(value: &T) -> Result<DocumentMut, ConfigError> {
+    let mut doc = toml_edit::ser::to_document(value).map_err(|e| ConfigError::Write(e.to_string()))?;
+    expand(doc.as_table_mut());
+    Ok(doc)
+}
+
+/// Turns inline tables into `[sections]` and arrays of inline tables into `[[arrays]]`.
+fn expand(table: &mut Table) {
+    for (_, item) in table.iter_mut() {
+        let taken = std::mem::take(item);
+        *item = match taken {
+            Item::Value(Value::InlineTable(t)) => Item::Table(t.into_table()),
+            Item::Value(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_inline_table) => {
+                match Item::Value(Value::Array(a)).into_array_of_tables() {
+                    Ok(aot) => Item::ArrayOfTables(aot),
+                    Err(back) => back,
+                }
+            }
+            other => other,
+        };
+        match item {
+            Item::Table(t) => expand(t),
+            Item::ArrayOfTables(aot) => aot.iter_mut().for_each(expand),
+            _ => {}
+        }
+    }
+}
+
+/// Puts `text` as comment lines above the key or section at dotted `path` ("listen",
+/// "limits", "limits.max_connections"); an empty line of `text` stays empty. A section's
+/// comment is set off by a blank line. Returns false when there is no such key.
+pub fn comment(doc: &mut DocumentMut, path: &str, text: &str) -> bool {
+    let lines: String = text.lines().map(|l| if l.is_empty() { "\n".to_owned() } else { format!("# {l}\n") }).collect();
+    let (parent, key) = match path.rsplit_once('.') {
+        Some((p, k)) => (Some(p), k),
+        None => (None, path),
+    };
+    let mut table = doc.as_table_mut();
+    for part in parent.into_iter().flat_map(|p| p.split('.')) {
+        match table.get_mut(part) {
+            Some(Item::Table(t)) => table = t,
+            _ => return false,
+        }
+    }
+    match table.get_mut(key) {
+        Some(Item::Table(t)) => {
+            t.decor_mut().set_prefix(format!("\n{lines}"));
+            true
+        }
+        Some(_) => match table.key_mut(key) {
+            Some(mut k) => {
+                k.leaf_decor_mut().set_prefix(lines);
+                true
+            }
+            None => false,
+        },
+        None => false,
+    }
+}
+
+/// The commented file a daemon's `init` writes: `value` as a [`document`], with `comments`
+/// (dotted path, text) put above their settings. An empty list at the top level is left
+/// out: `add` commands append its `[[sections]]` later, which an `x = []` would clash with.
+pub fn commented_document<T: Serialize>(value: &T, comments: &[(&str, &str)]) -> Result<DocumentMut, ConfigError> {
+    let mut doc = document(value)?;
+    let empty: Vec<String> = doc
+        .iter()
+        .filter(|(_, item)| item.as_array().is_some_and(|a| a.is_empty()))
+        .map(|(k, _)| k.to_owned())
+        .collect();
+    for k in empty {
+        doc.remove(&k);
+    }
+    for (path, text) in comments {
+        comment(&mut doc, path, text);
+    }
+    Ok(doc)
+}
+
+/// One `[[name]]` section holding `item`, as an `add` command appends it to a config file.
+pub fn array_section<T: Serialize>(name: &str, item: &T) -> Result<String, ConfigError> {
+    let doc = document(&std::collections::BTreeMap::from([(name, [item])]))?;
+    Ok(format!("\n{doc}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq, Default)]
+    struct Inner {
+        n: u64,
+        s: String,
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq, Default)]
+    struct Outer {
+        name: String,
+        inner: Inner,
+        #[serde(default)]
+        item: Vec<Inner>,
+    }
+
+    #[test]
+    fn control_characters_and_quotes_round_trip_with_comments_kept() {
+        let nasty = "a\"b\\c\u{7}\u{1b}[31m\nd\u{0}\u{7f}'''e\t\r";
+        let v = Outer {
+            name: nasty.into(),
+            inner: Inner { n: 3, s: nasty.into() },
+            item: vec![Inner { n: 1, s: nasty.into() }, Inner::default()],
+        };
+        let mut doc = document(&v).unwrap();
+        assert!(comment(&mut doc, "name", "what it is called"));
+        assert!(comment(&mut doc, "inner", "the inner part"));
+        assert!(comment(&mut doc, "inner.n", "a number\n\nafter a blank line"));
+        assert!(!comment(&mut doc, "inner.missing", "x"));
+        assert!(!comment(&mut doc, "nowhere.n", "x"));
+        let text = doc.to_string();
+        assert!(text.contains("# what it is called\nname = "), "{text}");
+        assert!(text.contains("\n# the inner part\n[inner]\n# a number\n\n# after a blank line\nn = 3\n"), "{text}");
+        assert!(text.contains("[[item]]"), "{text}");
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "no raw control character: {text:?}");
+        assert_eq!(toml::from_str::<Outer>(&text).unwrap(), v);
+    }
+
+    #[test]
+    fn an_integer_toml_cannot_hold_is_an_error() {
+        assert!(document(&Inner { n: u64::MAX, s: String::new() }).is_err());
+    }
+}

@@ -1,0 +1,153 @@
+//! Opening SQLite for money: WAL with `synchronous=FULL`, numbered migrations, and errors
+//! that keep their kind. A caller decides on the kind (a constraint is the request's
+//! doing, busy may be retried, corrupt stops the daemon); the message is for people.
+
+use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
+use std::path::Path;
+
+/// What kind of failure a database error is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DbErrorKind {
+    /// A UNIQUE, CHECK, NOT NULL or foreign key constraint refused the change.
+    Constraint,
+    /// Another connection holds the lock (after the busy timeout), or a checkpoint was
+    /// blocked by a reader.
+    Busy,
+    /// The file is damaged or not a database.
+    Corrupt,
+    /// The operating system failed a read or write (disk full, I/O error, cannot open).
+    Io,
+    /// Anything else (a query that does not fit the schema, a missing row, a value of
+    /// the wrong type).
+    Other,
+}
+
+impl std::fmt::Display for DbErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DbErrorKind::Constraint => "constraint",
+            DbErrorKind::Busy => "busy",
+            DbErrorKind::Corrupt => "corrupt",
+            DbErrorKind::Io => "I/O",
+            DbErrorKind::Other => "other",
+        })
+    }
+}
+
+/// A database error: its kind and SQLite's message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("database error ({kind}): {message}")]
+pub struct DbError {
+    pub kind: DbErrorKind,
+    pub message: String,
+}
+
+impl DbError {
+    pub fn new(kind: DbErrorKind, message: impl Into<String>) -> Self {
+        DbError { kind, message: message.into() }
+    }
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> Self {
+        let kind = match e.sqlite_error_code() {
+            Some(ErrorCode::ConstraintViolation) => DbErrorKind::Constraint,
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => DbErrorKind::Busy,
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => DbErrorKind::Corrupt,
+            Some(ErrorCode::SystemIoFailure | ErrorCode::DiskFull | ErrorCode::CannotOpen) => DbErrorKind::Io,
+            _ => DbErrorKind::Other,
+        };
+        DbError { kind, message: e.to_string() }
+    }
+}
+
+/// Opening or migrating a database failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("database schema version {found} is newer than this program knows ({known})")]
+    NewerSchema { found: i64, known: i64 },
+}
+
+impl From<rusqlite::Error> for OpenError {
+    fn from(e: rusqlite::Error) -> Self {
+        OpenError::Db(e.into())
+    }
+}
+
+/// Opens a SQLite database for durable writing: WAL, `synchronous=FULL` (a committed
+/// transaction survives power loss; NORMAL could un-spend a coin), foreign keys on, a
+/// 10 s busy timeout. Bank and wallet open their databases this way.
+pub fn open_durable(path: &Path) -> Result<Connection, DbError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
+}
+
+/// Applies the numbered `migrations` newer than the database's schema, in one
+/// transaction, recording each in `schema_migrations`; refuses a database written by a
+/// newer program. Never edit a migration that has shipped: add the next one.
+pub fn apply_migrations(conn: &mut Connection, migrations: &[(i64, &str)]) -> Result<(), OpenError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )?;
+    let current: i64 = tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))?;
+    let known = migrations.last().map(|m| m.0).unwrap_or(0);
+    if current > known {
+        return Err(OpenError::NewerSchema { found: current, known });
+    }
+    let now = i64::try_from(pmtp_client::clock::now()).unwrap_or(i64::MAX);
+    for (version, sql) in migrations.iter().filter(|m| m.0 > current) {
+        tx.execute_batch(sql)?;
+        tx.execute("INSERT INTO schema_migrations(version, applied_at) VALUES (?1, ?2)", params![version, now])?;
+    }
+    Ok(tx.commit()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_keep_their_kind() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        apply_migrations(
+            &mut conn,
+            &[(1, "CREATE TABLE t (k INTEGER PRIMARY KEY, v INTEGER NOT NULL CHECK (v >= 0))")],
+        )
+        .unwrap();
+        conn.execute("INSERT INTO t VALUES (1, 1)", []).unwrap();
+        let dup = DbError::from(conn.execute("INSERT INTO t VALUES (1, 2)", []).unwrap_err());
+        assert_eq!(dup.kind, DbErrorKind::Constraint, "{dup}");
+        let neg = DbError::from(conn.execute("INSERT INTO t VALUES (2, -1)", []).unwrap_err());
+        assert_eq!(neg.kind, DbErrorKind::Constraint, "{neg}");
+        let bad = DbError::from(conn.execute("INSERT INTO nowhere VALUES (1)", []).unwrap_err());
+        assert_eq!(bad.kind, DbErrorKind::Other, "{bad}");
+        assert!(bad.to_string().contains("nowhere"), "the message is kept: {bad}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_corrupt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("x.db");
+        std::fs::write(&path, vec![0x5au8; 8192]).unwrap();
+        let e = open_durable(&path)
+            .map_err(OpenError::from)
+            .and_then(|mut c| apply_migrations(&mut c, &[(1, "CREATE TABLE t (k INTEGER)")]))
+            .unwrap_err();
+        assert!(matches!(e, OpenError::Db(DbError { kind: DbErrorKind::Corrupt, .. })), "{e}");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        apply_migrations(&mut conn, &[(1, "CREATE TABLE a (k INTEGER)"), (2, "CREATE TABLE b (k INTEGER)")]).unwrap();
+        let e = apply_migrations(&mut conn, &[(1, "CREATE TABLE a (k INTEGER)")]).unwrap_err();
+        assert!(matches!(e, OpenError::NewerSchema { found: 2, known: 1 }), "{e}");
+    }
+}
