@@ -79,6 +79,12 @@ pub struct Merchant {
     /// minting banks), instead of at each coin's own bank.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deposit_bank: Option<String>,
+    /// Seconds a paid order's receipt re-opens its item (the shop serves it again to a
+    /// request presenting the receipt).
+    pub order_lifetime_secs: u64,
+    /// Collects running at once; more are refused as `busy` at once. A second collect for
+    /// an order being collected joins it and does not count.
+    pub max_concurrent_collects: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -138,7 +144,13 @@ impl Default for Policy {
 
 impl Default for Merchant {
     fn default() -> Self {
-        Merchant { validate: Validate::Deposit, collect_timeout_secs: 55, deposit_bank: None }
+        Merchant {
+            validate: Validate::Deposit,
+            collect_timeout_secs: 55,
+            deposit_bank: None,
+            order_lifetime_secs: 7 * 86_400,
+            max_concurrent_collects: 64,
+        }
     }
 }
 
@@ -246,6 +258,11 @@ collect_timeout_secs = {collect}
 # Deposit coins of every known bank at this one, which clears them with the bank that
 # minted them (inter-bank clearing); unset deposits each coin at its own bank.
 {deposit_bank}
+# Seconds a receipt re-opens the item it paid for (a buyer whose page timed out, or who
+# lost the download, presents the receipt to the shop and gets the item again).
+order_lifetime_secs = {order_life}
+# Collects waiting for buyers at once; more are refused as busy.
+max_concurrent_collects = {max_collects}
 
 [limits]
 max_connections = {maxc}
@@ -289,6 +306,8 @@ maintenance_interval_secs = {maint}
                 Some(b) => format!("deposit_bank = {b:?}"),
                 None => "# deposit_bank = \"bank-a\"".to_owned(),
             },
+            order_life = m.order_lifetime_secs,
+            max_collects = m.max_concurrent_collects,
             maxc = l.max_connections,
             perip = l.max_connections_per_ip,
             maxf = l.max_frame_bytes,
@@ -330,6 +349,8 @@ mod tests {
                 validate: Validate::Exchange,
                 collect_timeout_secs: 3,
                 deposit_bank: Some("b".into()),
+                order_lifetime_secs: 77,
+                max_concurrent_collects: 5,
             },
             ..Config::default()
         };

@@ -136,6 +136,8 @@ pub struct PendingRequest {
     pub description: String,
     pub amount: u64,
     pub peer: IpAddr,
+    /// The order id, short (as the shop's page shows it).
+    pub order: String,
     pub created: u64,
     pub answer: tokio::sync::oneshot::Sender<bool>,
 }
@@ -193,6 +195,10 @@ pub struct Wallet {
     pub recovered: AtomicBool,
     /// Outbound connections come from this address (the listen address, when specific).
     pub bind_ip: Option<IpAddr>,
+    /// Collects in progress, by order: a second collect for one order joins the first.
+    pub collects: merchant::InProgressMap,
+    /// Permits for collects running at once (`merchant.max_concurrent_collects`).
+    pub collect_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Wallet {
@@ -220,6 +226,7 @@ impl Wallet {
             check_address: config.limits.nonce_check_address,
         });
         let public = identity.public();
+        let collect_permits = Arc::new(tokio::sync::Semaphore::new(config.merchant.max_concurrent_collects.max(1)));
         Ok(Wallet {
             config,
             dir,
@@ -235,6 +242,8 @@ impl Wallet {
             ops_in_flight: Claims::default(),
             recovered: AtomicBool::new(false),
             bind_ip,
+            collects: Default::default(),
+            collect_permits,
         })
     }
 
@@ -264,6 +273,13 @@ impl Wallet {
     pub fn local_ip(&self) -> IpAddr {
         self.bind_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]))
     }
+}
+
+/// The address a nonce names for a live connection: the one the connection really uses
+/// (its socket's local address), which a wallet listening on 0.0.0.0 or [::] cannot know
+/// from its config. The configured address only if the socket cannot say.
+pub fn conn_local_ip(stream: &tokio::net::TcpStream, w: &Wallet) -> IpAddr {
+    stream.local_addr().map(|a| a.ip()).unwrap_or_else(|_| w.local_ip())
 }
 
 /// Reads a secret: from a file (first line), else an environment variable, else a prompt.
