@@ -380,6 +380,7 @@ fn refusal_text(label: &str, buyer: &str) -> String {
         "merchant_key_changed" => "Your wallet remembers a different key for this shop, so it did not pay. Nothing was charged.".into(),
         "unknown_merchant" => "Your wallet pays only shops it already knows. Nothing was charged.".into(),
         "unexpected_payment" => "This order is already paid, or being paid for something else. If you paid, your receipt gets the item (below); otherwise open the item again for a new order.".into(),
+        "nonce_replay" => "Your wallet was already asked to pay this order. Open the item again for a new order. Nothing was charged.".into(),
         "peer_bank_unavailable" => "The shop's bank has not confirmed your payment yet. If it does, your wallet will hold a receipt that gets you the item (below).".into(),
         _ => "The payment was not made.".into(),
     }
@@ -702,6 +703,7 @@ mod tests {
             ("unknown_merchant", "only shops it already knows"),
             ("unexpected_payment", "already paid"),
             ("peer_bank_unavailable", "bank has not confirmed"),
+            ("nonce_replay", "already asked to pay this order"),
             ("something_new", "The payment was not made."),
         ];
         for (label, text) in cases {
