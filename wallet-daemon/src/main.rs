@@ -367,9 +367,13 @@ fn print_human(out: &mut impl Write, req: &Request, v: &Value) -> std::io::Resul
                     Some(false) => "RECEIPT INVALID",
                     None => "no receipt",
                 };
+                let order = match p["order"].as_str() {
+                    Some(o) => format!(" order {}", text(&Value::from(o))),
+                    None => String::new(),
+                };
                 writeln!(
                     out,
-                    "#{} {} {} {} {} \"{}\" [{}; {}] {}",
+                    "#{} {} {} {} {} \"{}\" [{}; {}{}] {}",
                     p["id"],
                     text(&p["direction"]),
                     p["amount"],
@@ -378,6 +382,7 @@ fn print_human(out: &mut impl Write, req: &Request, v: &Value) -> std::io::Resul
                     text(&p["description"]),
                     text(&p["state"]),
                     verified,
+                    order,
                     text(&p["reason"])
                 )?;
             }
