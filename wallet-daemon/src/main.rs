@@ -348,7 +348,7 @@ fn print_human(out: &mut impl Write, req: &Request, v: &Value) -> std::io::Resul
                 };
                 writeln!(
                     out,
-                    "#{}  {} asks {} for {}{}\n     order {}, shop at {}, key {}",
+                    "#{}  {} asks {} for {}{}\n     order {}, from {}, key {}",
                     p["id"],
                     text(&p["merchant"]),
                     p["amount"],
