@@ -810,6 +810,13 @@ mod tests {
     }
 
     #[test]
+    fn by_default_the_page_waits_longer_than_a_wallets_consent_window_and_collect() {
+        // payme-wallet's defaults: consent_timeout_secs 45, collect_timeout_secs 55.
+        assert!(config().timeout_secs > 55 + 30, "{}", config().timeout_secs);
+        assert!(!config().allow_buyer_address);
+    }
+
+    #[test]
     fn form_decoding() {
         let f = parse_form("a=1+2%20%41&b=%zz&c");
         assert_eq!(f["a"], "1 2 A");

@@ -747,3 +747,67 @@ fn collects_are_bounded_and_a_consent_timeout_is_a_timeout() {
     assert!(job.join().unwrap().0);
     bank.assert_audit();
 }
+
+/// Sends one JSON request to `w`'s control socket, as payme-cgi does; returns the answer.
+fn control(w: &TestWallet, req: &Value) -> Value {
+    control_at(w.dir.path(), req)
+}
+
+/// [`control`] for the wallet whose data directory is `dir`.
+fn control_at(dir: &std::path::Path, req: &Value) -> Value {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(dir.join("control.sock")).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    writeln!(s, "{req}").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+/// The shop's wallet says who it is; a paid order's receipt claims its item (and nothing
+/// else does) until the order expires; an expired order is not paid again either.
+#[test]
+fn a_receipt_claims_its_order_until_it_expires() {
+    let bank = TestBank::start();
+    let buyer = TestWallet::start("alice", "127.0.0.2", &bank, Some(100), |c| c);
+    let shop = TestWallet::start("shop", "127.0.0.3", &bank, Some(0), |c| c);
+    let brief = TestWallet::start("brief shop", "127.0.0.4", &bank, Some(0), |c| {
+        c.replace("order_lifetime_secs = 604800", "order_lifetime_secs = 0")
+    });
+    buyer.ok(&["withdraw", "64"]);
+    let id = control(&shop, &serde_json::json!({"cmd": "identity"}));
+    assert_eq!(id["result"]["name"], "shop", "{id}");
+    let ask = |order: &str| {
+        serde_json::json!({"cmd": "collect", "from": buyer.addr, "amount": 5, "description": "a map",
+                           "order": order, "item": "map"})
+    };
+    let (o1, o2) = ("11111111111111111111111111111111", "22222222222222222222222222222222");
+    let mut paid = Vec::new();
+    for (w, order) in [(&shop, o1), (&brief, o2)] {
+        let (req, dir) = (ask(order), w.dir.path().to_path_buf());
+        let job = thread::spawn(move || control_at(&dir, &req));
+        let p = buyer.wait_pending();
+        buyer.ok(&["approve", &p["id"].to_string()]);
+        let out = job.join().unwrap();
+        assert_eq!(out["result"]["outcome"], "paid", "{out}");
+        paid.push(out["result"].clone());
+    }
+    let claim = |w: &TestWallet, receipt: &Value| control(w, &serde_json::json!({"cmd": "claim", "receipt": receipt}));
+    let c = claim(&shop, &paid[0]["receipt"]);
+    assert_eq!(c["result"]["item"], "map", "{c}");
+    assert_eq!((c["result"]["order"].as_str(), c["result"]["expired"].as_bool()), (Some(o1), Some(false)));
+    let c = claim(&brief, &paid[1]["receipt"]);
+    assert_eq!(c["result"]["expired"], true, "{c}");
+    // Another shop's receipt, or garbage, claims nothing.
+    for (w, receipt) in [(&shop, paid[1]["receipt"].clone()), (&shop, Value::from("00ff")), (&brief, Value::from("zz"))]
+    {
+        let c = claim(w, &receipt);
+        assert_eq!(c["label"], "unexpected_payment", "{c}");
+    }
+    // A collect for the expired order is refused, never paid twice.
+    let again = control(&brief, &ask(o2));
+    assert_eq!(again["result"]["label"], "unexpected_payment", "{again}");
+    assert_eq!(buyer.ok(&["pending"]).as_array().unwrap().len(), 0);
+    assert_eq!(buyer.available(), 54);
+    bank.assert_audit();
+}
