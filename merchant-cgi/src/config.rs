@@ -4,8 +4,10 @@
 //! control_socket = "/home/shop/.local/share/payme-wallet/control.sock"
 //! shop_name = "Bob's Books"
 //! wallet_port = 8001            # buyers' wallets listen here (at REMOTE_ADDR)
-//! allow_buyer_address = true    # buyers may type their wallet's host:port (NAT, proxies)
-//! timeout_secs = 50             # below the web server's CGI timeout
+//! allow_buyer_address = false   # buyers may type their wallet's port (at REMOTE_ADDR only)
+//! timeout_secs = 120            # the longest wait for a payment: the buyer's consent
+//!                               # window (45 s by default) plus the bank's validation;
+//!                               # below the web server's CGI timeout (docs/DEPLOY.md)
 //!
 //! [[item]]
 //! id = "paper"
@@ -31,11 +33,16 @@ pub struct Config {
     /// Port of buyers' wallets, used with REMOTE_ADDR.
     #[serde(default = "default_port")]
     pub wallet_port: u16,
-    /// Let the buyer give their wallet's address in the form.
-    #[serde(default = "yes")]
+    /// Let the buyer give their wallet's port in the form (a wallet on another port of the
+    /// same computer). Off by default: the shop's wallet connects where the form says, so
+    /// when on, only a port on the requester's own address (REMOTE_ADDR) is accepted.
+    #[serde(default)]
     pub allow_buyer_address: bool,
-    /// The whole purchase must finish within this; keep it below the web server's CGI
-    /// timeout so the buyer gets our page, not the server's.
+    /// The longest wait for a payment. It must cover the buyer's consent window (a
+    /// wallet's `policy.consent_timeout_secs`, 45 s by default) plus the bank's validation,
+    /// or buyers who approve late pay for a page that already said "not confirmed" (their
+    /// receipt still opens the item); and it must stay below the web server's CGI timeout
+    /// so the buyer gets our page, not the server's (docs/DEPLOY.md).
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
     #[serde(rename = "item", default)]
@@ -61,11 +68,11 @@ fn default_shop() -> String {
 fn default_port() -> u16 {
     8001
 }
-fn yes() -> bool {
-    true
-}
+/// The default wait: the wallet's default consent window (45 s) and collect deadline
+/// (55 s), plus room for the bank.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
 fn default_timeout() -> u64 {
-    50
+    DEFAULT_TIMEOUT_SECS
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,11 +1,28 @@
 //! # payme-cgi
 //!
-//! A CGI/1.1 program (RFC 3875) that sells items from any web server: GET shows an item
-//! and a confirm form (GET never spends money: link prefetchers and scanners follow links),
-//! POST buys it by asking the merchant's wallet to collect the price from the buyer's
-//! wallet, found at REMOTE_ADDR and the configured wallet port, or at an address the buyer
-//! gives in the form. The item is printed with `Status: 200` and its content type, or a
-//! page with `Status: 402 Payment Required` and the reason.
+//! A CGI/1.1 program (RFC 3875) that sells items from any web server: GET shows an item,
+//! its order id and the shop key's fingerprint, and a confirm form (GET never spends
+//! money: link prefetchers and scanners follow links); POST buys it by asking the
+//! merchant's wallet to collect the price for that order from the buyer's wallet, found at
+//! REMOTE_ADDR and the configured wallet port (or, when the shop allows it, another port
+//! of REMOTE_ADDR that the buyer gives in the form). The item is printed with
+//! `Status: 200` and its content type, or a page with `Status: 402 Payment Required` and
+//! the reason in plain words. A request presenting the receipt of a paid order
+//! (`?receipt=` or a `receipt` form field) gets the item again until the order expires:
+//! a buyer charged after this program stopped waiting still gets what was paid for.
+//!
+//! | status | when |
+//! |---|---|
+//! | 200 | the item's page; the item, paid or re-opened by its receipt |
+//! | 400 | a form that did not arrive whole, a bad wallet port or address, a bad receipt |
+//! | 402 | not paid: refused, no money, unreachable, no approval in time, or not confirmed yet |
+//! | 403 | a receipt that is not for this item's paid order |
+//! | 404 | no such item |
+//! | 405 | a method other than GET, HEAD, POST |
+//! | 410 | a receipt whose order has expired |
+//! | 413 | a form larger than [`MAX_FORM`] |
+//! | 500 | paid, but the item cannot be read |
+//! | 503 | the shop's wallet is not available |
 //!
 //! [`handle`] does all of it from the CGI environment and standard input, so it is tested
 //! without a web server; `main.rs` only reads the environment and writes the response.
@@ -13,15 +30,25 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod order;
 pub mod wallet;
 
 use config::Config;
+use order::OrderId;
 use std::collections::HashMap;
 use std::io::Read;
-use wallet::{Collector, Outcome};
+use wallet::{Claim, Collector, Outcome, Purchase};
 
 /// Most bytes of a form accepted from a buyer.
 pub const MAX_FORM: usize = 4096;
+
+/// Most bytes of a request body read and thrown away before answering a request whose
+/// body is not used (a web server may cut short a response whose request body was left
+/// unread); beyond this the server's own limits apply.
+pub const MAX_DISCARD: u64 = 1 << 20;
+
+/// Longest receipt token accepted (hex of a signed receipt is about 500 digits).
+pub const MAX_RECEIPT: usize = 4096;
 
 /// A CGI response: status, headers, body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +80,8 @@ pub struct Request {
     pub method: String,
     /// PATH_INFO without the leading slash, else the `item` query parameter.
     pub item: Option<String>,
+    /// The `receipt` query parameter: a paid order's receipt, to get its item again.
+    pub receipt: Option<String>,
     pub remote_addr: String,
     pub script_name: String,
     pub content_type: String,
@@ -68,6 +97,7 @@ impl Request {
         Request {
             method: get("REQUEST_METHOD").to_ascii_uppercase(),
             item: item.filter(|i| !i.is_empty()),
+            receipt: query.get("receipt").cloned().filter(|r| !r.is_empty()),
             remote_addr: get("REMOTE_ADDR"),
             script_name: get("SCRIPT_NAME"),
             content_type: get("CONTENT_TYPE"),
@@ -99,6 +129,14 @@ pub fn html_escape(s: &str) -> String {
     out
 }
 
+/// Writes one line to the web server's error log (the shop's log), with every control
+/// character escaped: the text may quote a buyer's wallet, a form, or the OS.
+pub fn log(line: &str) {
+    let escaped: String =
+        line.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect();
+    eprintln!("payme-cgi: {escaped}");
+}
+
 fn page(status: u16, reason: &'static str, title: &str, body_html: &str) -> Response {
     let html = format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title></head>\n<body>\n<h1>{t}</h1>\n{body_html}\n</body></html>\n",
@@ -119,12 +157,76 @@ fn item_url(req: &Request, id: &str) -> String {
     format!("{}/{}", req.script_name.trim_end_matches('/'), id)
 }
 
-/// Handles one CGI request. `stdin` is read only for POST, at most CONTENT_LENGTH bytes
-/// (and never more than [`MAX_FORM`]).
+fn no_item(id: &str) -> Response {
+    page(404, "Not Found", "No such item", &format!("<p>There is no item {}.</p>", html_escape(id)))
+}
+
+fn wallet_down(what: &str) -> Response {
+    log(what);
+    page(
+        503,
+        "Service Unavailable",
+        "The shop cannot take payments right now",
+        "<p>The shop's wallet is not available. Please try again later.</p>",
+    )
+}
+
+/// The request body: read whole when it is small enough to be a form, otherwise read and
+/// thrown away up to [`MAX_DISCARD`] bytes. Either way the web server has delivered the
+/// body before the answer goes out, so the answer is never cut short.
+enum Body {
+    Form(Vec<u8>),
+    TooLarge,
+    Incomplete,
+}
+
+fn read_body(req: &Request, stdin: &mut dyn Read) -> Body {
+    let Some(len) = req.content_length.filter(|l| *l > 0) else { return Body::Form(Vec::new()) };
+    if len > MAX_FORM {
+        let _ = std::io::copy(&mut stdin.take(MAX_DISCARD.min(len as u64)), &mut std::io::sink());
+        return Body::TooLarge;
+    }
+    let mut body = vec![0u8; len];
+    match stdin.read_exact(&mut body) {
+        Ok(()) => Body::Form(body),
+        Err(_) => Body::Incomplete,
+    }
+}
+
+/// Handles one CGI request. The body (CONTENT_LENGTH bytes of `stdin`) is read before
+/// anything is answered, whatever the method: at most [`MAX_FORM`] bytes are kept, and
+/// at most [`MAX_DISCARD`] are read.
 pub fn handle(req: &Request, stdin: &mut dyn Read, config: &Config, wallet: &dyn Collector) -> Response {
+    let body = read_body(req, stdin);
     match req.method.as_str() {
-        "GET" | "HEAD" => show(req, config),
-        "POST" => buy(req, stdin, config, wallet),
+        "GET" | "HEAD" => match (&req.item, &req.receipt) {
+            (Some(id), Some(receipt)) => claim(req, id, receipt, config, wallet),
+            _ => show(req, config, wallet),
+        },
+        "POST" => {
+            let Some(id) = &req.item else {
+                return page(404, "Not Found", "No such item", "<p>Name an item to buy.</p>");
+            };
+            let Some(item) = config.item(id) else { return no_item(id) };
+            let form = match body {
+                Body::Form(b) => parse_form(&String::from_utf8_lossy(&b)),
+                Body::TooLarge => {
+                    return page(
+                        413,
+                        "Payload Too Large",
+                        "Form too large",
+                        "<p>The form is larger than this shop accepts.</p>",
+                    )
+                }
+                Body::Incomplete => {
+                    return page(400, "Bad Request", "Incomplete form", "<p>The form did not arrive whole.</p>")
+                }
+            };
+            match form.get("receipt").filter(|r| !r.is_empty()) {
+                Some(receipt) => claim(req, id, receipt, config, wallet),
+                None => buy(req, item, &form, config, wallet),
+            }
+        }
         _ => {
             let mut r = page(
                 405,
@@ -142,7 +244,16 @@ fn price(p: u64) -> String {
     format!("{p}")
 }
 
-fn show(req: &Request, config: &Config) -> Response {
+/// The form that takes a receipt back: for a buyer whose page gave up before their
+/// wallet paid, or who lost the item.
+fn receipt_form(action: &str) -> String {
+    format!(
+        "<form method=\"get\" action=\"{}\">\n<p><label>Receipt: <input name=\"receipt\" size=\"40\"></label> <button type=\"submit\">Get the item</button></p>\n</form>",
+        html_escape(action)
+    )
+}
+
+fn show(req: &Request, config: &Config, wallet: &dyn Collector) -> Response {
     let Some(id) = &req.item else {
         let mut list = String::from("<ul>\n");
         for i in &config.items {
@@ -156,117 +267,235 @@ fn show(req: &Request, config: &Config) -> Response {
         list.push_str("</ul>");
         return page(200, "OK", &config.shop_name, &list);
     };
-    let Some(item) = config.item(id) else {
-        return page(404, "Not Found", "No such item", &format!("<p>There is no item {}.</p>", html_escape(id)));
+    let Some(item) = config.item(id) else { return no_item(id) };
+    let shop = match wallet.identity() {
+        Ok(s) => s,
+        Err(e) => return wallet_down(&e),
+    };
+    let order = match OrderId::draw() {
+        Ok(o) => o,
+        Err(e) => return wallet_down(&format!("cannot draw an order id: {e}")),
     };
     let address_field = if config.allow_buyer_address {
         format!(
-            "<p><label>Your wallet (host:port), if not {}:{}: <input name=\"wallet\" size=\"30\"></label></p>\n",
-            html_escape(&req.remote_addr),
+            "<p><label>Your wallet's port, if not {}: <input name=\"wallet\" size=\"6\" inputmode=\"numeric\"></label></p>\n",
             config.wallet_port
         )
     } else {
         String::new()
     };
+    let action = item_url(req, &item.id);
     let body = format!(
-        "<p>{desc}</p>\n<p>Price: {price}</p>\n<form method=\"post\" action=\"{action}\">\n{address_field}<p><button type=\"submit\">Buy with payme</button></p>\n</form>\n<p>Your payme wallet will ask you to approve the payment.</p>",
+        "<p>{desc}</p>\n<p>Price: {price}</p>\n<p>Order <strong class=\"order\">{short}</strong>, from {shop_name} (key fingerprint <code class=\"fingerprint\">{fp}</code>).</p>\n<form method=\"post\" action=\"{action}\">\n<input type=\"hidden\" name=\"order\" value=\"{order}\">\n{address_field}<p><button type=\"submit\">Buy with payme</button></p>\n</form>\n<p>Your payme wallet will ask you to approve the payment: check that it names order {short} and this shop's address.</p>\n<p>Paid already? Your receipt (<code>payme-wallet receipt ID</code>) gets the item again:</p>\n{claim}",
         desc = html_escape(&item.description),
         price = price(item.price),
-        action = html_escape(&item_url(req, &item.id)),
+        short = html_escape(&order.short()),
+        shop_name = html_escape(&shop.name),
+        fp = html_escape(&shop.fingerprint),
+        action = html_escape(&action),
+        order = html_escape(&order.hex()),
+        claim = receipt_form(&action),
     );
     page(200, "OK", &item.description, &body)
 }
 
-/// A buyer-given wallet address must look like host:port (no spaces, no scheme).
-fn valid_address(a: &str) -> bool {
-    let Some((host, port)) = a.rsplit_once(':') else { return false };
-    !host.is_empty()
-        && host.len() <= 253
-        && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-[]:".contains(c))
-        && port.parse::<u16>().map(|p| p > 0).unwrap_or(false)
+/// The buyer's wallet: REMOTE_ADDR at the configured port, or, when the shop allows it, at
+/// a port the buyer gives (alone, or as REMOTE_ADDR:port). Any other host is refused: the
+/// shop's wallet must not be made to connect wherever a visitor says.
+fn buyer_address(req: &Request, form: &HashMap<String, String>, config: &Config) -> Result<String, Response> {
+    let at = |port: u16| {
+        if req.remote_addr.contains(':') {
+            format!("[{}]:{port}", req.remote_addr)
+        } else {
+            format!("{}:{port}", req.remote_addr)
+        }
+    };
+    let given = form.get("wallet").map(|s| s.trim()).filter(|s| !s.is_empty());
+    let Some(given) = given.filter(|_| config.allow_buyer_address) else { return Ok(at(config.wallet_port)) };
+    let (host, port) = match given.rsplit_once(':') {
+        Some((h, p)) => (Some(h.trim_start_matches('[').trim_end_matches(']')), p),
+        None => (None, given),
+    };
+    let port = port.parse::<u16>().ok().filter(|p| *p > 0);
+    match (host, port) {
+        (None, Some(p)) => Ok(at(p)),
+        (Some(h), Some(p)) if h == req.remote_addr => Ok(at(p)),
+        _ => {
+            log(&format!("wallet field refused from {}: {given:?}", req.remote_addr));
+            Err(page(
+                400,
+                "Bad Request",
+                "Bad wallet port",
+                &format!(
+                    "<p>The shop pays only from a wallet on the computer you are browsing from ({}). Give just its port, a number from 1 to 65535.</p>",
+                    html_escape(&req.remote_addr)
+                ),
+            ))
+        }
+    }
 }
 
-fn buy(req: &Request, stdin: &mut dyn Read, config: &Config, wallet: &dyn Collector) -> Response {
-    let Some(id) = &req.item else {
-        return page(404, "Not Found", "No such item", "<p>Name an item to buy.</p>");
-    };
-    let Some(item) = config.item(id) else {
-        return page(404, "Not Found", "No such item", &format!("<p>There is no item {}.</p>", html_escape(id)));
-    };
-    let len = req.content_length.unwrap_or(0);
-    if len > MAX_FORM {
-        return page(413, "Payload Too Large", "Form too large", "<p>The form is larger than this shop accepts.</p>");
-    }
-    let mut body = vec![0u8; len];
-    if stdin.read_exact(&mut body).is_err() {
-        return page(400, "Bad Request", "Incomplete form", "<p>The form did not arrive whole.</p>");
-    }
-    let form = parse_form(&String::from_utf8_lossy(&body));
-    let given = form.get("wallet").map(|s| s.trim()).filter(|s| !s.is_empty());
-    let buyer = match given {
-        Some(a) if config.allow_buyer_address => {
-            if !valid_address(a) {
-                return page(
-                    400,
-                    "Bad Request",
-                    "Bad wallet address",
-                    "<p>Give your wallet's address as host:port.</p>",
-                );
-            }
-            a.to_owned()
+/// What a refusal means for the buyer, in plain words. Details (which may quote the
+/// buyer's wallet or the OS) go to the shop's log only.
+fn refusal_text(label: &str, buyer: &str) -> String {
+    match label {
+        "refused_by_user" => "You declined the payment in your wallet. Nothing was charged.".into(),
+        "not_enough_money" => {
+            "Your wallet does not hold enough money in coins this shop accepts. Nothing was charged.".into()
         }
-        _ if req.remote_addr.contains(':') => format!("[{}]:{}", req.remote_addr, config.wallet_port),
-        _ => format!("{}:{}", req.remote_addr, config.wallet_port),
+        "no_answer" => format!(
+            "The shop could not reach your payme wallet at {buyer}. Check that payme-wallet serve is running on the computer you are browsing from and that it accepts connections from this shop. Nothing was charged."
+        ),
+        "timeout" => "Your wallet asked you to approve the payment, but no answer came in time. Nothing was charged.".into(),
+        "busy" => "The shop or your wallet is handling too many payments right now. Please try again in a minute. Nothing was charged.".into(),
+        "merchant_key_changed" => "Your wallet remembers a different key for this shop, so it did not pay. Nothing was charged.".into(),
+        "unknown_merchant" => "Your wallet pays only shops it already knows. Nothing was charged.".into(),
+        "unexpected_payment" => "This order is already paid, or being paid for something else. If you paid, your receipt gets the item (below); otherwise open the item again for a new order.".into(),
+        "nonce_replay" => "Your wallet was already asked to pay this order. Open the item again for a new order. Nothing was charged.".into(),
+        "peer_bank_unavailable" => "The shop's bank has not confirmed your payment yet. If it does, your wallet will hold a receipt that gets you the item (below).".into(),
+        _ => "The payment was not made.".into(),
+    }
+}
+
+fn buy(
+    req: &Request,
+    item: &config::Item,
+    form: &HashMap<String, String>,
+    config: &Config,
+    wallet: &dyn Collector,
+) -> Response {
+    let buyer = match buyer_address(req, form, config) {
+        Ok(b) => b,
+        Err(r) => return r,
     };
-    match wallet.collect(&buyer, item.price, &item.description) {
-        Outcome::Paid { payment } => match item.content() {
-            Ok(bytes) => Response {
-                status: 200,
-                reason: "OK",
-                headers: vec![
-                    ("Content-Type".into(), item.content_type.clone()),
-                    ("Cache-Control".into(), "no-store".into()),
-                    ("X-Payme-Payment".into(), payment.to_string()),
-                ],
-                body: bytes,
-            },
-            Err(e) => {
-                eprintln!("payme-cgi: paid (payment {payment}) but cannot read item {}: {e}", item.id);
-                page(500, "Internal Server Error", "Paid, but the item is missing",
-                    &format!("<p>Your payment (number {payment}) was received, but the item could not be read. The shop has been told; keep your receipt.</p>"))
-            }
+    // The order drawn with the page; a POST from elsewhere (a script) gets a fresh one.
+    let order = match form.get("order").map(|o| OrderId::parse(o)) {
+        Some(Some(o)) => o,
+        Some(None) => {
+            return page(400, "Bad Request", "Bad order", "<p>The form's order id is damaged. Open the item again.</p>")
+        }
+        None => match OrderId::draw() {
+            Ok(o) => o,
+            Err(e) => return wallet_down(&format!("cannot draw an order id: {e}")),
         },
+    };
+    let purchase = Purchase {
+        buyer: buyer.clone(),
+        amount: item.price,
+        description: item.description.clone(),
+        item: item.id.clone(),
+        order,
+    };
+    let action = item_url(req, &item.id);
+    let order_line = format!("<p>Order <strong class=\"order\">{}</strong>.</p>", html_escape(&order.short()));
+    match wallet.collect(&purchase) {
+        Outcome::Paid { payment } => deliver(item, order, Some(payment)),
         Outcome::Refused { label, reason } => {
-            let why = match label.as_str() {
-                "refused_by_user" => "You declined the payment.",
-                "not_enough_money" => "Your wallet does not hold enough money for this.",
-                "no_answer" => "Your wallet did not answer. Is payme-wallet running, and reachable from this shop?",
-                "timeout" => "The payment did not complete in time.",
-                "merchant_key_changed" => "Your wallet does not recognise this shop's key.",
-                _ => "The payment was refused.",
-            };
+            log(&format!("order {} from {buyer}: not paid: {label}: {reason}", order.short()));
             page(
                 402,
                 "Payment Required",
                 "Payment not made",
                 &format!(
-                    "<p>{}</p>\n<p>Details: {} ({})</p>\n<p><a href=\"{}\">Try again</a></p>",
-                    html_escape(why),
-                    html_escape(&reason),
-                    html_escape(&label),
-                    html_escape(&item_url(req, &item.id))
+                    "{order_line}\n<p>{}</p>\n<p><a href=\"{}\">Try again</a></p>\n{}",
+                    html_escape(&refusal_text(&label, &buyer)),
+                    html_escape(&action),
+                    receipt_form(&action)
                 ),
             )
         }
-        Outcome::WalletDown(e) => {
-            eprintln!("payme-cgi: {e}");
+        Outcome::GaveUp => {
+            log(&format!("order {} from {buyer}: stopped waiting after {} s", order.short(), config.timeout_secs));
             page(
-                503,
-                "Service Unavailable",
-                "The shop cannot take payments right now",
-                "<p>The shop's wallet is not available. Please try again later.</p>",
+                402,
+                "Payment Required",
+                "Payment not confirmed yet",
+                &format!(
+                    "{order_line}\n<p>Your wallet has not paid yet, and this page stopped waiting. If your wallet still pays order {short} (you approve it late, or it completes), its receipt gets you the item until the order expires: run <code>payme-wallet history</code> to find the payment for order {short}, then <code>payme-wallet receipt ID</code>, and paste the receipt here:</p>\n{}",
+                    receipt_form(&action),
+                    short = html_escape(&order.short()),
+                ),
             )
         }
+        Outcome::WalletDown(e) => wallet_down(&e),
+    }
+}
+
+/// The item's bytes, paid now (`payment`) or re-opened by a receipt.
+fn deliver(item: &config::Item, order: OrderId, payment: Option<i64>) -> Response {
+    match item.content() {
+        Ok(bytes) => {
+            let mut headers = vec![
+                ("Content-Type".into(), item.content_type.clone()),
+                ("Cache-Control".into(), "no-store".into()),
+                ("X-Payme-Order".into(), order.hex()),
+            ];
+            if let Some(p) = payment {
+                headers.push(("X-Payme-Payment".into(), p.to_string()));
+            }
+            Response { status: 200, reason: "OK", headers, body: bytes }
+        }
+        Err(e) => {
+            log(&format!("order {} paid but item {} cannot be read: {e}", order.short(), item.id));
+            page(
+                500,
+                "Internal Server Error",
+                "Paid, but the item is missing",
+                &format!(
+                    "<p>Your payment for order {} was received, but the item could not be read. The shop has been told; keep your receipt, which gets the item once it is back.</p>",
+                    html_escape(&order.short())
+                ),
+            )
+        }
+    }
+}
+
+/// Serves item `id` again to a request presenting the receipt of its paid order.
+fn claim(req: &Request, id: &str, receipt: &str, config: &Config, wallet: &dyn Collector) -> Response {
+    let Some(item) = config.item(id) else { return no_item(id) };
+    let receipt = receipt.trim();
+    if receipt.len() > MAX_RECEIPT || !receipt.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return page(
+            400,
+            "Bad Request",
+            "Bad receipt",
+            "<p>A receipt is the long hexadecimal text <code>payme-wallet receipt ID</code> prints.</p>",
+        );
+    }
+    let not_this = || {
+        page(
+            403,
+            "Forbidden",
+            "Receipt not accepted",
+            &format!(
+                "<p>This receipt is not for a paid order of {}. <a href=\"{}\">Buy it</a>.</p>",
+                html_escape(&item.description),
+                html_escape(&item_url(req, &item.id))
+            ),
+        )
+    };
+    match wallet.claim(receipt) {
+        Claim::Order { item: paid_for, order, expired } => {
+            let Some(order) = OrderId::parse(&order) else { return wallet_down("the wallet named a bad order id") };
+            if paid_for != item.id {
+                log(&format!("receipt for order {} (item {paid_for}) presented for item {}", order.short(), item.id));
+                return not_this();
+            }
+            if expired {
+                return page(
+                    410,
+                    "Gone",
+                    "Order expired",
+                    &format!(
+                        "<p>Order {} has expired: its receipt no longer opens the item.</p>",
+                        html_escape(&order.short())
+                    ),
+                );
+            }
+            deliver(item, order, None)
+        }
+        Claim::Unknown => not_this(),
+        Claim::WalletDown(e) => wallet_down(&e),
     }
 }
 
@@ -274,33 +503,65 @@ fn buy(req: &Request, stdin: &mut dyn Read, config: &Config, wallet: &dyn Collec
 mod tests {
     use super::*;
     use std::cell::RefCell;
+    use wallet::Shop;
 
-    /// A collector that records whom it was asked to collect from and answers `outcome`.
+    /// A wallet double: records what it was asked to collect and answers `outcome`;
+    /// `claim` answers `claimed`.
     struct Recorder {
         outcome: Outcome,
-        asked: RefCell<Vec<(String, u64, String)>>,
+        claimed: Claim,
+        asked: RefCell<Vec<Purchase>>,
+        down: bool,
     }
 
     impl Collector for Recorder {
-        fn collect(&self, buyer: &str, amount: u64, description: &str) -> Outcome {
-            self.asked.borrow_mut().push((buyer.into(), amount, description.into()));
+        fn collect(&self, p: &Purchase) -> Outcome {
+            self.asked.borrow_mut().push(p.clone());
             self.outcome.clone()
+        }
+        fn identity(&self) -> Result<Shop, String> {
+            if self.down {
+                return Err("socket gone".into());
+            }
+            Ok(Shop { name: "Bob's <Books>".into(), fingerprint: "SHA256:ab<cd>".into() })
+        }
+        fn claim(&self, _receipt: &str) -> Claim {
+            self.claimed.clone()
         }
     }
 
-    fn config() -> Config {
-        toml::from_str(
+    fn with(outcome: Outcome) -> Recorder {
+        Recorder { outcome, claimed: Claim::Unknown, asked: RefCell::new(vec![]), down: false }
+    }
+
+    fn paid() -> Recorder {
+        with(Outcome::Paid { payment: 9 })
+    }
+
+    fn config_with(extra: &str) -> Config {
+        toml::from_str(&format!(
             r#"control_socket = "/nonexistent"
                shop_name = "Bob's <Books>"
+               {extra}
                [[item]]
                id = "paper"
                price = 37
                description = "The <PayMe> paper"
                content_type = "application/pdf"
                body = "%PDF-bytes"
-            "#,
-        )
+               [[item]]
+               id = "lost"
+               price = 5
+               description = "A lost file"
+               content_type = "text/plain"
+               file = "/nonexistent/lost"
+            "#
+        ))
         .unwrap()
+    }
+
+    fn config() -> Config {
+        config_with("")
     }
 
     fn req(method: &str, path: &str) -> Request {
@@ -316,64 +577,214 @@ mod tests {
         Request::from_env(&env)
     }
 
-    fn paid() -> Recorder {
-        Recorder { outcome: Outcome::Paid { payment: 9 }, asked: RefCell::new(vec![]) }
+    fn post(path: &str, form: &str, config: &Config, w: &Recorder) -> Response {
+        let mut rq = req("POST", path);
+        rq.content_length = Some(form.len());
+        handle(&rq, &mut form.as_bytes(), config, w)
     }
 
+    fn html(r: &Response) -> String {
+        String::from_utf8(r.body.clone()).unwrap()
+    }
+
+    const ORDER: &str = "3f2a91bc0d4e77a101020304050607ff";
+
     #[test]
-    fn get_shows_a_confirm_form_and_never_collects() {
+    fn get_shows_order_id_and_fingerprint_and_never_collects() {
         let w = paid();
         let r = handle(&req("GET", "/paper"), &mut &b""[..], &config(), &w);
         assert_eq!(r.status, 200);
         assert!(r.headers.contains(&("Content-Type".into(), "text/html; charset=utf-8".into())));
-        let html = String::from_utf8(r.body).unwrap();
-        assert!(html.contains("<form method=\"post\" action=\"/cgi-bin/payme-cgi/paper\">"), "{html}");
-        assert!(html.contains("The &lt;PayMe&gt; paper"), "escaped: {html}");
+        let page = html(&r);
+        assert!(page.contains("<form method=\"post\" action=\"/cgi-bin/payme-cgi/paper\">"), "{page}");
+        assert!(page.contains("The &lt;PayMe&gt; paper"), "escaped: {page}");
+        assert!(page.contains("SHA256:ab&lt;cd&gt;"), "the shop key's fingerprint, escaped: {page}");
+        let hidden = page.split("name=\"order\" value=\"").nth(1).unwrap();
+        let order = OrderId::parse(&hidden[..32]).expect("the form carries the order id");
+        assert!(page.contains(&format!("<strong class=\"order\">{}</strong>", order.short())), "{page}");
+        assert!(!page.contains("name=\"wallet\""), "no wallet field by default: {page}");
         assert!(w.asked.borrow().is_empty(), "GET never spends money");
+        let again = html(&handle(&req("GET", "/paper"), &mut &b""[..], &config(), &w));
+        assert!(!again.contains(&order.hex()), "each page draws its own order");
         let list = handle(&req("GET", ""), &mut &b""[..], &config(), &w);
-        assert!(String::from_utf8(list.body).unwrap().contains("Bob&#39;s &lt;Books&gt;"));
+        assert!(html(&list).contains("Bob&#39;s &lt;Books&gt;"));
     }
 
     #[test]
-    fn post_collects_from_remote_addr_or_the_given_wallet() {
+    fn post_collects_the_pages_order_from_remote_addr() {
         let w = paid();
-        let r = handle(&req("POST", "/paper"), &mut &b""[..], &config(), &w);
+        let r = post("/paper", &format!("order={ORDER}"), &config(), &w);
         assert_eq!((r.status, r.body.as_slice()), (200, &b"%PDF-bytes"[..]));
         assert!(r.headers.contains(&("Content-Type".into(), "application/pdf".into())));
-        assert_eq!(w.asked.borrow()[0], ("192.0.2.7:8001".into(), 37, "The <PayMe> paper".into()));
-        let mut rq = req("POST", "/paper");
-        let form = b"wallet=10.1.2.3%3A9001&x=1";
-        rq.content_length = Some(form.len());
-        handle(&rq, &mut &form[..], &config(), &w);
-        assert_eq!(w.asked.borrow()[1].0, "10.1.2.3:9001");
-        let bad = b"wallet=http://evil/";
-        rq.content_length = Some(bad.len());
-        assert_eq!(handle(&rq, &mut &bad[..], &config(), &w).status, 400);
-        rq.content_length = Some(MAX_FORM + 1);
-        assert_eq!(handle(&rq, &mut &b""[..], &config(), &w).status, 413);
+        assert!(r.headers.contains(&("X-Payme-Order".into(), ORDER.into())));
+        let asked = w.asked.borrow()[0].clone();
+        assert_eq!(
+            asked,
+            Purchase {
+                buyer: "192.0.2.7:8001".into(),
+                amount: 37,
+                description: "The <PayMe> paper".into(),
+                item: "paper".into(),
+                order: OrderId::parse(ORDER).unwrap(),
+            }
+        );
+        // Without an order (a script's POST), a fresh one.
+        assert_eq!(post("/paper", "", &config(), &w).status, 200);
+        assert_ne!(w.asked.borrow()[1].order, asked.order);
+        assert_eq!(post("/paper", "order=zz", &config(), &w).status, 400, "a damaged order id");
     }
 
     #[test]
-    fn refusals_give_402_unknown_404_other_methods_405_head_no_body() {
-        let refused = Recorder {
-            outcome: Outcome::Refused { label: "not_enough_money".into(), reason: "holding 3 <need> 37".into() },
-            asked: RefCell::new(vec![]),
+    fn the_wallet_field_is_off_by_default_and_on_takes_only_a_port_of_remote_addr() {
+        let w = paid();
+        post("/paper", "wallet=10.1.2.3%3A9001", &config(), &w);
+        assert_eq!(w.asked.borrow()[0].buyer, "192.0.2.7:8001", "ignored when off");
+        let on = config_with("allow_buyer_address = true");
+        let page = html(&handle(&req("GET", "/paper"), &mut &b""[..], &on, &w));
+        assert!(page.contains("name=\"wallet\""), "{page}");
+        post("/paper", "wallet=9001", &on, &w);
+        assert_eq!(w.asked.borrow()[1].buyer, "192.0.2.7:9001");
+        post("/paper", "wallet=192.0.2.7%3A9002", &on, &w);
+        assert_eq!(w.asked.borrow()[2].buyer, "192.0.2.7:9002");
+        for bad in ["10.1.2.3%3A9001", "127.0.0.1%3A8001", "http://evil/", "0", "70000", "localhost%3A22"] {
+            let r = post("/paper", &format!("wallet={bad}"), &on, &w);
+            assert_eq!(r.status, 400, "{bad}");
+            let text = html(&r);
+            assert!(text.contains("on the computer you are browsing from"), "{text}");
+            assert!(!text.contains("evil") && !text.contains("10.1.2.3"), "the field is not reflected: {text}");
+        }
+        assert_eq!(w.asked.borrow().len(), 3, "no collect for a refused address");
+        let mut v6 = req("POST", "/paper");
+        v6.remote_addr = "2001:db8::7".into();
+        let form = "wallet=%5B2001%3Adb8%3A%3A7%5D%3A9003";
+        v6.content_length = Some(form.len());
+        handle(&v6, &mut form.as_bytes(), &on, &w);
+        assert_eq!(w.asked.borrow()[3].buyer, "[2001:db8::7]:9003");
+    }
+
+    #[test]
+    fn each_refusal_is_worded_plainly_without_the_details() {
+        let cases = [
+            ("refused_by_user", "You declined"),
+            ("not_enough_money", "does not hold enough money"),
+            ("no_answer", "could not reach your payme wallet at 192.0.2.7:8001"),
+            ("timeout", "no answer came in time"),
+            ("busy", "too many payments"),
+            ("merchant_key_changed", "different key"),
+            ("unknown_merchant", "only shops it already knows"),
+            ("unexpected_payment", "already paid"),
+            ("peer_bank_unavailable", "bank has not confirmed"),
+            ("nonce_replay", "already asked to pay this order"),
+            ("something_new", "The payment was not made."),
+        ];
+        for (label, text) in cases {
+            let w = with(Outcome::Refused {
+                label: label.into(),
+                reason: "connect: Connection refused (os error 111) <x>".into(),
+            });
+            let r = post("/paper", &format!("order={ORDER}"), &config(), &w);
+            assert_eq!((r.status, r.reason), (402, "Payment Required"));
+            let page = html(&r);
+            assert!(page.contains(text), "{label}: {page}");
+            assert!(page.contains("3f2a-91bc-0d4e-77a1"), "the order id: {page}");
+            assert!(!page.contains("os error") && !page.contains("&lt;x&gt;"), "no details: {page}");
+        }
+    }
+
+    #[test]
+    fn a_page_that_gives_up_says_how_to_get_the_item_with_the_receipt() {
+        let r = post("/paper", &format!("order={ORDER}"), &config(), &with(Outcome::GaveUp));
+        assert_eq!(r.status, 402);
+        let page = html(&r);
+        assert!(page.contains("Payment not confirmed yet") && page.contains("payme-wallet receipt"), "{page}");
+        assert!(page.contains("name=\"receipt\"") && page.contains("3f2a-91bc-0d4e-77a1"), "{page}");
+        assert!(!page.contains("did not complete in time"), "{page}");
+    }
+
+    #[test]
+    fn a_receipt_reopens_its_item_until_the_order_expires() {
+        let claimed = |item: &str, expired| Claim::Order { item: item.into(), order: ORDER.into(), expired };
+        let mut w = paid();
+        w.claimed = claimed("paper", false);
+        let mut get = req("GET", "/paper");
+        get.receipt = Some("00ff".into());
+        let r = handle(&get, &mut &b""[..], &config(), &w);
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"%PDF-bytes"[..]));
+        assert!(w.asked.borrow().is_empty(), "a claim collects nothing");
+        assert_eq!(post("/paper", "receipt=00ff", &config(), &w).status, 200, "as a form field too");
+        w.claimed = claimed("atlas", false);
+        assert_eq!(handle(&get, &mut &b""[..], &config(), &w).status, 403, "another item's receipt");
+        w.claimed = Claim::Unknown;
+        assert_eq!(handle(&get, &mut &b""[..], &config(), &w).status, 403);
+        w.claimed = claimed("paper", true);
+        assert_eq!(handle(&get, &mut &b""[..], &config(), &w).status, 410);
+        w.claimed = Claim::WalletDown("x".into());
+        assert_eq!(handle(&get, &mut &b""[..], &config(), &w).status, 503);
+        get.receipt = Some("<script>".into());
+        assert_eq!(handle(&get, &mut &b""[..], &config(), &w).status, 400);
+        let from_env = Request::from_env(
+            &[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/paper"), ("QUERY_STRING", "receipt=00ff")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        assert_eq!(from_env.receipt.as_deref(), Some("00ff"));
+    }
+
+    /// A body that counts what was read of it.
+    struct Counted<'a>(&'a [u8], usize);
+    impl Read for Counted<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = (&self.0[self.1..]).read(buf)?;
+            self.1 += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn every_status_and_the_body_read_before_any_answer() {
+        let body = vec![b'x'; 3000];
+        let answer = |method: &str, path: &str, w: &Recorder| {
+            let mut rq = req(method, path);
+            rq.content_length = Some(body.len());
+            let mut input = Counted(&body, 0);
+            let r = handle(&rq, &mut input, &config(), w);
+            assert_eq!(input.1, body.len(), "{method} {path}: the whole body is read");
+            r
         };
-        let r = handle(&req("POST", "/paper"), &mut &b""[..], &config(), &refused);
-        assert_eq!((r.status, r.reason), (402, "Payment Required"));
-        let html = String::from_utf8(r.body).unwrap();
-        assert!(html.contains("does not hold enough money") && html.contains("holding 3 &lt;need&gt; 37"), "{html}");
-        let down = Recorder { outcome: Outcome::WalletDown("x".into()), asked: RefCell::new(vec![]) };
-        assert_eq!(handle(&req("POST", "/paper"), &mut &b""[..], &config(), &down).status, 503);
-        assert_eq!(handle(&req("GET", "/nope"), &mut &b""[..], &config(), &paid()).status, 404);
-        assert_eq!(handle(&req("POST", "/nope"), &mut &b""[..], &config(), &paid()).status, 404);
+        assert_eq!(answer("DELETE", "/paper", &paid()).status, 405);
+        assert_eq!(answer("POST", "/nope", &paid()).status, 404);
+        assert_eq!(answer("POST", "/paper", &paid()).status, 200);
+        assert_eq!(answer("GET", "/nope", &paid()).status, 404);
+        let big = vec![b'x'; MAX_FORM + 1];
+        let mut rq = req("POST", "/paper");
+        rq.content_length = Some(big.len());
+        let mut input = Counted(&big, 0);
+        assert_eq!(handle(&rq, &mut input, &config(), &paid()).status, 413);
+        assert_eq!(input.1, big.len(), "a too large body is read and thrown away");
+        rq.content_length = Some(10);
+        assert_eq!(handle(&rq, &mut &b"short"[..], &config(), &paid()).status, 400, "incomplete");
         let r = handle(&req("DELETE", "/paper"), &mut &b""[..], &config(), &paid());
-        assert_eq!(r.status, 405);
         assert!(r.headers.contains(&("Allow".into(), "GET, HEAD, POST".into())));
+        let down = with(Outcome::WalletDown("x".into()));
+        assert_eq!(post("/paper", "", &config(), &down).status, 503);
+        let mut gone = paid();
+        gone.down = true;
+        assert_eq!(handle(&req("GET", "/paper"), &mut &b""[..], &config(), &gone).status, 503);
+        let r = post("/lost", "", &config(), &paid());
+        assert_eq!(r.status, 500, "paid, but the item cannot be read");
+        assert!(html(&r).contains("keep your receipt"));
         let head = handle(&req("HEAD", "/paper"), &mut &b""[..], &config(), &paid());
         let out = head.to_cgi(true);
         assert!(out.ends_with(b"\r\n\r\n"), "no body for HEAD");
         assert!(String::from_utf8_lossy(&out).contains(&format!("Content-Length: {}", head.body.len())));
+    }
+
+    #[test]
+    fn by_default_the_page_waits_longer_than_a_wallets_consent_window_and_collect() {
+        // payme-wallet's defaults: consent_timeout_secs 45, collect_timeout_secs 55.
+        assert!(config().timeout_secs > 55 + 30, "{}", config().timeout_secs);
+        assert!(!config().allow_buyer_address);
     }
 
     #[test]

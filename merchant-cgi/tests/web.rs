@@ -1,27 +1,33 @@
 //! payme-cgi under real web servers (lighttpd's mod_cgi and Python's CGI server), with a
-//! real bank and two real wallets: buying through the page flow, refusals, 404, HEAD.
+//! real bank and real wallets: buying through the page flow (order id and fingerprint on
+//! the page, the same order id in the buyer's prompt), refusals in plain words, the wallet
+//! field, bodies read before any answer, a late approval claimed with its receipt, and a
+//! double submission paid once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use payme_tests::bank_harness::TestBank;
 use payme_tests::wallet_harness::TestWallet;
 use payme_tests::web_harness::{self, http, Kind, WebServer};
+use std::net::IpAddr;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// The item's bytes: every byte value, so any mangling shows.
 fn item_bytes() -> Vec<u8> {
     (0..=255u8).cycle().take(3000).collect()
 }
 
-fn write_config(dir: &Path, merchant: &TestWallet) -> std::path::PathBuf {
+/// Writes a config for `merchant`'s wallet with `extra` settings; returns its path.
+fn write_config(dir: &Path, merchant: &TestWallet, name: &str, extra: &str) -> std::path::PathBuf {
     std::fs::write(dir.join("paper.bin"), item_bytes()).unwrap();
-    let cfg = dir.join("cgi.toml");
+    let cfg = dir.join(name);
     std::fs::write(
         &cfg,
         format!(
             r#"control_socket = "{sock}"
 shop_name = "Bob's Books"
-timeout_secs = 40
+{extra}
 
 [[item]]
 id = "paper"
@@ -45,16 +51,41 @@ body = "an atlas"
     cfg
 }
 
-/// Buys `item` over HTTP in a thread while `approve` answers the buyer's wallet.
-fn buy(web: &WebServer, buyer: &TestWallet, item: &str, answer: Option<&str>) -> web_harness::HttpResponse {
-    let (addr, form) = (web.addr.clone(), format!("wallet={}", buyer.addr.replace(':', "%3A")));
-    let path = format!("/cgi-bin/payme-cgi/{item}");
-    let job = std::thread::spawn(move || http(&addr, "POST", &path, Some(&form), None));
+/// The order id (32 hex digits) an item's page carries in its form.
+fn order_of(page: &web_harness::HttpResponse) -> String {
+    let text = page.text();
+    let at = text.find("name=\"order\" value=\"").expect("the page's form carries an order") + 20;
+    text[at..at + 32].to_owned()
+}
+
+/// The short form of an order id, as pages and prompts show it.
+fn short(order: &str) -> String {
+    format!("{}-{}-{}-{}", &order[0..4], &order[4..8], &order[8..12], &order[12..16])
+}
+
+fn ip(w: &TestWallet) -> IpAddr {
+    w.ip.parse().unwrap()
+}
+
+/// POSTs `form` to `item` from `from` (so REMOTE_ADDR is that address), in a thread.
+fn post(web: &WebServer, from: IpAddr, item: &str, form: String) -> std::thread::JoinHandle<web_harness::HttpResponse> {
+    let (addr, path) = (web.addr.clone(), format!("/cgi-bin/payme-cgi/{item}"));
+    std::thread::spawn(move || http(&addr, "POST", &path, Some(&form), Some(from)))
+}
+
+/// Opens `item`'s page and buys it from `buyer`'s wallet (its port in the form), answering
+/// the prompt with `answer` when given. Returns (the page's order, the response).
+fn buy(web: &WebServer, buyer: &TestWallet, item: &str, answer: Option<&str>) -> (String, web_harness::HttpResponse) {
+    let page = http(&web.addr, "GET", &format!("/cgi-bin/payme-cgi/{item}"), None, Some(ip(buyer)));
+    assert_eq!(web.status_of(&page), 200, "{}", page.text());
+    let order = order_of(&page);
+    let job = post(web, ip(buyer), item, format!("order={order}&wallet={}", buyer.port()));
     if let Some(verb) = answer {
         let p = buyer.wait_pending();
+        assert_eq!(p["order"], short(&order), "the prompt names the page's order");
         buyer.ok(&[verb, &p["id"].to_string()]);
     }
-    job.join().unwrap()
+    (order, job.join().unwrap())
 }
 
 fn shop_under(kind: Kind) {
@@ -66,51 +97,92 @@ fn shop_under(kind: Kind) {
     let merchant = TestWallet::start("bob's books", "127.0.0.3", &bank, Some(0), |c| c);
     buyer.ok(&["withdraw", "300"]);
     let cfg_dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(cfg_dir.path(), &merchant);
+    let cfg = write_config(cfg_dir.path(), &merchant, "cgi.toml", "allow_buyer_address = true\ntimeout_secs = 60");
     let web = WebServer::start(kind, &web_harness::cgi_bin(), &cfg);
 
-    // GET shows the item and a form; it never collects.
-    let page = http(&web.addr, "GET", "/cgi-bin/payme-cgi/paper", None, None);
+    // GET shows the item, its order and the shop key's fingerprint, and a form; it never
+    // collects. The buyer's prompt shows the same order, fingerprint and the shop's address.
+    let page = http(&web.addr, "GET", "/cgi-bin/payme-cgi/paper", None, Some(ip(&buyer)));
     assert_eq!(web.status_of(&page), 200);
     assert_eq!(page.header("Content-Type"), Some("text/html; charset=utf-8"));
     assert!(page.text().contains("method=\"post\""), "{}", page.text());
     assert_eq!(buyer.available(), 300);
-
-    // The first purchase: a new merchant, so the buyer approves; the item's exact bytes.
-    let r = buy(&web, &buyer, "paper", Some("approve"));
+    let order = order_of(&page);
+    assert!(page.text().contains(&format!("<strong class=\"order\">{}</strong>", short(&order))), "{}", page.text());
+    let job = post(&web, ip(&buyer), "paper", format!("order={order}&wallet={}", buyer.port()));
+    let p = buyer.wait_pending();
+    assert_eq!(p["order"], short(&order));
+    assert_eq!(p["peer"], "127.0.0.3", "the shop's address");
+    let fp = p["fingerprint"].as_str().unwrap();
+    assert!(page.text().contains(&format!("<code class=\"fingerprint\">{fp}</code>")), "{}", page.text());
+    buyer.ok(&["approve", &p["id"].to_string()]);
+    let r = job.join().unwrap();
     assert_eq!(web.status_of(&r), 200, "{}", r.text());
     assert_eq!(r.header("Content-Type"), Some("application/octet-stream"));
+    assert_eq!(r.header("X-Payme-Order"), Some(order.as_str()));
     assert_eq!(r.body, item_bytes(), "the item's exact bytes");
     assert_eq!(buyer.available(), 263);
     // Known merchant under the limit: no question asked.
-    let r = buy(&web, &buyer, "paper", None);
+    let (_, r) = buy(&web, &buyer, "paper", None);
     assert_eq!(web.status_of(&r), 200);
     assert_eq!(buyer.available(), 226);
 
-    // The buyer refuses: 402 with the reason.
-    let r = buy(&web, &buyer, "atlas", Some("refuse"));
+    // The buyer refuses: 402 in plain words.
+    let (order, r) = buy(&web, &buyer, "atlas", Some("refuse"));
     assert_eq!(web.status_of(&r), 402);
     assert_eq!(r.header("Content-Type"), Some("text/html; charset=utf-8"));
-    assert!(r.text().contains("You declined the payment"), "{}", r.text());
-    // An empty wallet: 402, not enough money.
-    let r = buy(&web, &poor, "paper", Some("approve"));
+    assert!(r.text().contains("You declined the payment") && r.text().contains(&short(&order)), "{}", r.text());
+    // An empty wallet: refused before any prompt (nobody answers one here), 402.
+    let (_, r) = buy(&web, &poor, "paper", None);
     assert_eq!(web.status_of(&r), 402);
     assert!(r.text().contains("does not hold enough money"), "{}", r.text());
     assert_eq!(buyer.available(), 226, "refusals moved nothing");
 
-    // 404, 405, HEAD.
+    // The wallet field takes only a port of REMOTE_ADDR: another host (here the shop's own
+    // wallet) is refused with a plain message, and nothing is collected.
+    let r = post(&web, ip(&buyer), "paper", format!("wallet={}", merchant.addr.replace(':', "%3A"))).join().unwrap();
+    assert_eq!(web.status_of(&r), 400);
+    assert!(r.text().contains("on the computer you are browsing from"), "{}", r.text());
+    // A wallet that is not there: a fixed text, never the OS's error.
+    let r = post(&web, "127.0.0.5".parse().unwrap(), "paper", "wallet=9".into()).join().unwrap();
+    assert_eq!(web.status_of(&r), 402);
+    assert!(r.text().contains("could not reach your payme wallet at 127.0.0.5:9"), "{}", r.text());
+    assert!(!r.text().contains("os error") && !r.text().contains("refused"), "{}", r.text());
+
+    // 404, 405, HEAD; a body the CGI does not use is read, so the answer is whole at once.
     let r = http(&web.addr, "GET", "/cgi-bin/payme-cgi/nothing", None, None);
     assert_eq!(web.status_of(&r), 404);
     let r = http(&web.addr, "HEAD", "/cgi-bin/payme-cgi/paper", None, None);
     assert!(r.body.is_empty(), "HEAD has no body");
+    let body = "x=".to_owned() + &"y".repeat(300_000);
+    let started = Instant::now();
+    let r = http(&web.addr, "POST", "/cgi-bin/payme-cgi/nothing", Some(&body), None);
+    assert_eq!(web.status_of(&r), 404);
+    assert_whole(&r, started);
     if kind == Kind::Lighttpd {
         // Python's server answers 501 for methods it does not implement before the CGI runs.
-        let r = http(&web.addr, "PUT", "/cgi-bin/payme-cgi/paper", Some(""), None);
+        let started = Instant::now();
+        let r = http(&web.addr, "PUT", "/cgi-bin/payme-cgi/paper", Some(&body), None);
         assert_eq!(r.status, 405);
+        assert_whole(&r, started);
+        let started = Instant::now();
+        let r = http(&web.addr, "POST", "/cgi-bin/payme-cgi/paper", Some(&body), None);
+        assert_eq!(r.status, 413);
+        assert_whole(&r, started);
     }
     let merchant_balance = bank.accounts().into_iter().find(|a| a.1 == "bob's books").unwrap().2;
     assert_eq!(merchant_balance, 74, "two purchases of 37 deposited");
     bank.assert_audit();
+}
+
+/// The response arrived whole (its Content-Length, when given, is its length) and at once
+/// (a web server waiting for an unread body may cut the answer after seconds).
+fn assert_whole(r: &web_harness::HttpResponse, started: Instant) {
+    if let Some(len) = r.header("Content-Length") {
+        assert_eq!(len.parse::<usize>().unwrap(), r.body.len(), "whole: {}", r.text());
+    }
+    assert!(r.text().contains("</html>"), "whole: {}", r.text());
+    assert!(started.elapsed() < Duration::from_secs(3), "at once, not after {:?}", started.elapsed());
 }
 
 #[test]
@@ -118,13 +190,98 @@ fn shop_under_pythons_cgi_server() {
     shop_under(Kind::Python);
 }
 
-#[test]
-fn shop_under_lighttpd() {
+fn lighttpd_or_skip() -> bool {
     if !web_harness::lighttpd_installed() {
         // CI installs lighttpd (.ci/run); there a missing server is a failure.
         assert!(std::env::var_os("CI").is_none(), "lighttpd is not installed on CI");
         eprintln!("SKIPPED: lighttpd is not installed (apt-get install lighttpd)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn shop_under_lighttpd() {
+    if lighttpd_or_skip() {
+        shop_under(Kind::Lighttpd);
+    }
+}
+
+/// With the shop's defaults (no wallet field), under lighttpd: a wallet address in the form
+/// is ignored; a buyer who approves after the page stopped waiting is charged, and the
+/// receipt from `payme-wallet receipt` gets the item (and only that item); a double
+/// submission of one order gives one prompt, one payment, and the item to both requests.
+#[test]
+fn late_approval_is_claimed_with_the_receipt_and_a_double_submission_pays_once() {
+    if !lighttpd_or_skip() {
         return;
     }
-    shop_under(Kind::Lighttpd);
+    let bank = TestBank::start();
+    let buyer = TestWallet::start("alice", "127.0.0.2", &bank, Some(500), |c| c);
+    let merchant = TestWallet::create("bob's books", "127.0.0.3", &bank, Some(0), |c| c).with_log().started();
+    buyer.ok(&["withdraw", "300"]);
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let port = format!("wallet_port = {}", buyer.port());
+    let impatient = write_config(cfg_dir.path(), &merchant, "impatient.toml", &format!("{port}\ntimeout_secs = 2"));
+    let patient = write_config(cfg_dir.path(), &merchant, "patient.toml", &format!("{port}\ntimeout_secs = 60"));
+    let web = WebServer::start(Kind::Lighttpd, &web_harness::cgi_bin(), &impatient);
+
+    // The form's wallet field (here naming the shop's own wallet) is ignored by default:
+    // the payment is asked of REMOTE_ADDR's wallet.
+    let page = http(&web.addr, "GET", "/cgi-bin/payme-cgi/paper", None, Some(ip(&buyer)));
+    assert!(!page.text().contains("name=\"wallet\""), "no wallet field by default");
+    let order = order_of(&page);
+    let wallet = merchant.addr.replace(':', "%3A");
+    let job = post(&web, ip(&buyer), "paper", format!("order={order}&wallet={wallet}"));
+    let p = buyer.wait_pending();
+    assert_eq!(p["order"], short(&order));
+    // The page gives up first, and says how to get the item if the wallet pays.
+    let r = job.join().unwrap();
+    assert_eq!(r.status, 402);
+    assert!(
+        r.text().contains("Payment not confirmed yet") && r.text().contains("payme-wallet receipt"),
+        "{}",
+        r.text()
+    );
+    assert!(r.text().contains(&short(&order)), "{}", r.text());
+    buyer.ok(&["approve", &p["id"].to_string()]);
+    let h = buyer.wait_done(1);
+    let paid = h.as_array().unwrap().iter().find(|p| p["state"] == "done").unwrap().clone();
+    assert_eq!(paid["order_id"], order.as_str());
+    assert_eq!(buyer.available(), 263, "charged");
+    let receipt = buyer.ok(&["receipt", &paid["id"].to_string(), "--url", "/cgi-bin/payme-cgi/paper"]);
+    let url = receipt["claim_url"].as_str().unwrap();
+    let r = http(&web.addr, "GET", url, None, None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, item_bytes(), "the receipt re-opens the item");
+    let token = receipt["receipt"].as_str().unwrap();
+    let r = http(&web.addr, "POST", "/cgi-bin/payme-cgi/paper", Some(&format!("receipt={token}")), None);
+    assert_eq!((r.status, r.body.len()), (200, item_bytes().len()), "as a form field too");
+    let r = http(&web.addr, "GET", &format!("/cgi-bin/payme-cgi/atlas?receipt={token}"), None, None);
+    assert_eq!(r.status, 403, "the receipt opens only its own item");
+    let mut forged = token.to_owned();
+    forged.replace_range(forged.len() - 2.., if token.ends_with("00") { "01" } else { "00" });
+    let r = http(&web.addr, "GET", &format!("/cgi-bin/payme-cgi/paper?receipt={forged}"), None, None);
+    assert_eq!(r.status, 403, "only the receipt the shop issued");
+    drop(web);
+
+    // A double submission: one prompt, one payment, the item for both requests.
+    let web = WebServer::start(Kind::Lighttpd, &web_harness::cgi_bin(), &patient);
+    let page = http(&web.addr, "GET", "/cgi-bin/payme-cgi/paper", None, Some(ip(&buyer)));
+    let order = order_of(&page);
+    let first = post(&web, ip(&buyer), "paper", format!("order={order}"));
+    let p = buyer.wait_pending();
+    let second = post(&web, ip(&buyer), "paper", format!("order={order}"));
+    merchant.wait_log("collect joins the one in progress");
+    assert_eq!(buyer.ok(&["pending"]).as_array().unwrap().len(), 1, "one prompt");
+    buyer.ok(&["approve", &p["id"].to_string()]);
+    for r in [first.join().unwrap(), second.join().unwrap()] {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.body, item_bytes());
+    }
+    buyer.wait_done(2);
+    assert_eq!(buyer.available(), 226, "paid once");
+    let merchant_balance = bank.accounts().into_iter().find(|a| a.1 == "bob's books").unwrap().2;
+    assert_eq!(merchant_balance, 74);
+    bank.assert_audit();
 }

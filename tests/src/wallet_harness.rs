@@ -256,6 +256,36 @@ impl TestWallet {
         panic!("no payment request became pending");
     }
 
+    /// The port the daemon listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("a running wallet's address")
+    }
+
+    /// Polls the daemon's log (bounded: 300 tries, 15 s) until it contains `needle`; the
+    /// wallet must be made [`TestWallet::with_log`].
+    pub fn wait_log(&self, needle: &str) {
+        for _ in 0..300 {
+            if self.log_text().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the wallet never logged {needle:?}: {}", self.log_text());
+    }
+
+    /// Polls `history` (bounded: 300 tries, 15 s) until `count` payments are done;
+    /// returns the history.
+    pub fn wait_done(&self, count: usize) -> Value {
+        for _ in 0..300 {
+            let h = self.ok(&["history"]);
+            if h.as_array().unwrap().iter().filter(|p| p["state"] == "done").count() >= count {
+                return h;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{count} payments did not end done: {}", self.ok(&["history"]));
+    }
+
     pub fn public_key(&self) -> PathBuf {
         self.dir.path().join("wallet.pub")
     }

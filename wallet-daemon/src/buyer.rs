@@ -55,7 +55,7 @@ pub async fn on_ask_payment(w: Arc<Wallet>, frame: Frame, peer: IpAddr, conn: &m
             refusal: Refusal {
                 code: e.code,
                 text: reason_text(&e.text),
-                nonce: Nonce::new(&mut rng::os(), w.local_ip(), store::now()),
+                nonce: Nonce::new(&mut rng::os(), crate::conn_local_ip(conn.get_ref(), &w), store::now()),
             },
         };
         if let Ok(f) = Frame::seal_to(&mut rng::os(), &merchant.x25519, &refusal) {
@@ -106,6 +106,8 @@ async fn decide_and_pay(
     if !known && policy.unknown_merchants == crate::config::UnknownMerchants::Refuse {
         return Err(WalletError::new(ReasonCode::UNKNOWN_MERCHANT, "this wallet pays only merchants it already knows"));
     }
+    // Refused at once when the wallet cannot pay, before the person is asked to approve.
+    can_pay(w, ask).await?;
     let auto = known && policy.auto_approve_limit > 0 && amount.minor_units() <= policy.auto_approve_limit;
     if !auto {
         ask_person(w, ask, merchant, known, peer).await?;
@@ -114,6 +116,27 @@ async fn decide_and_pay(
         pin(w, merchant).await?;
     }
     pay(w, ask, merchant, peer, conn).await
+}
+
+/// Whether this wallet holds enough available coins of one bank the merchant accepts to
+/// pay the amount (possibly after exchanging a larger coin, which [`reserve`] does).
+/// Coins chosen meanwhile by another payment can still make the payment fail later as
+/// `not_enough_money`; this check only spares the person a question that cannot succeed.
+async fn can_pay(w: &Arc<Wallet>, ask: &AskPaymentRequest) -> Result<(), WalletError> {
+    let amount = ask.body.amount;
+    let accepted: Vec<String> = ask.body.accepted_banks.iter().map(|b| b.as_str().to_owned()).collect();
+    for bank in w.banks.keys().filter(|b| accepted.is_empty() || accepted.contains(b)) {
+        let b = bank.clone();
+        let rows = w.db.call(move |c, _| store::values_in(c, CoinState::Available, &b)).await?;
+        let held = Amount::checked_sum(rows.iter().map(|r| r.1.value()));
+        if held.is_ok_and(|h| h >= amount) {
+            return Ok(());
+        }
+    }
+    Err(WalletError::new(
+        ReasonCode::NOT_ENOUGH_MONEY,
+        format!("not enough money in coins the merchant accepts to pay {amount}"),
+    ))
 }
 
 /// Shows the request as pending and waits for `approve` or `refuse`, or the deadline.
@@ -152,13 +175,14 @@ async fn ask_person(
                 description: ask.body.description.escaped(),
                 amount: ask.body.amount.minor_units(),
                 peer,
+                order: store::short_order_id(&ask.body.nonce.random),
                 created: store::now(),
                 answer: tx,
             },
         );
     }
     tracing::info!(
-        id, merchant = %merchant.name.escaped(), amount = %ask.body.amount, description = %ask.body.description.escaped(),
+        id, order = %store::short_order_id(&ask.body.nonce.random), merchant = %merchant.name.escaped(), amount = %ask.body.amount, description = %ask.body.description.escaped(),
         "payment request waiting for approval (payme-wallet pending / approve / refuse)"
     );
     let wait = Duration::from_secs(w.config.policy.consent_timeout_secs.max(1));
@@ -169,7 +193,8 @@ async fn ask_person(
     match answer {
         Ok(Ok(true)) => Ok(()),
         Ok(Ok(false)) => Err(WalletError::new(ReasonCode::REFUSED_BY_USER, "the buyer declined")),
-        _ => Err(WalletError::new(ReasonCode::NO_ANSWER, "the buyer did not answer in time")),
+        // NO_ANSWER on the wire (the merchant's wallet words it as a timeout).
+        _ => Err(WalletError::new(ReasonCode::NO_ANSWER, "the buyer did not approve or refuse in time")),
     }
 }
 
@@ -353,7 +378,7 @@ async fn send_coins(
         request_nonce: ask.body.nonce,
         coins,
         session_key: session_key.clone(),
-        nonce: Nonce::new(&mut rng::os(), w.local_ip(), store::now()),
+        nonce: Nonce::new(&mut rng::os(), crate::conn_local_ip(conn.get_ref(), w), store::now()),
     };
     let frame = Frame::seal_to(&mut rng::os(), &merchant.x25519, &pay).map_err(|e| Outcome::Unknown(e.to_string()))?;
     conn.send(frame).await.map_err(|e| Outcome::Unknown(format!("sending coins failed: {e}")))?;

@@ -80,6 +80,12 @@ pub struct Merchant {
     /// minting banks), instead of at each coin's own bank.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deposit_bank: Option<String>,
+    /// Seconds a paid order's receipt re-opens its item (the shop serves it again to a
+    /// request presenting the receipt).
+    pub order_lifetime_secs: u64,
+    /// Collects running at once; more are refused as `busy` at once. A second collect for
+    /// an order being collected joins it and does not count.
+    pub max_concurrent_collects: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -139,7 +145,13 @@ impl Default for Policy {
 
 impl Default for Merchant {
     fn default() -> Self {
-        Merchant { validate: Validate::Deposit, collect_timeout_secs: 55, deposit_bank: None }
+        Merchant {
+            validate: Validate::Deposit,
+            collect_timeout_secs: 55,
+            deposit_bank: None,
+            order_lifetime_secs: 7 * 86_400,
+            max_concurrent_collects: 64,
+        }
     }
 }
 
@@ -253,6 +265,12 @@ const COMMENTS: &[(&str, &str)] = &[
     ),
     ("merchant.collect_timeout_secs", "Seconds `collect` waits for the buyer (and their consent) and the bank."),
     ("merchant.deposit_bank", DEPOSIT_BANK),
+    (
+        "merchant.order_lifetime_secs",
+        "Seconds a receipt re-opens the item it paid for (a buyer whose page timed out, or who\n\
+         lost the download, presents the receipt to the shop and gets the item again).",
+    ),
+    ("merchant.max_concurrent_collects", "Collects waiting for buyers at once; more are refused as busy."),
     ("limits", ""),
     (
         "limits.max_connections_per_ip",
@@ -298,6 +316,8 @@ mod tests {
                 validate: Validate::Exchange,
                 collect_timeout_secs: 3,
                 deposit_bank: Some("b".into()),
+                order_lifetime_secs: 77,
+                max_concurrent_collects: 5,
             },
             ..Config::default()
         };

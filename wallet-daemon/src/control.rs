@@ -32,17 +32,61 @@ const MAX_LINE: usize = 64 * 1024;
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Balance,
-    Withdraw { bank: Option<String>, amount: u64, password: String },
-    Deposit { bank: Option<String>, amount: Option<u64> },
-    Exchange { bank: Option<String> },
-    Statement { bank: Option<String>, since: Option<u64> },
+    Withdraw {
+        bank: Option<String>,
+        amount: u64,
+        password: String,
+    },
+    Deposit {
+        bank: Option<String>,
+        amount: Option<u64>,
+    },
+    Exchange {
+        bank: Option<String>,
+    },
+    Statement {
+        bank: Option<String>,
+        since: Option<u64>,
+    },
     Pending,
-    Approve { id: u64 },
-    Refuse { id: u64 },
+    Approve {
+        id: u64,
+    },
+    Refuse {
+        id: u64,
+    },
     History,
     Merchants,
-    Forget { name: String },
-    Collect { from: String, amount: u64, description: String },
+    Forget {
+        name: String,
+    },
+    /// Merchant side: collect `amount` from the wallet at `from`. `order` (32 hex digits)
+    /// names the order (drawn by the wallet when absent); `item` is recorded with it.
+    Collect {
+        from: String,
+        amount: u64,
+        description: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        order: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item: Option<String>,
+    },
+    /// Merchant side: the paid order a receipt (hex, as `history` shows it) re-opens.
+    Claim {
+        receipt: String,
+    },
+    /// This wallet's name and key fingerprint (a shop shows them on its pages).
+    Identity,
+    /// Buyer side: payment `id`'s receipt, as a token a shop takes back (`?receipt=`).
+    Receipt {
+        id: i64,
+    },
+}
+
+/// Reads an order id given as 32 hex digits.
+pub fn parse_order(s: &str) -> Result<store::OrderId, WalletError> {
+    let bad = || WalletError::new(ReasonCode::MALFORMED, "an order id is 32 hex digits");
+    hex::decode(s.trim()).ok().and_then(|b| <[u8; 16]>::try_from(b).ok()).ok_or_else(bad)
 }
 
 fn my_uid() -> Option<u32> {
@@ -232,7 +276,7 @@ async fn handle(w: &Arc<Wallet>, req: Request) -> Result<Value, WalletError> {
                 p.values()
                     .map(|r| {
                         json!({"id": r.id, "merchant": r.merchant, "fingerprint": r.fingerprint, "new_merchant": r.new_merchant,
-                               "description": r.description, "amount": r.amount, "peer": r.peer.to_string(),
+                               "description": r.description, "amount": r.amount, "peer": r.peer.to_string(), "order": r.order,
                                "waiting_secs": now.saturating_sub(r.created)})
                     })
                     .collect(),
@@ -270,9 +314,39 @@ async fn handle(w: &Arc<Wallet>, req: Request) -> Result<Value, WalletError> {
             let n = w.db.call(move |c, _| store::forget_merchant(c, &name)).await?;
             Ok(json!({"forgotten": n}))
         }
-        Request::Collect { from, amount, description } => {
-            let out = crate::merchant::collect(w, &from, Amount::new(amount), &description).await;
+        Request::Collect { from, amount, description, order, item } => {
+            let order = order.as_deref().map(parse_order).transpose()?;
+            let req = crate::merchant::CollectRequest {
+                from,
+                amount: Amount::new(amount),
+                description,
+                order,
+                item: item.unwrap_or_default(),
+            };
+            let out = crate::merchant::collect(w, req).await;
             serde_json::to_value(out).map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))
+        }
+        Request::Claim { receipt } => {
+            let c = crate::merchant::claim(w, &receipt).await?;
+            serde_json::to_value(c).map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))
+        }
+        Request::Identity => {
+            Ok(json!({"name": w.public.name.escaped(), "fingerprint": w.public.fingerprint().to_string()}))
+        }
+        Request::Receipt { id } => {
+            let all = history(w).await?;
+            let p = all
+                .as_array()
+                .and_then(|a| a.iter().find(|p| p["id"] == id))
+                .filter(|p| !p["receipt"].is_null())
+                .ok_or_else(|| {
+                WalletError::new(
+                    ReasonCode::UNEXPECTED_MESSAGE,
+                    format!("payment {id} has no receipt (see payme-wallet history)"),
+                )
+            })?;
+            Ok(json!({"id": id, "order": p["order"], "order_id": p["order_id"], "merchant": p["merchant"],
+                      "amount": p["amount"], "description": p["description"], "receipt": p["receipt"]}))
         }
     }
 }
@@ -298,13 +372,21 @@ async fn history(w: &Arc<Wallet>) -> Result<Value, WalletError> {
             };
             Some(key?.parse().ok().map(|k| r.verify(&k.verifying).is_ok()).unwrap_or(false))
         });
+        // The order a receipt settles: its `request`, the ask's nonce random part.
+        let order = p
+            .receipt
+            .as_ref()
+            .and_then(|b| bincode::deserialize::<pmtp_proto::Signed<pmtp_proto::Receipt>>(b).ok())
+            .map(|r| r.body.request);
         // Names, descriptions and reasons may hold what a peer wrote.
         use pmtp_proto::text::escape_control;
         out.push(json!({
             "id": p.id, "direction": p.direction.as_str(), "state": p.state.as_str(), "peer": p.peer,
             "merchant": escape_control(&p.merchant), "merchant_fingerprint": p.merchant_fp,
             "amount": p.amount.minor_units(), "description": escape_control(&p.description),
+            // The receipt in hex is also the token a shop takes back (`?receipt=`).
             "receipt": p.receipt.map(hex::encode), "receipt_valid": receipt_valid,
+            "order": order.as_ref().map(store::short_order_id), "order_id": order.map(hex::encode),
             "reason": escape_control(&p.reason), "time": p.created,
         }));
     }

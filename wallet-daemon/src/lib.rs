@@ -137,6 +137,8 @@ pub struct PendingRequest {
     pub description: String,
     pub amount: u64,
     pub peer: IpAddr,
+    /// The order id, short (as the shop's page shows it).
+    pub order: String,
     pub created: u64,
     pub answer: tokio::sync::oneshot::Sender<bool>,
 }
@@ -196,6 +198,10 @@ pub struct Wallet {
     pub bind_ip: Option<IpAddr>,
     /// Every task the daemon starts, so shutdown waits for them all.
     pub tasks: tokio_util::task::TaskTracker,
+    /// Collects in progress, by order: a second collect for one order joins the first.
+    pub collects: merchant::InProgressMap,
+    /// Permits for collects running at once (`merchant.max_concurrent_collects`).
+    pub collect_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Wallet {
@@ -221,6 +227,7 @@ impl Wallet {
         let nonces =
             payme_node::config::nonce_checker(l.nonce_window_secs, l.nonce_cache_capacity, l.nonce_check_address);
         let public = identity.public();
+        let collect_permits = Arc::new(tokio::sync::Semaphore::new(config.merchant.max_concurrent_collects.max(1)));
         Ok(Wallet {
             config,
             dir,
@@ -237,6 +244,8 @@ impl Wallet {
             recovered: AtomicBool::new(false),
             bind_ip,
             tasks: tokio_util::task::TaskTracker::new(),
+            collects: Default::default(),
+            collect_permits,
         })
     }
 
@@ -266,6 +275,13 @@ impl Wallet {
     pub fn local_ip(&self) -> IpAddr {
         self.bind_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]))
     }
+}
+
+/// The address a nonce names for a live connection: the one the connection really uses
+/// (its socket's local address), which a wallet listening on 0.0.0.0 or [::] cannot know
+/// from its config. The configured address only if the socket cannot say.
+pub fn conn_local_ip(stream: &tokio::net::TcpStream, w: &Wallet) -> IpAddr {
+    stream.local_addr().map(|a| a.ip()).unwrap_or_else(|_| w.local_ip())
 }
 
 /// Runs the wallet daemon until SIGINT or SIGTERM: loads the key, opens the database,

@@ -105,6 +105,14 @@ enum Command {
         #[command(subcommand)]
         action: Option<MerchantsCommand>,
     },
+    /// The receipt of payment ID as a token a shop takes back to give the item again
+    /// (until the order expires): the item's address with `?receipt=TOKEN`.
+    Receipt {
+        id: i64,
+        /// The item's address: printed with the token appended.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Merchant side: ask the wallet at --from for --amount and wait for the outcome.
     Collect {
         #[arg(long)]
@@ -113,6 +121,9 @@ enum Command {
         amount: u64,
         #[arg(long)]
         description: String,
+        /// The order id (32 hex digits); drawn by the wallet when absent.
+        #[arg(long)]
+        order: Option<String>,
     },
 }
 
@@ -191,6 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         cli.data_dir.clone().unwrap_or_else(|| payme_node::config::default_data_dir("payme-wallet")),
     );
     let json = cli.json;
+    let mut receipt_url: Option<String> = None;
     let req = match cli.command {
         Command::Init { name, listen, rsa_bits, passphrase_file } => {
             init(&dir, &name, listen, rsa_bits, passphrase_file)?;
@@ -243,7 +255,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::History => Request::History,
         Command::Merchants { action: None } => Request::Merchants,
         Command::Merchants { action: Some(MerchantsCommand::Forget { name }) } => Request::Forget { name },
-        Command::Collect { from, amount, description } => Request::Collect { from, amount, description },
+        Command::Collect { from, amount, description, order } => {
+            Request::Collect { from, amount, description, order, item: None }
+        }
+        Command::Receipt { id, url } => {
+            receipt_url = url;
+            Request::Receipt { id }
+        }
     };
     let cfg = load_config(&dir)?;
     let socket = cfg.control_socket_path(&dir.root);
@@ -251,7 +269,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let answer = rt.block_on(control::call(&socket, &req))?;
     let mut out = std::io::stdout().lock();
     match answer {
-        Ok(v) => {
+        Ok(mut v) => {
+            if let (Some(url), Some(token)) = (&receipt_url, v["receipt"].as_str()) {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                v["claim_url"] = Value::String(format!("{url}{sep}receipt={token}"));
+            }
             if json {
                 writeln!(out, "{v}")?;
             } else {
@@ -325,12 +347,13 @@ fn print_human(out: &mut impl Write, req: &Request, v: &Value) -> std::io::Resul
                 };
                 writeln!(
                     out,
-                    "#{}  {} asks {} for {}{}\n     from {}, key {}",
+                    "#{}  {} asks {} for {}{}\n     order {}, from {}, key {}",
                     p["id"],
                     text(&p["merchant"]),
                     p["amount"],
                     text(&p["description"]),
                     new,
+                    text(&p["order"]),
                     text(&p["peer"]),
                     text(&p["fingerprint"])
                 )?;
@@ -343,9 +366,13 @@ fn print_human(out: &mut impl Write, req: &Request, v: &Value) -> std::io::Resul
                     Some(false) => "RECEIPT INVALID",
                     None => "no receipt",
                 };
+                let order = match p["order"].as_str() {
+                    Some(o) => format!(" order {}", text(&Value::from(o))),
+                    None => String::new(),
+                };
                 writeln!(
                     out,
-                    "#{} {} {} {} {} \"{}\" [{}; {}] {}",
+                    "#{} {} {} {} {} \"{}\" [{}; {}{}] {}",
                     p["id"],
                     text(&p["direction"]),
                     p["amount"],
@@ -354,8 +381,27 @@ fn print_human(out: &mut impl Write, req: &Request, v: &Value) -> std::io::Resul
                     text(&p["description"]),
                     text(&p["state"]),
                     verified,
+                    order,
                     text(&p["reason"])
                 )?;
+            }
+        }
+        Request::Receipt { .. } => {
+            writeln!(
+                out,
+                "order {} ({} for {} from {})",
+                text(&v["order"]),
+                v["amount"],
+                text(&v["description"]),
+                text(&v["merchant"])
+            )?;
+            match v["claim_url"].as_str() {
+                Some(u) => writeln!(out, "open this address to get the item again:\n{}", text(&Value::from(u)))?,
+                None => writeln!(
+                    out,
+                    "to get the item again, open its address with ?receipt= and this token appended:\n{}",
+                    text(&v["receipt"])
+                )?,
             }
         }
         Request::Collect { .. } => match v["outcome"].as_str() {

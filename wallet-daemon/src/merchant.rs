@@ -27,13 +27,61 @@ use tokio_util::codec::Framed;
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Collected {
-    Paid { payment: i64, amount: u64, receipt: String, merchant_fingerprint: String },
-    Refused { code: u16, label: String, reason: String },
+    /// `order` is the order id (hex); `receipt` the signed receipt (hex of its bincode),
+    /// which re-opens the item until the order expires (see [`claim`]).
+    Paid {
+        payment: i64,
+        amount: u64,
+        receipt: String,
+        merchant_fingerprint: String,
+        order: String,
+    },
+    Refused {
+        code: u16,
+        label: String,
+        reason: String,
+    },
 }
 
 impl Collected {
     fn refused(e: &WalletError) -> Self {
         Collected::Refused { code: e.code.0, label: e.code.label().to_owned(), reason: e.text.clone() }
+    }
+}
+
+/// What to collect: from whom, how much, for what, and under which order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectRequest {
+    /// The buyer's wallet, host:port.
+    pub from: String,
+    pub amount: Amount,
+    pub description: String,
+    /// The order id (the ask's nonce random part); drawn here when the caller names none.
+    pub order: Option<store::OrderId>,
+    /// The shop's name for the item, recorded with the paid order.
+    pub item: String,
+}
+
+/// A collect in progress, which a second collect for the same order joins.
+pub struct InProgress {
+    request: CollectRequest,
+    result: tokio::sync::watch::Receiver<Option<Collected>>,
+}
+
+/// Collects in progress, by order id.
+pub type InProgressMap = std::sync::Mutex<std::collections::HashMap<store::OrderId, InProgress>>;
+
+/// Removes an order from the in-progress map when its collect ends, however it ends.
+struct Leaving<'a> {
+    map: &'a InProgressMap,
+    order: store::OrderId,
+}
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.map.lock() {
+            m.remove(&self.order);
+        }
     }
 }
 
@@ -54,23 +102,130 @@ pub fn accepted_banks(w: &Wallet) -> Vec<String> {
     v
 }
 
-pub async fn collect(w: &Arc<Wallet>, from: &str, amount: Amount, description: &str) -> Collected {
-    match collect_inner(w, from, amount, description).await {
+/// Collects `req.amount` from the buyer's wallet at `req.from` for order `req.order`.
+///
+/// One order is collected once: a second collect for an order in progress (a double
+/// click) waits for the first and gets its outcome, without asking the buyer again; a
+/// collect for an order already paid gets the paid outcome again when it names the same
+/// buyer, amount and item, and a refusal otherwise. At most
+/// `merchant.max_concurrent_collects` orders are collected at once; more are `busy`.
+pub async fn collect(w: &Arc<Wallet>, req: CollectRequest) -> Collected {
+    let order = req.order.unwrap_or_else(|| rng::bytes(&mut rng::os()));
+    let req = CollectRequest { order: Some(order), ..req };
+    let started = {
+        let Ok(mut map) = w.collects.lock() else {
+            return Collected::refused(&WalletError::new(ReasonCode::INTERNAL, "internal error"));
+        };
+        match map.get(&order) {
+            Some(running) if running.request == req => Err(running.result.clone()),
+            Some(_) => {
+                return Collected::refused(&WalletError::new(
+                    ReasonCode::UNEXPECTED_PAYMENT,
+                    "this order is being paid for another item or buyer",
+                ))
+            }
+            None => {
+                let Ok(permit) = w.collect_permits.clone().try_acquire_owned() else {
+                    tracing::info!(from = %pmtp_proto::text::escape_control(&req.from), "collect refused: too many at once");
+                    return Collected::refused(&WalletError::new(
+                        ReasonCode::BUSY,
+                        "the shop is taking too many payments at once; try again in a minute",
+                    ));
+                };
+                let (tx, rx) = tokio::sync::watch::channel(None);
+                map.insert(order, InProgress { request: req.clone(), result: rx });
+                Ok((tx, permit))
+            }
+        }
+    };
+    let (tx, _permit) = match started {
+        Ok(s) => s,
+        Err(mut joined) => {
+            tracing::info!(order = %store::short_order_id(&order), "collect joins the one in progress for its order");
+            return match joined.wait_for(|r| r.is_some()).await {
+                Ok(r) => r.clone().unwrap_or_else(|| Collected::refused(&internal())),
+                Err(_) => Collected::refused(&internal()),
+            };
+        }
+    };
+    let leaving = Leaving { map: &w.collects, order };
+    let out = match collect_new(w, &req, order).await {
         Ok(c) => c,
         Err(e) => {
             // The text may quote the buyer's wallet: WalletError holds it escaped.
-            tracing::info!(%from, code = %e.code, reason = %e.text, "collect refused");
+            tracing::info!(from = %pmtp_proto::text::escape_control(&req.from), code = %e.code, reason = %e.text, "collect refused");
             Collected::refused(&e)
         }
+    };
+    // Published before the order leaves the map: a collect that finds the order gone
+    // finds it paid (recorded before this) or free.
+    let _ = tx.send(Some(out.clone()));
+    drop(leaving);
+    out
+}
+
+fn internal() -> WalletError {
+    WalletError::new(ReasonCode::INTERNAL, "internal error")
+}
+
+/// A collect for an order nobody is collecting now: paid already, or collect it.
+async fn collect_new(w: &Arc<Wallet>, req: &CollectRequest, order: store::OrderId) -> Result<Collected, WalletError> {
+    let paid = w.db.call(move |c, _| store::paid_order(c, &order)).await?;
+    match paid {
+        None => collect_inner(w, req, order).await,
+        Some(p) if p.buyer == req.from && p.amount == req.amount && p.item == req.item && p.expires > store::now() => {
+            tracing::info!(order = %store::short_order_id(&order), payment = p.payment, "order already paid; its outcome again");
+            Ok(Collected::Paid {
+                payment: p.payment,
+                amount: p.amount.minor_units(),
+                receipt: hex::encode(p.receipt),
+                merchant_fingerprint: w.public.fingerprint().to_string(),
+                order: hex::encode(order),
+            })
+        }
+        Some(_) => Err(WalletError::new(
+            ReasonCode::UNEXPECTED_PAYMENT,
+            "this order is already paid; its receipt re-opens the item",
+        )),
     }
 }
 
-async fn collect_inner(
-    w: &Arc<Wallet>,
-    from: &str,
-    amount: Amount,
-    description: &str,
-) -> Result<Collected, WalletError> {
+/// What a receipt re-opens: the paid order whose receipt is exactly `receipt_hex`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Claimed {
+    pub item: String,
+    pub amount: u64,
+    pub order: String,
+    pub expires: u64,
+    pub expired: bool,
+}
+
+/// Finds the paid order a receipt (hex of its bincode, as `history` and
+/// `payme-wallet receipt` show it) belongs to. Only the very receipt this wallet issued
+/// for the order matches: it is compared byte for byte with the stored one.
+pub async fn claim(w: &Arc<Wallet>, receipt_hex: &str) -> Result<Claimed, WalletError> {
+    let unknown = || WalletError::new(ReasonCode::UNEXPECTED_PAYMENT, "this receipt is not one of this shop's orders");
+    let blob = hex::decode(receipt_hex.trim()).map_err(|_| unknown())?;
+    if blob.len() > 64 * 1024 {
+        return Err(unknown());
+    }
+    let receipt: Signed<Receipt> = bincode::deserialize(&blob).map_err(|_| unknown())?;
+    let order = receipt.body.request;
+    let paid = w.db.call(move |c, _| store::paid_order(c, &order)).await?.ok_or_else(unknown)?;
+    if paid.receipt != blob {
+        return Err(unknown());
+    }
+    Ok(Claimed {
+        item: paid.item,
+        amount: paid.amount.minor_units(),
+        order: hex::encode(order),
+        expires: paid.expires,
+        expired: paid.expires <= store::now(),
+    })
+}
+
+async fn collect_inner(w: &Arc<Wallet>, req: &CollectRequest, order: store::OrderId) -> Result<Collected, WalletError> {
+    let (from, amount, description) = (req.from.as_str(), req.amount, req.description.as_str());
     crate::checked_amount(amount.minor_units())?;
     let description = Description::new(description)
         .map_err(|e| WalletError::new(ReasonCode::INVALID_AMOUNT, format!("description: {e}")))?;
@@ -98,7 +253,8 @@ async fn collect_inner(
             merchant: w.public.clone(),
             description: description.clone(),
             accepted_banks: accepted.iter().filter_map(|b| BankId::new(b.clone()).ok()).collect(),
-            nonce: Nonce::new(&mut rng::os(), local, store::now()),
+            // The order id is the nonce's random part: the receipt's `request` names it.
+            nonce: Nonce { random: order, addr: pmtp_proto::nonce::canonical(local), timestamp: store::now() },
         },
         &w.identity.signing,
     )
@@ -118,6 +274,12 @@ async fn collect_inner(
                 WalletError::new(p.code, format!("the buyer's wallet refused: {}", p.text.escaped()))
             }
             _ => match reply.open_sealed::<AskPaymentRefusal>(&w.identity.x25519) {
+                // Reached, but no answer from the person in time: a timeout, told apart
+                // from a wallet that could not be reached (no_answer).
+                Ok(r) if r.refusal.code == ReasonCode::NO_ANSWER => WalletError::new(
+                    ReasonCode::TIMEOUT,
+                    format!("the buyer did not approve in time: {}", r.refusal.text.escaped()),
+                ),
                 Ok(r) => WalletError::new(r.refusal.code, format!("the buyer refused: {}", r.refusal.text.escaped())),
                 Err(e) => WalletError::new(ReasonCode::MALFORMED, format!("unreadable refusal: {e}")),
             },
@@ -132,7 +294,7 @@ async fn collect_inner(
     let checked = check_payment(w, &ask.body, &pay, peer, &accepted);
     let key = pay.session_key.clone();
     let recorded = match checked {
-        Ok(()) => record(w, &pay, &ask.body, peer).await,
+        Ok(()) => record(w, &pay, &ask.body, peer, order).await,
         Err(e) => Err(e),
     };
     let (payment, op, claims) = match recorded {
@@ -158,10 +320,24 @@ async fn collect_inner(
     )
     .map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?;
     let blob = bincode::serialize(&receipt).map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?;
+    let paid_order = store::PaidOrder {
+        order,
+        item: req.item.clone(),
+        amount,
+        payment,
+        buyer: from.to_owned(),
+        receipt: blob.clone(),
+        expires: store::now().saturating_add(w.config.merchant.order_lifetime_secs),
+    };
     let validated = match op {
         Some(op) => {
-            let b2 = blob.clone();
-            let done: ops::OnDone = Box::new(move |tx| store::mark_payment_done(tx, payment, &b2).map(|_| ()));
+            let (b2, o2) = (blob.clone(), paid_order.clone());
+            // The order is recorded with the payment's completion: a receipt sent is a
+            // receipt that re-opens the item.
+            let done: ops::OnDone = Box::new(move |tx| {
+                store::mark_payment_done(tx, payment, &b2)?;
+                store::insert_paid_order(tx, &o2)
+            });
             match ops::run_op_then(w, &op, vec![], Some(done)).await {
                 Ok(_) => Ok(()),
                 Err(e) => Err(fail_payment(w, payment, e).await.unwrap_or_else(|e| e)),
@@ -170,10 +346,11 @@ async fn collect_inner(
         None => {
             let r = validate_received(w, payment).await;
             if r.is_ok() {
-                let b2 = blob.clone();
+                let (b2, o2) = (blob.clone(), paid_order.clone());
                 w.db.call(move |c, _| {
                     let tx = c.transaction()?;
                     store::store_receipt(&tx, payment, &b2)?;
+                    store::insert_paid_order(&tx, &o2)?;
                     tx.commit()?;
                     Ok(())
                 })
@@ -198,6 +375,7 @@ async fn collect_inner(
         amount: amount.minor_units(),
         receipt: hex::encode(blob),
         merchant_fingerprint: w.public.fingerprint().to_string(),
+        order: hex::encode(order),
     })
 }
 
@@ -268,6 +446,7 @@ async fn record(
     pay: &PayCoinsRequest,
     ask: &AskPayment,
     peer: std::net::IpAddr,
+    order: store::OrderId,
 ) -> Result<(i64, Option<store::Op>, Vec<crate::Claim>), WalletError> {
     let coins = pay.coins.clone();
     let record = store::NewPayment {
@@ -289,6 +468,11 @@ async fn record(
     let (payment, op_id, claims) =
         w.db.call(move |c, vault| {
             let tx = c.transaction()?;
+            // A second payment for a paid order is refused before any coin is recorded
+            // (the buyer's wallet keeps them).
+            if store::paid_order(&tx, &order)?.is_some() {
+                return Ok(None);
+            }
             let id = store::insert_payment(&tx, &record)?;
             store::insert_coins(&tx, vault, &coins, CoinState::Received, Some(id))?;
             let serials: Vec<Serial> = coins.iter().map(|c| c.serial()).collect();
@@ -310,9 +494,10 @@ async fn record(
             let claims: Vec<crate::Claim> =
                 payments.claim(id).into_iter().chain(op.and_then(|o| operations.claim(o))).collect();
             tx.commit()?;
-            Ok((id, op, claims))
+            Ok(Some((id, op, claims)))
         })
-        .await?;
+        .await?
+        .ok_or_else(|| WalletError::new(ReasonCode::UNEXPECTED_PAYMENT, "this order is already paid"))?;
     let op = match (op_id, one_bank) {
         (Some(id), Some(bank)) => {
             Some(store::Op { id, kind, bank, request_id, amount: ask.amount, payment: Some(payment), secret: None })
@@ -364,7 +549,7 @@ async fn refuse(
     let r = PayCoinsRefusal(Refusal {
         code: e.code,
         text: reason_text(&e.text),
-        nonce: Nonce::new(&mut rng::os(), w.local_ip(), store::now()),
+        nonce: Nonce::new(&mut rng::os(), crate::conn_local_ip(conn.get_ref(), w), store::now()),
     });
     if let Ok(f) = Frame::seal_session(&mut rng::os(), key, &r) {
         let _ = conn.send(f).await;

@@ -124,7 +124,9 @@ fn collect(merchant: &TestWallet, from: &str, amount: u64, json: bool) -> (Optio
 fn one_address_gets_a_share_of_the_pending_list_and_other_shops_still_get_through() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let bank = TestBank::start();
-    let buyer = TestWallet::start("alice", "127.0.0.2", &bank, None, |c| c);
+    // Funded: a wallet that cannot pay refuses before anything waits for the person.
+    let buyer = TestWallet::start("alice", "127.0.0.2", &bank, Some(100), |c| c);
+    buyer.ok(&["withdraw", "100"]);
     let pending = |from: &str| -> usize {
         buyer.ok(&["pending"]).as_array().unwrap().iter().filter(|p| p["peer"] == from).count()
     };

@@ -15,13 +15,26 @@ fn collect(
     amount: u64,
     description: &str,
 ) -> thread::JoinHandle<(bool, Value)> {
+    collect_from(merchant, &buyer.addr, amount, description, &[])
+}
+
+/// `collect` from the wallet at `from`, with `extra` arguments (`--order`).
+fn collect_from(
+    merchant: &TestWallet,
+    from: &str,
+    amount: u64,
+    description: &str,
+    extra: &[&str],
+) -> thread::JoinHandle<(bool, Value)> {
     let dir = merchant.dir.path().to_path_buf();
-    let (from, amount, description) = (buyer.addr.clone(), amount.to_string(), description.to_owned());
+    let (from, amount, description) = (from.to_owned(), amount.to_string(), description.to_owned());
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     thread::spawn(move || {
         let out = std::process::Command::new(payme_tests::wallet_harness::bin())
             .arg("--data-dir")
             .arg(dir)
             .args(["--json", "collect", "--from", &from, "--amount", &amount, "--description", &description])
+            .args(&extra)
             .output()
             .unwrap();
         (out.status.success(), serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
@@ -124,12 +137,11 @@ fn refused_payments_and_a_changed_merchant_key() {
     assert_eq!(out["label"], "refused_by_user");
     assert_eq!(buyer.available(), 64, "nothing paid");
 
-    // Not enough money.
-    let job = collect(&merchant, &buyer, 65, "too dear");
-    let p = buyer.wait_pending();
-    buyer.ok(&["approve", &p["id"].to_string()]);
-    let (_, out) = job.join().unwrap();
+    // Not enough money: refused at once, before the person is asked (nobody approves
+    // here: a prompt would hold the collect until the consent window ends, as a timeout).
+    let (_, out) = collect(&merchant, &buyer, 65, "too dear").join().unwrap();
     assert_eq!(out["label"], "not_enough_money", "{out}");
+    assert_eq!(buyer.ok(&["pending"]).as_array().unwrap().len(), 0);
 
     // Pay once (pins the merchant's key)...
     let job = collect(&merchant, &buyer, 4, "pin me");
@@ -637,5 +649,165 @@ fn a_damaged_pending_coin_leaves_its_payment_unresolved() {
     let h = buyer.ok(&["history"]);
     assert_eq!(h[0]["state"], "sending", "neither spent nor returned while a coin is quarantined: {h}");
     assert_eq!(balance_of(&bank, "hana"), 136);
+    bank.assert_audit();
+}
+
+/// A buyer's wallet listening on 0.0.0.0 names in its nonces the address each connection
+/// really uses (127.0.0.2 here, where the merchant reached it), not 127.0.0.1: the merchant
+/// accepts the payment (it used to refuse it as nonce_wrong_address after the approval).
+#[test]
+fn a_buyer_listening_on_all_addresses_pays() {
+    let bank = TestBank::start();
+    let buyer = TestWallet::start("alice", "0.0.0.0", &bank, Some(100), |c| c);
+    let merchant = TestWallet::start("shop", "127.0.0.3", &bank, Some(0), |c| c);
+    buyer.ok(&["withdraw", "64"]);
+    let from = format!("127.0.0.2:{}", buyer.port());
+    let job = collect_from(&merchant, &from, 10, "a book", &[]);
+    let p = buyer.wait_pending();
+    assert_eq!(p["peer"], "127.0.0.3", "the shop's address");
+    buyer.ok(&["approve", &p["id"].to_string()]);
+    let (ok, out) = job.join().unwrap();
+    assert!(ok, "{out}");
+    assert_eq!(out["outcome"], "paid");
+    buyer.wait_done(1);
+    assert_eq!(buyer.available(), 54);
+    bank.assert_audit();
+}
+
+/// The order a collect names is what the buyer's prompt shows; a second collect for the
+/// same order (a double click) joins the first: one prompt, one payment, the same outcome
+/// for both; a later one for the paid order gets that outcome again without a prompt, and
+/// one for the same order with another amount is refused. The receipt names the order.
+#[test]
+fn a_second_collect_for_an_order_joins_the_first() {
+    let bank = TestBank::start();
+    let buyer = TestWallet::start("alice", "127.0.0.2", &bank, Some(100), |c| c);
+    let merchant = TestWallet::create("shop", "127.0.0.3", &bank, Some(0), |c| c).with_log().started();
+    buyer.ok(&["withdraw", "64"]);
+    let order = "3f2a91bc0d4e77a101020304050607ff";
+    let first = collect_from(&merchant, &buyer.addr, 10, "a book", &["--order", order]);
+    let p = buyer.wait_pending();
+    assert_eq!(p["order"], "3f2a-91bc-0d4e-77a1", "{p}");
+    let second = collect_from(&merchant, &buyer.addr, 10, "a book", &["--order", order]);
+    merchant.wait_log("collect joins the one in progress");
+    assert_eq!(buyer.ok(&["pending"]).as_array().unwrap().len(), 1, "one prompt");
+    buyer.ok(&["approve", &p["id"].to_string()]);
+    let (ok1, out1) = first.join().unwrap();
+    let (ok2, out2) = second.join().unwrap();
+    assert!(ok1 && ok2, "{out1} {out2}");
+    assert_eq!(out1, out2, "one payment, one outcome");
+    assert_eq!(out1["order"], order);
+    let (ok3, out3) = collect_from(&merchant, &buyer.addr, 10, "a book", &["--order", order]).join().unwrap();
+    assert!(ok3, "{out3}");
+    assert_eq!(out3["payment"], out1["payment"], "the paid order's outcome again");
+    let (ok4, out4) = collect_from(&merchant, &buyer.addr, 11, "a book", &["--order", order]).join().unwrap();
+    assert!(!ok4);
+    assert_eq!(out4["label"], "unexpected_payment", "{out4}");
+    let h = buyer.wait_done(1);
+    let out: Vec<_> = h.as_array().unwrap().iter().filter(|p| p["direction"] == "out").collect();
+    assert_eq!(out.len(), 1, "paid once: {h}");
+    assert_eq!(out[0]["order_id"], order, "the receipt names its order");
+    assert_eq!(buyer.available(), 54);
+    assert_eq!(balance_of(&bank, "shop"), 10);
+    // The receipt, as the buyer's wallet gives it, is what the shop's wallet takes back.
+    let r = buyer.ok(&["receipt", &out[0]["id"].to_string(), "--url", "http://shop.example/cgi-bin/payme-cgi/paper"]);
+    assert_eq!(r["receipt"], out1["receipt"]);
+    assert_eq!(
+        r["claim_url"],
+        format!("http://shop.example/cgi-bin/payme-cgi/paper?receipt={}", out1["receipt"].as_str().unwrap())
+    );
+    bank.assert_audit();
+}
+
+/// Collects beyond `merchant.max_concurrent_collects` are refused as busy at once; a
+/// buyer's wallet that does not approve in time is worded as a timeout, not as a wallet
+/// that could not be reached (no_answer).
+#[test]
+fn collects_are_bounded_and_a_consent_timeout_is_a_timeout() {
+    let bank = TestBank::start();
+    let buyer = TestWallet::start("alice", "127.0.0.2", &bank, Some(100), |c| {
+        c.replace("consent_timeout_secs = 45", "consent_timeout_secs = 2")
+    });
+    let merchant = TestWallet::start("shop", "127.0.0.3", &bank, Some(0), |c| {
+        c.replace("max_concurrent_collects = 64", "max_concurrent_collects = 1")
+    });
+    buyer.ok(&["withdraw", "64"]);
+    let first = collect(&merchant, &buyer, 10, "a book");
+    buyer.wait_pending();
+    let (ok, busy) = collect(&merchant, &buyer, 10, "another book").join().unwrap();
+    assert!(!ok);
+    assert_eq!(busy["label"], "busy", "{busy}");
+    let (ok, out) = first.join().unwrap();
+    assert!(!ok);
+    assert_eq!(out["label"], "timeout", "{out}");
+    // The permit came back with the first collect's end.
+    let job = collect(&merchant, &buyer, 10, "a third book");
+    let p = buyer.wait_pending();
+    buyer.ok(&["approve", &p["id"].to_string()]);
+    assert!(job.join().unwrap().0);
+    bank.assert_audit();
+}
+
+/// Sends one JSON request to `w`'s control socket, as payme-cgi does; returns the answer.
+fn control(w: &TestWallet, req: &Value) -> Value {
+    control_at(w.dir.path(), req)
+}
+
+/// [`control`] for the wallet whose data directory is `dir`.
+fn control_at(dir: &std::path::Path, req: &Value) -> Value {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(dir.join("control.sock")).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    writeln!(s, "{req}").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+/// The shop's wallet says who it is; a paid order's receipt claims its item (and nothing
+/// else does) until the order expires; an expired order is not paid again either.
+#[test]
+fn a_receipt_claims_its_order_until_it_expires() {
+    let bank = TestBank::start();
+    let buyer = TestWallet::start("alice", "127.0.0.2", &bank, Some(100), |c| c);
+    let shop = TestWallet::start("shop", "127.0.0.3", &bank, Some(0), |c| c);
+    let brief = TestWallet::start("brief shop", "127.0.0.4", &bank, Some(0), |c| {
+        c.replace("order_lifetime_secs = 604800", "order_lifetime_secs = 0")
+    });
+    buyer.ok(&["withdraw", "64"]);
+    let id = control(&shop, &serde_json::json!({"cmd": "identity"}));
+    assert_eq!(id["result"]["name"], "shop", "{id}");
+    let ask = |order: &str| {
+        serde_json::json!({"cmd": "collect", "from": buyer.addr, "amount": 5, "description": "a map",
+                           "order": order, "item": "map"})
+    };
+    let (o1, o2) = ("11111111111111111111111111111111", "22222222222222222222222222222222");
+    let mut paid = Vec::new();
+    for (w, order) in [(&shop, o1), (&brief, o2)] {
+        let (req, dir) = (ask(order), w.dir.path().to_path_buf());
+        let job = thread::spawn(move || control_at(&dir, &req));
+        let p = buyer.wait_pending();
+        buyer.ok(&["approve", &p["id"].to_string()]);
+        let out = job.join().unwrap();
+        assert_eq!(out["result"]["outcome"], "paid", "{out}");
+        paid.push(out["result"].clone());
+    }
+    let claim = |w: &TestWallet, receipt: &Value| control(w, &serde_json::json!({"cmd": "claim", "receipt": receipt}));
+    let c = claim(&shop, &paid[0]["receipt"]);
+    assert_eq!(c["result"]["item"], "map", "{c}");
+    assert_eq!((c["result"]["order"].as_str(), c["result"]["expired"].as_bool()), (Some(o1), Some(false)));
+    let c = claim(&brief, &paid[1]["receipt"]);
+    assert_eq!(c["result"]["expired"], true, "{c}");
+    // Another shop's receipt, or garbage, claims nothing.
+    for (w, receipt) in [(&shop, paid[1]["receipt"].clone()), (&shop, Value::from("00ff")), (&brief, Value::from("zz"))]
+    {
+        let c = claim(w, &receipt);
+        assert_eq!(c["label"], "unexpected_payment", "{c}");
+    }
+    // A collect for the expired order is refused, never paid twice.
+    let again = control(&brief, &ask(o2));
+    assert_eq!(again["result"]["label"], "unexpected_payment", "{again}");
+    assert_eq!(buyer.ok(&["pending"]).as_array().unwrap().len(), 0);
+    assert_eq!(buyer.available(), 54);
     bank.assert_audit();
 }

@@ -68,8 +68,9 @@ fn main() {
     std::fs::write(
         &cfg,
         format!(
-            "control_socket = \"{}\"\nshop_name = \"Bob's Books\"\ntimeout_secs = 40\n\n[[item]]\nid = \"paper\"\nprice = 37\ndescription = \"The PayMe paper (excerpt)\"\ncontent_type = \"text/plain; charset=utf-8\"\nfile = \"{}/paper.txt\"\n",
+            "control_socket = \"{}\"\nshop_name = \"Bob's Books\"\nwallet_port = {}\n\n[[item]]\nid = \"paper\"\nprice = 37\ndescription = \"The PayMe paper (excerpt)\"\ncontent_type = \"text/plain; charset=utf-8\"\nfile = \"{}/paper.txt\"\n",
             merchant.dir.path().join("control.sock").display(),
+            buyer.port(),
             shop.path().display()
         ),
     )
@@ -85,16 +86,22 @@ fn main() {
         ),
     );
 
-    let page = http(&web.addr, "GET", "/cgi-bin/payme-cgi/paper", None, None);
-    println!("      GET  -> {} (the item page with a Buy button; GET never pays)", web.status_of(&page));
-    let (addr, form) = (web.addr.clone(), format!("wallet={}", buyer.addr.replace(':', "%3A")));
-    let job = std::thread::spawn(move || http(&addr, "POST", "/cgi-bin/payme-cgi/paper", Some(&form), None));
+    // Alice browses from her wallet's address: the shop asks the wallet at REMOTE_ADDR.
+    let alice: std::net::IpAddr = buyer.ip.parse().unwrap();
+    let page = http(&web.addr, "GET", "/cgi-bin/payme-cgi/paper", None, Some(alice));
+    let text = page.text();
+    let order = text.split("name=\"order\" value=\"").nth(1).map(|t| t[..32].to_owned()).unwrap_or_default();
+    let short = text.split("<strong class=\"order\">").nth(1).and_then(|t| t.split('<').next()).unwrap_or("");
+    println!("      GET  -> {} (the item page: order {short}, a Buy button; GET never pays)", web.status_of(&page));
+    let (addr, form) = (web.addr.clone(), format!("order={order}"));
+    let job = std::thread::spawn(move || http(&addr, "POST", "/cgi-bin/payme-cgi/paper", Some(&form), Some(alice)));
     let p = buyer.wait_pending();
     println!(
-        "      POST -> the shop's wallet asks alice's wallet: '{}' wants {} for '{}' (new merchant: {})",
+        "      POST -> the shop's wallet asks alice's wallet: '{}' wants {} for '{}', order {} (new merchant: {})",
         p["merchant"].as_str().unwrap_or(""),
         p["amount"],
         p["description"].as_str().unwrap_or(""),
+        p["order"].as_str().unwrap_or(""),
         p["new_merchant"]
     );
     buyer.ok(&["approve", &p["id"].to_string()]);

@@ -8,6 +8,7 @@
 //!   transition table.
 //! - [`ops`]: bank operations, their kinds ([`OpKind`]) and states ([`OpState`]).
 //! - [`merchants`]: pinned merchant keys.
+//! - [`orders`]: paid orders, which a receipt re-opens until they expire (merchant side).
 //! - [`vault`]: the encryption of coins and secrets at rest.
 //!
 //! Every state or kind stored as text is read back through its enum's `parse`: an unknown
@@ -58,12 +59,14 @@ macro_rules! stored_enum {
 pub mod coins;
 pub mod merchants;
 pub mod ops;
+pub mod orders;
 pub mod payments;
 pub mod vault;
 
 pub use coins::*;
 pub use merchants::*;
 pub use ops::*;
+pub use orders::*;
 pub use payments::*;
 pub use vault::*;
 
@@ -164,6 +167,21 @@ const SCHEMA: &[(i64, &str)] = &[
     -- value, expiry). damage: why a quarantined coin was quarantined.
     ALTER TABLE coins ADD COLUMN seal INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE coins ADD COLUMN damage TEXT NOT NULL DEFAULT '';
+    ",
+    ),
+    (
+        3,
+        "
+    -- Paid orders (merchant side): id is the ask's nonce random part, as in the receipt.
+    CREATE TABLE orders (
+        id BLOB PRIMARY KEY,
+        item TEXT NOT NULL,
+        amount INTEGER NOT NULL,
+        payment INTEGER NOT NULL,
+        buyer TEXT NOT NULL,
+        receipt BLOB NOT NULL,
+        expires INTEGER NOT NULL
+    ) WITHOUT ROWID;
     ",
     ),
 ];
