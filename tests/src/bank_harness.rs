@@ -40,7 +40,9 @@ pub fn target_dir() -> std::path::PathBuf {
 pub fn build_binaries() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "bank-daemon", "-p", "wallet-daemon", "-p", "merchant-cgi", "--bins"]);
+    // With the tests' features (the test clock among them), so this build and the test
+    // build's binaries are the same and neither overwrites the other with a different one.
+    cmd.args(["build", "-p", "bank-daemon", "-p", "wallet-daemon", "-p", "merchant-cgi", "--bins", "--all-features"]);
     if target_dir().file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }
@@ -68,6 +70,7 @@ pub fn spawn_daemon(cmd: Command) -> (Child, String) {
 /// [`spawn_daemon`], with the daemon's log (stderr, at level info) appended to `log`
 /// when given, for tests that check what a daemon logs.
 pub fn spawn_daemon_logging(mut cmd: Command, log: Option<&Path>) -> (Child, String) {
+    with_test_clock(&mut cmd);
     let level = std::env::var("PAYME_TEST_LOG").unwrap_or_else(|_| "warn".into());
     match log {
         Some(path) => {
@@ -105,8 +108,60 @@ pub fn stop_daemon(mut child: Child) {
     panic!("daemon did not stop within 15 s of SIGTERM");
 }
 
+thread_local! {
+    /// The clock file of this test thread's [`TestClock`], if it installed one.
+    static CLOCK_FILE: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A clock for the daemons a test runs as processes: every daemon and command this test
+/// thread starts after [`TestClock::install`] reads the time as the system clock plus an
+/// offset the test moves with [`TestClock::advance`], instead of sleeping through a nonce
+/// window or a coin's lifetime. The daemons honour it in test builds (`cargo test
+/// --workspace --all-features`, feature `test-clock`) only.
+pub struct TestClock {
+    _dir: tempfile::TempDir,
+    file: PathBuf,
+}
+
+impl TestClock {
+    pub fn install() -> TestClock {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("clock");
+        std::fs::write(&file, "0").unwrap();
+        CLOCK_FILE.with(|c| *c.borrow_mut() = Some(file.clone()));
+        TestClock { _dir: dir, file }
+    }
+
+    /// Moves the daemons' time (and [`TestClock::now`]) forward by `secs`.
+    pub fn advance(&self, secs: u64) {
+        pmtp_client::clock::move_test_clock(&self.file, secs as i64).unwrap();
+    }
+
+    /// The time the daemons read now.
+    pub fn now(&self) -> u64 {
+        let offset: u64 = std::fs::read_to_string(&self.file).unwrap().trim().parse().unwrap();
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + offset
+    }
+}
+
+impl Drop for TestClock {
+    fn drop(&mut self) {
+        CLOCK_FILE.with(|c| *c.borrow_mut() = None);
+    }
+}
+
+/// Gives `cmd` this test thread's clock, if it installed one.
+pub fn with_test_clock(cmd: &mut Command) -> &mut Command {
+    CLOCK_FILE.with(|c| {
+        if let Some(f) = c.borrow().as_ref() {
+            cmd.env(pmtp_client::clock::TEST_CLOCK_VAR, f);
+        }
+    });
+    cmd
+}
+
 pub fn payme_bank(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(bin())
+    with_test_clock(&mut Command::new(bin()))
         .arg("--data-dir")
         .arg(dir)
         .args(args)

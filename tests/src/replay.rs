@@ -176,11 +176,29 @@ pub async fn send_raw(source: IpAddr, target: &str, bytes: &[u8], deadline: Dura
     tokio::time::timeout(deadline, work).await.ok().flatten()
 }
 
+/// How the after-window replay gets past the daemons' nonce window.
+#[derive(Clone)]
+pub enum PastWindow {
+    /// Wait this long (the window plus one second): daemons on the real clock.
+    Wait(Duration),
+    /// Move the daemons' clock instead (tests: [`crate::bank_harness::TestClock`]).
+    MoveClock(std::sync::Arc<dyn Fn() + Send + Sync>),
+}
+
+impl std::fmt::Debug for PastWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PastWindow::Wait(d) => write!(f, "Wait({d:?})"),
+            PastWindow::MoveClock(_) => f.write_str("MoveClock"),
+        }
+    }
+}
+
 /// How to replay.
 #[derive(Clone, Debug)]
 pub struct ReplayConfig {
-    /// Seconds to wait before the after-window replay (the daemons' nonce window plus one).
-    pub window_wait: Duration,
+    /// How to get past the daemons' nonce window before the after-window replay.
+    pub past_window: PastWindow,
     /// Another source address for the re-addressed replay.
     pub other_source: IpAddr,
     /// Concurrent copies.
@@ -194,7 +212,7 @@ pub struct ReplayConfig {
 impl Default for ReplayConfig {
     fn default() -> Self {
         ReplayConfig {
-            window_wait: Duration::from_secs(31),
+            past_window: PastWindow::Wait(Duration::from_secs(31)),
             other_source: IpAddr::from([127, 0, 0, 9]),
             copies: 16,
             flip_sample: 48,
@@ -307,7 +325,10 @@ pub async fn replay_all(recorded: &[Recorded], cfg: &ReplayConfig) -> Report {
         }
     }
     // After the nonce window: the timestamp is stale, and the durable record refuses it too.
-    tokio::time::sleep(cfg.window_wait).await;
+    match &cfg.past_window {
+        PastWindow::Wait(d) => tokio::time::sleep(*d).await,
+        PastWindow::MoveClock(advance) => advance(),
+    }
     for r in &replayable {
         let reply = send_raw(r.source, &r.target, &bytes(r), cfg.deadline).await;
         report.add(&r.request, "after-window", &classify(&r.request, reply.as_ref()));

@@ -52,6 +52,7 @@ fn wallet_cmd_limited(dir: &Path, fd_limit: Option<u32>) -> Command {
         .arg(dir)
         .env("PAYME_WALLET_PASSPHRASE", WALLET_PASSPHRASE)
         .env("PAYME_ACCOUNT_PASSWORD", PASSWORD);
+    crate::bank_harness::with_test_clock(&mut c);
     c
 }
 

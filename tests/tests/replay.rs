@@ -5,13 +5,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use payme_tests::bank_harness::TestBank;
-use payme_tests::replay::{replay_all, Proxy, ReplayConfig};
+use payme_tests::replay::{replay_all, PastWindow, Proxy, ReplayConfig};
 use payme_tests::wallet_harness::TestWallet;
 use std::time::Duration;
 
 #[test]
 fn no_replay_is_accepted() {
     let rt = tokio::runtime::Runtime::new().unwrap();
+    // The daemons run on a clock the test moves past their nonce window, instead of
+    // waiting it out.
+    let clock = std::sync::Arc::new(payme_tests::bank_harness::TestClock::install());
     let short = |c: String| c.replace("nonce_window_secs = 30", "nonce_window_secs = 2");
     let mut bank = TestBank::start_with("bank-a", short);
     let bank_proxy = rt.block_on(Proxy::start("127.0.0.1:0", &bank.addr)).unwrap();
@@ -58,7 +61,10 @@ fn no_replay_is_accepted() {
         assert!(kinds.contains(k), "recorded a {k}: {kinds:?}");
     }
     let cfg = ReplayConfig {
-        window_wait: Duration::from_secs(3),
+        past_window: PastWindow::MoveClock({
+            let clock = clock.clone();
+            std::sync::Arc::new(move || clock.advance(3))
+        }),
         copies: 8,
         flip_sample: 24,
         deadline: Duration::from_secs(5),

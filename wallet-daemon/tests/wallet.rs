@@ -345,52 +345,54 @@ fn valid_at_bank(bank: &TestBank, coins: &[(Vec<u8>, u64, u64)], now: u64) -> u6
 /// still accepts, not the wallet's own figure.
 #[test]
 fn coins_near_expiry_are_refreshed() {
+    // The bank and the wallet run on a clock the test moves: no waiting out a lifetime.
+    let clock = payme_tests::bank_harness::TestClock::install();
     let bank = TestBank::start_with("bank-a", |c| {
         assert!(c.contains("coin_lifetime_secs = 31536000") && c.contains("purge_interval_secs = 60"));
-        c.replace("coin_lifetime_secs = 31536000", "coin_lifetime_secs = 4")
+        c.replace("coin_lifetime_secs = 31536000", "coin_lifetime_secs = 1000")
             .replace("purge_interval_secs = 60", "purge_interval_secs = 1")
     });
     let w = TestWallet::start("carol", "127.0.0.2", &bank, Some(100), |c| {
-        c.replace("refresh_before_secs = 604800", "refresh_before_secs = 3")
+        c.replace("refresh_before_secs = 604800", "refresh_before_secs = 100")
             .replace("maintenance_interval_secs = 30", "maintenance_interval_secs = 1")
     });
     w.ok(&["withdraw", "40"]);
     let audit = |b: &TestBank| {
-        let out = std::process::Command::new(payme_tests::bank_harness::bin())
-            .arg("--data-dir")
-            .arg(b.dir.path())
-            .args(["audit", "--json"])
-            .output()
-            .unwrap();
+        let out = payme_tests::bank_harness::payme_bank(b.dir.path(), &["audit", "--json"]);
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
     let minted_before = audit(&bank)["minted_coins"].as_u64().unwrap();
     let first = wallet_coins(&w);
     assert_eq!(first.iter().map(|c| c.1).sum::<u64>(), 40);
     let first_expiry = first.iter().map(|c| c.2).max().unwrap();
-    // Wait (bounded: 20 s) until the first coins have lapsed and the bank has had time to
-    // purge them, and a snapshot finds the wallet holding 40 in coins that expire later
-    // and that the bank still accepts. (A snapshot can straddle a refresh in progress,
-    // whose old coins the bank has just spent: then the next one is taken.)
+    // 950 s later the coins are within the wallet's 100 s refresh horizon, still valid.
+    clock.advance(950);
+    // The wallet's next maintenance round (every second) exchanges them: wait for that
+    // (bounded: 20 s) until it holds 40 in coins that expire later and the bank accepts.
+    // (A snapshot can straddle a refresh in progress: then the next one is taken.)
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let last = loop {
-        let now = unix_now();
+    let refreshed = loop {
         let coins = wallet_coins(&w);
-        let valid = valid_at_bank(&bank, &coins, now);
         let later = coins.iter().all(|c| c.2 > first_expiry);
-        if now > first_expiry + 2 && valid == 40 && later {
+        if later && valid_at_bank(&bank, &coins, clock.now()) == 40 {
             break coins;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "coins lapsed: value {valid} of 40 still valid at the bank at {now}; first expiry {first_expiry}; wallet coins {coins:?}"
+            "coins not refreshed: wallet coins {coins:?}, first expiry {first_expiry}, now {} \
+             (the daemons need the test clock: cargo test --workspace --all-features)",
+            clock.now()
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
-    assert!(last.iter().all(|c| !first.iter().any(|f| f.0 == c.0)), "every first coin was replaced");
+    assert!(refreshed.iter().all(|c| !first.iter().any(|f| f.0 == c.0)), "every first coin was replaced");
+    // Past the first coins' expiry: they are gone from the bank, the new ones are valid.
+    clock.advance(100);
+    assert!(clock.now() > first_expiry);
+    assert_eq!(valid_at_bank(&bank, &refreshed, clock.now()), 40);
     let a = audit(&bank);
     assert!(a["minted_coins"].as_u64().unwrap() > minted_before, "coins were exchanged for fresh ones: {a}");
-    assert_eq!(a["expired_coins"], 0, "no coin lapsed (the bank purges every second): {a}");
+    assert_eq!(a["expired_coins"], 0, "no coin lapsed: {a}");
     assert_eq!(w.holding(), 40);
     assert_eq!(a["holds"], true);
 }

@@ -11,7 +11,7 @@
 //! source address to reach the daemon.
 
 use clap::Parser;
-use payme_tests::replay::{replay_all, Proxy, ReplayConfig};
+use payme_tests::replay::{replay_all, PastWindow, Proxy, ReplayConfig};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
         let recorded = proxy.recorded();
         println!("recorded {} requests; replaying", recorded.len());
         let cfg = ReplayConfig {
-            window_wait: Duration::from_secs(cli.window_secs + 1),
+            past_window: PastWindow::Wait(Duration::from_secs(cli.window_secs + 1)),
             other_source: cli.other_source,
             copies: cli.copies,
             flip_sample: cli.flip_sample,
