@@ -82,7 +82,7 @@ pub fn init(dir: &DataDir, passphrase: &str, opts: &InitOptions) -> Result<Publi
     config.validate()?;
     let mut rng = pmtp_proto::rng::os();
     let name = Name::new(opts.bank_id.clone()).map_err(|e| refused(format!("bank id: {e}")))?;
-    let identity = Identity::generate(name, &mut rng, opts.rsa_bits)?;
+    let identity = payme_node::keys::new_identity(name, opts.rsa_bits)?;
     let sealed = keyfile::seal_identity(&mut rng, &identity, passphrase.as_bytes(), opts.kdf)?;
     keyfile::fs::write_private(&dir.key(), &sealed)?;
     let public = identity.public();
@@ -186,7 +186,12 @@ pub fn check_at_start(dir: &DataDir, store: &mut dyn Store) -> Result<(), AdminE
 pub fn hash_password(password: &str) -> Result<String, AdminError> {
     use argon2::password_hash::PasswordHasher;
     let salt: [u8; 16] = pmtp_proto::rng::bytes(&mut pmtp_proto::rng::os());
-    let hash = argon2::Argon2::default()
+    // The same cost as key files: OWASP's (a test build's cheap one when it uses the key
+    // pool); verifying reads the cost back from the stored hash.
+    let k = payme_node::keys::kdf_params();
+    let params = argon2::Params::new(k.m_cost_kib, k.t_cost, k.p_cost, None)
+        .map_err(|e| AdminError::Encode { what: "the password hash", message: e.to_string() })?;
+    let hash = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
         .hash_password_with_salt(password.as_bytes(), &salt)
         .map_err(|e| AdminError::Encode { what: "the password hash", message: e.to_string() })?;
     Ok(hash.to_string())

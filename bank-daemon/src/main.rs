@@ -152,7 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if pass.len() < 8 {
                 anyhow::bail!("the passphrase must be at least 8 characters");
             }
-            let opts = InitOptions { bank_id, public_addr, listen, rsa_bits, kdf: Default::default() };
+            let opts = InitOptions { bank_id, public_addr, listen, rsa_bits, kdf: payme_node::keys::kdf_params() };
             let public = admin::init(&dir, &pass, &opts)?;
             println!("created bank {} in {}", public.name, dir.root.display());
             println!("public key: {} (fingerprint {})", dir.public().display(), public.fingerprint());

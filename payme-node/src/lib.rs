@@ -4,6 +4,7 @@
 //! only what makes it a bank or a wallet:
 //!
 //! - [`datadir`]: the data directory's file names and the lock that allows one `serve`.
+//! - [`keys`]: the keys `init` makes (fresh; a pre-generated pool in test builds).
 //! - [`config`]: default data directories and TOML config loading; the nonce settings.
 //! - [`net`]: the connection-limited accept loop, per-source counting, the plain refusal
 //!   for a frame the codec cannot read.
@@ -21,6 +22,7 @@
 
 pub mod config;
 pub mod datadir;
+pub mod keys;
 pub mod logging;
 pub mod net;
 pub mod secret;

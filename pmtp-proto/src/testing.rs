@@ -15,6 +15,61 @@ const RSA_KEYS: [&[u8]; 7] = [
     include_bytes!("../testdata/rsa-6.der"),
 ];
 
+/// A pool of RSA-2048 keys that test builds of the daemons use instead of generating one
+/// at every `init` (see [`pool_identity`]).
+const POOL: [&[u8]; 32] = [
+    include_bytes!("../testdata/pool/rsa-00.der"),
+    include_bytes!("../testdata/pool/rsa-01.der"),
+    include_bytes!("../testdata/pool/rsa-02.der"),
+    include_bytes!("../testdata/pool/rsa-03.der"),
+    include_bytes!("../testdata/pool/rsa-04.der"),
+    include_bytes!("../testdata/pool/rsa-05.der"),
+    include_bytes!("../testdata/pool/rsa-06.der"),
+    include_bytes!("../testdata/pool/rsa-07.der"),
+    include_bytes!("../testdata/pool/rsa-08.der"),
+    include_bytes!("../testdata/pool/rsa-09.der"),
+    include_bytes!("../testdata/pool/rsa-10.der"),
+    include_bytes!("../testdata/pool/rsa-11.der"),
+    include_bytes!("../testdata/pool/rsa-12.der"),
+    include_bytes!("../testdata/pool/rsa-13.der"),
+    include_bytes!("../testdata/pool/rsa-14.der"),
+    include_bytes!("../testdata/pool/rsa-15.der"),
+    include_bytes!("../testdata/pool/rsa-16.der"),
+    include_bytes!("../testdata/pool/rsa-17.der"),
+    include_bytes!("../testdata/pool/rsa-18.der"),
+    include_bytes!("../testdata/pool/rsa-19.der"),
+    include_bytes!("../testdata/pool/rsa-20.der"),
+    include_bytes!("../testdata/pool/rsa-21.der"),
+    include_bytes!("../testdata/pool/rsa-22.der"),
+    include_bytes!("../testdata/pool/rsa-23.der"),
+    include_bytes!("../testdata/pool/rsa-24.der"),
+    include_bytes!("../testdata/pool/rsa-25.der"),
+    include_bytes!("../testdata/pool/rsa-26.der"),
+    include_bytes!("../testdata/pool/rsa-27.der"),
+    include_bytes!("../testdata/pool/rsa-28.der"),
+    include_bytes!("../testdata/pool/rsa-29.der"),
+    include_bytes!("../testdata/pool/rsa-30.der"),
+    include_bytes!("../testdata/pool/rsa-31.der"),
+];
+
+/// How many pool identities exist: a test gives each daemon it starts another one.
+pub const POOL_SIZE: usize = POOL.len();
+
+/// Pool identity `i` (modulo the pool's size) named `name`, with its own X25519 secret:
+/// what `payme-bank init` and `payme-wallet init` use in test builds when told to (the
+/// private keys are public in this repository).
+#[allow(clippy::expect_used)]
+pub fn pool_identity(i: usize, name: &str) -> Identity {
+    let i = i % POOL_SIZE;
+    let mut x = [0xa5u8; 32];
+    x[1] = i as u8;
+    Identity {
+        name: Name::new(name).expect("short name"),
+        signing: SigningKey::from_pkcs8_der(POOL[i]).expect("pool key parses"),
+        x25519: x25519_dalek::StaticSecret::from(x),
+    }
+}
+
 /// How many test identities exist; index 6 is a 3072-bit key.
 pub const COUNT: usize = RSA_KEYS.len();
 
@@ -41,6 +96,21 @@ pub fn named_identity(i: usize, name: &str) -> Identity {
         name: Name::new(name).expect("short name"),
         signing: signing_key(i),
         x25519: x25519_dalek::StaticSecret::from(x),
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    #[test]
+    fn pool_keys_are_distinct_2048_bit_keys() {
+        let ids: Vec<_> = (0..super::POOL_SIZE).map(|i| super::pool_identity(i, "x").public()).collect();
+        for (i, a) in ids.iter().enumerate() {
+            assert_eq!(super::pool_identity(i, "x").signing.verifying_key().bits(), 2048);
+            for b in &ids[i + 1..] {
+                assert_ne!(a.rsa_spki, b.rsa_spki);
+                assert_ne!(a.x25519, b.x25519);
+            }
+        }
     }
 }
 

@@ -109,6 +109,8 @@ pub fn stop_daemon(mut child: Child) {
 }
 
 thread_local! {
+    /// The next pool key an `init` of this test thread takes ([`with_pool_key`]).
+    static NEXT_POOL_KEY: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     /// The clock file of this test thread's [`TestClock`], if it installed one.
     static CLOCK_FILE: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
 }
@@ -160,8 +162,24 @@ pub fn with_test_clock(cmd: &mut Command) -> &mut Command {
     cmd
 }
 
+/// Gives an `init` command the next pre-generated key of the pool, so the suite does not
+/// pay for RSA key generation and full-cost Argon2 (test builds: `--all-features`; see
+/// payme-node's `keys`). Each daemon a test thread creates gets another key.
+pub fn with_pool_key(cmd: &mut Command) -> &mut Command {
+    let i = NEXT_POOL_KEY.with(|n| {
+        let i = n.get();
+        n.set(i + 1);
+        i
+    });
+    cmd.env(payme_node::keys::TEST_KEY_VAR, i.to_string())
+}
+
 pub fn payme_bank(dir: &Path, args: &[&str]) -> std::process::Output {
-    with_test_clock(&mut Command::new(bin()))
+    let mut cmd = Command::new(bin());
+    if args.first() == Some(&"init") {
+        with_pool_key(&mut cmd);
+    }
+    with_test_clock(&mut cmd)
         .arg("--data-dir")
         .arg(dir)
         .args(args)

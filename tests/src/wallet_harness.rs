@@ -78,8 +78,10 @@ impl TestWallet {
         edit: impl FnOnce(String) -> String,
     ) -> TestWallet {
         let dir = tempfile::tempdir().unwrap();
-        let out =
-            wallet_cmd(dir.path()).args(["init", "--name", name, "--listen", &format!("{ip}:0")]).output().unwrap();
+        let out = crate::bank_harness::with_pool_key(&mut wallet_cmd(dir.path()))
+            .args(["init", "--name", name, "--listen", &format!("{ip}:0")])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "wallet init: {}", String::from_utf8_lossy(&out.stderr));
         let account = funds.map(|f| bank.open_account(name, &dir.path().join("wallet.pub"), f));
         let mut args = vec![

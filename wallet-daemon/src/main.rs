@@ -4,8 +4,8 @@
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use payme_node::secret::read_secret;
-use pmtp_proto::keyfile::{self, KdfParams};
-use pmtp_proto::keys::{Identity, PublicIdentity};
+use pmtp_proto::keyfile;
+use pmtp_proto::keys::PublicIdentity;
 use pmtp_proto::text::Name;
 use pmtp_proto::Amount;
 use serde_json::Value;
@@ -435,8 +435,8 @@ fn init(
         std::fs::set_permissions(&dir.root, std::fs::Permissions::from_mode(0o700))?;
     }
     let mut rng = pmtp_proto::rng::os();
-    let identity = Identity::generate(Name::new(name)?, &mut rng, bits)?;
-    let sealed = keyfile::seal_identity(&mut rng, &identity, pass.as_bytes(), KdfParams::default())?;
+    let identity = payme_node::keys::new_identity(Name::new(name)?, bits)?;
+    let sealed = keyfile::seal_identity(&mut rng, &identity, pass.as_bytes(), payme_node::keys::kdf_params())?;
     keyfile::fs::write_private(&dir.key(), &sealed)?;
     let public: PublicIdentity = identity.public();
     keyfile::fs::write_atomic(&dir.public(), format!("{}\n", public.to_text()).as_bytes(), 0o644)?;
