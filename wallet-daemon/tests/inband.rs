@@ -181,3 +181,21 @@ fn of_two_simultaneous_payments_for_one_order_exactly_one_is_paid() {
     assert_eq!(shop_balance(&shop), 3 * 37);
     bank.assert_audit();
 }
+
+/// Coins the bank refuses (spent already) are refused with the bank's reason, and the
+/// order is free again: the buyer pays it with good coins.
+#[test]
+fn an_order_whose_coins_the_bank_refuses_can_be_paid_again() {
+    let (bank, buyer, shop) = start();
+    let o = offer(&shop, 37);
+    let spent = withdraw(&bank, &buyer, 37);
+    exchange(&bank, spent.clone()).unwrap();
+    let v = settle(&shop, &pay(&o, URL, spent));
+    assert_eq!((v["ok"].as_bool(), v["code"].as_u64()), (Some(false), Some(30)), "{v}");
+    let good = withdraw(&bank, &buyer, 37);
+    let v = settle(&shop, &pay(&o, URL, good.clone()));
+    assert_eq!(v["ok"], true, "{v}");
+    inband::check_receipt(v["result"]["receipt"].as_str().unwrap(), &inband::offer_of(&o), &good);
+    assert_eq!(shop_balance(&shop), 37);
+    bank.assert_audit();
+}
