@@ -380,6 +380,11 @@ fn show(req: &Request, config: &Config, wallet: &dyn Collector) -> Response {
             match wallet.offer(&ask) {
                 Ok(o) if is_header_token(&o) => Some(o),
                 Ok(_) => return wallet_down("the wallet's offer is not a header value"),
+                // The page flow does not need the offer: a browser still gets its form.
+                Err(e) if req.browser => {
+                    log(&format!("no in-band offer for item {}: {e}", item.id));
+                    None
+                }
                 Err(e) => return wallet_down(&e),
             }
         }
@@ -912,6 +917,34 @@ mod tests {
         assert!(config_with("origin = \"ftp://x\"").origin.is_some(), "parsed; refused by Config::load");
         assert_eq!(origin_of_url("ftp://x"), None);
         assert_eq!(origin_of_url("http://user@x/"), None);
+        // A wallet that cannot offer (no account to deposit into): the page, not an offer.
+        let w = NoOffer(paid());
+        let mut rq = inband("/paper", "", &[]);
+        assert_eq!(handle(&rq, &mut &b""[..], &config(), &w).status, 503);
+        rq.browser = true;
+        let r = handle(&rq, &mut &b""[..], &config(), &w);
+        assert_eq!((r.status, header(&r, PAYMENT_REQUIRED)), (200, None));
+    }
+
+    /// A wallet that answers everything but offers.
+    struct NoOffer(Recorder);
+
+    impl Collector for NoOffer {
+        fn collect(&self, p: &Purchase) -> Outcome {
+            self.0.collect(p)
+        }
+        fn identity(&self) -> Result<Shop, String> {
+            self.0.identity()
+        }
+        fn claim(&self, receipt: &str) -> Claim {
+            self.0.claim(receipt)
+        }
+        fn offer(&self, _ask: &OfferAsk) -> Result<String, String> {
+            Err("no account".into())
+        }
+        fn settle(&self, s: &Settle) -> Settlement {
+            self.0.settle(s)
+        }
     }
 
     fn hex_of(b: &[u8]) -> String {
