@@ -8,6 +8,9 @@
 //! timeout_secs = 120            # the longest wait for a payment: the buyer's consent
 //!                               # window (45 s by default) plus the bank's validation;
 //!                               # below the web server's CGI timeout (docs/DEPLOY.md)
+//! origin = "https://shop.example" # named in in-band offers (HTTP 402); recommended:
+//!                               # else from the CGI variables (SERVER_NAME may be the
+//!                               # client's Host header)
 //!
 //! [[item]]
 //! id = "paper"
@@ -45,6 +48,12 @@ pub struct Config {
     /// so the buyer gets our page, not the server's (docs/DEPLOY.md).
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
+    /// The shop's web origin (`https://shop.example`), named in every in-band offer and
+    /// checked on every in-band payment. Unset: from the CGI meta-variables
+    /// (REQUEST_SCHEME or HTTPS, SERVER_NAME, SERVER_PORT), which some servers fill from
+    /// the request's Host header; set it in production.
+    #[serde(default)]
+    pub origin: Option<String>,
     #[serde(rename = "item", default)]
     pub items: Vec<Item>,
 }
@@ -89,6 +98,13 @@ impl Config {
             std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.display().to_string(), e.to_string()))?;
         let c: Config =
             toml::from_str(&text).map_err(|e| ConfigError::Read(path.display().to_string(), e.to_string()))?;
+        if let Some(o) = &c.origin {
+            if crate::origin_of_url(o).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "origin {o:?}: give scheme and host, as in \"https://shop.example\""
+                )));
+            }
+        }
         for i in &c.items {
             if i.file.is_some() == i.body.is_some() {
                 return Err(ConfigError::Invalid(format!("item {:?}: give exactly one of file and body", i.id)));

@@ -11,18 +11,29 @@
 //! (`?receipt=` or a `receipt` form field) gets the item again until the order expires:
 //! a buyer charged after this program stopped waiting still gets what was paid for.
 //!
+//! **In band over HTTP 402** (docs/PMTP.md, "Paying over HTTP (in band)"): every item page
+//! carries the merchant wallet's signed offer for its order in a `PAYMENT-REQUIRED` header.
+//! A browser (a request whose `Accept` names `text/html`) gets the page with status 200 and
+//! the form above; any other client gets it with `402 Payment Required`. A GET carrying
+//! `PAYMENT-SIGNATURE` (a sealed payment) is settled by the wallet (control op `settle`)
+//! and answered with the item and the receipt in `PAYMENT-RESPONSE`, or refused with
+//! `PAYMENT-REFUSED: <code> <label>`; a GET carrying `PAYMENT-RECEIPT` re-opens the item
+//! as `?receipt=` does. The shop's origin is `origin` in the config, else the CGI
+//! variables (REQUEST_SCHEME or HTTPS, SERVER_NAME, SERVER_PORT), never the Host header.
+//!
 //! | status | when |
 //! |---|---|
 //! | 200 | the item's page; the item, paid or re-opened by its receipt |
-//! | 400 | a form that did not arrive whole, a bad wallet port or address, a bad receipt |
-//! | 402 | not paid: refused, no money, unreachable, no approval in time, or not confirmed yet |
+//! | 400 | a form that did not arrive whole, a bad wallet port or address, a bad receipt, an unreadable payment header |
+//! | 402 | not paid: refused, no money, unreachable, no approval in time, or not confirmed yet; an item asked for without payment by a client that is not a browser |
 //! | 403 | a receipt that is not for this item's paid order |
+//! | 409 | an in-band payment for an order already paid (or being paid) with other coins |
 //! | 404 | no such item |
 //! | 405 | a method other than GET, HEAD, POST |
-//! | 410 | a receipt whose order has expired |
+//! | 410 | a receipt whose order has expired; an in-band payment for an expired offer |
 //! | 413 | a form larger than [`MAX_FORM`] |
 //! | 500 | paid, but the item cannot be read |
-//! | 503 | the shop's wallet is not available |
+//! | 503 | the shop's wallet is not available, or did not confirm an in-band payment in time |
 //!
 //! [`handle`] does all of it from the CGI environment and standard input, so it is tested
 //! without a web server; `main.rs` only reads the environment and writes the response.
@@ -37,7 +48,7 @@ use config::Config;
 use order::OrderId;
 use std::collections::HashMap;
 use std::io::Read;
-use wallet::{Claim, Collector, Outcome, Purchase};
+use wallet::{Claim, Collector, OfferAsk, Outcome, Purchase, Settle, Settlement};
 
 /// Most bytes of a form accepted from a buyer.
 pub const MAX_FORM: usize = 4096;
@@ -49,6 +60,9 @@ pub const MAX_DISCARD: u64 = 1 << 20;
 
 /// Longest receipt token accepted (hex of a signed receipt is about 500 digits).
 pub const MAX_RECEIPT: usize = 4096;
+
+/// Longest `PAYMENT-SIGNATURE` value passed to the wallet (pmtp-proto's `http::MAX_HEADER`).
+pub const MAX_PAYMENT: usize = 48 * 1024;
 
 /// A CGI response: status, headers, body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +100,19 @@ pub struct Request {
     pub script_name: String,
     pub content_type: String,
     pub content_length: Option<usize>,
+    /// The `PAYMENT-SIGNATURE` request header (HTTP_PAYMENT_SIGNATURE): an in-band payment.
+    pub payment_signature: Option<String>,
+    /// The `PAYMENT-RECEIPT` request header (HTTP_PAYMENT_RECEIPT): a receipt re-opening the item.
+    pub payment_receipt: Option<String>,
+    /// Whether the client takes HTML pages (its `Accept` names `text/html`): a browser,
+    /// which gets the item page with status 200 rather than 402.
+    pub browser: bool,
+    /// The shop's origin from the CGI variables (REQUEST_SCHEME or HTTPS, SERVER_NAME,
+    /// SERVER_PORT), when they are all there; `origin` in the config overrides it.
+    pub server_origin: Option<String>,
+    /// The requested path and query: REQUEST_URI, else SCRIPT_NAME, PATH_INFO and
+    /// QUERY_STRING.
+    pub resource: String,
 }
 
 impl Request {
@@ -102,8 +129,57 @@ impl Request {
             script_name: get("SCRIPT_NAME"),
             content_type: get("CONTENT_TYPE"),
             content_length: env.get("CONTENT_LENGTH").and_then(|v| v.trim().parse().ok()),
+            payment_signature: env.get("HTTP_PAYMENT_SIGNATURE").map(|v| v.trim().to_owned()),
+            payment_receipt: env.get("HTTP_PAYMENT_RECEIPT").map(|v| v.trim().to_owned()),
+            browser: get("HTTP_ACCEPT").to_ascii_lowercase().contains("text/html"),
+            server_origin: server_origin(env),
+            resource: match env.get("REQUEST_URI").filter(|u| !u.is_empty()) {
+                Some(uri) => uri.clone(),
+                None => {
+                    let q = get("QUERY_STRING");
+                    let q = if q.is_empty() { q } else { format!("?{q}") };
+                    format!("{}{}{q}", get("SCRIPT_NAME"), get("PATH_INFO"))
+                }
+            },
         }
     }
+}
+
+/// The origin the web server says it serves: scheme from REQUEST_SCHEME (or HTTPS=on),
+/// host from SERVER_NAME, port from SERVER_PORT. `None` when SERVER_NAME or SERVER_PORT
+/// is missing or malformed.
+fn server_origin(env: &HashMap<String, String>) -> Option<String> {
+    let scheme = match env.get("REQUEST_SCHEME").map(|s| s.to_ascii_lowercase()) {
+        Some(s) if s == "http" || s == "https" => s,
+        _ if env.get("HTTPS").is_some_and(|v| v.eq_ignore_ascii_case("on") || v == "1") => "https".into(),
+        _ => "http".into(),
+    };
+    let name = env.get("SERVER_NAME")?.trim().to_ascii_lowercase();
+    let port: u16 = env.get("SERVER_PORT")?.trim().parse().ok()?;
+    let host = if name.contains(':') && !name.starts_with('[') { format!("[{name}]") } else { name };
+    origin_of_url(&format!("{scheme}://{host}:{port}"))
+}
+
+/// `scheme://host[:port]` of an http or https URL, lower-case, or `None` for anything
+/// else (credentials in the URL, an empty host, characters no host has). The wallet
+/// normalises it again (pmtp-proto's `Origin`).
+pub fn origin_of_url(url: &str) -> Option<String> {
+    let (scheme, rest) = url.trim().split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("").to_ascii_lowercase();
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':');
+    if authority.is_empty() || authority.starts_with(':') || !authority.chars().all(ok) {
+        return None;
+    }
+    Some(format!("{scheme}://{authority}"))
+}
+
+/// The shop's origin: the configured one, else the web server's.
+fn shop_origin(req: &Request, config: &Config) -> Option<String> {
+    config.origin.as_deref().and_then(origin_of_url).or_else(|| req.server_origin.clone())
 }
 
 /// Decodes `application/x-www-form-urlencoded` (a query string or a POSTed form); of a
@@ -199,10 +275,15 @@ fn read_body(req: &Request, stdin: &mut dyn Read) -> Body {
 pub fn handle(req: &Request, stdin: &mut dyn Read, config: &Config, wallet: &dyn Collector) -> Response {
     let body = read_body(req, stdin);
     match req.method.as_str() {
-        "GET" | "HEAD" => match (&req.item, &req.receipt) {
-            (Some(id), Some(receipt)) => claim(req, id, receipt, config, wallet),
-            _ => show(req, config, wallet),
-        },
+        "GET" | "HEAD" => {
+            let receipt = req.payment_receipt.as_ref().or(req.receipt.as_ref());
+            match (&req.item, &req.payment_signature, receipt) {
+                // Money moves on GET only: HEAD is answered as if unpaid.
+                (Some(id), Some(payment), _) if req.method == "GET" => settle(req, id, payment, config, wallet),
+                (Some(id), _, Some(receipt)) => claim(req, id, receipt, config, wallet),
+                _ => show(req, config, wallet),
+            }
+        }
         "POST" => {
             let Some(id) = &req.item else {
                 return page(404, "Not Found", "No such item", "<p>Name an item to buy.</p>");
@@ -284,9 +365,42 @@ fn show(req: &Request, config: &Config, wallet: &dyn Collector) -> Response {
     } else {
         String::new()
     };
+    // The in-band offer for the same order. A browser still gets its page when the
+    // origin is unknown; any other client needs the offer.
+    let origin = shop_origin(req, config);
+    let offer = match &origin {
+        Some(origin) => {
+            let ask = OfferAsk {
+                origin: origin.clone(),
+                resource: req.resource.clone(),
+                amount: item.price,
+                description: item.description.clone(),
+                order,
+            };
+            match wallet.offer(&ask) {
+                Ok(o) if is_header_token(&o) => Some(o),
+                Ok(_) => return wallet_down("the wallet's offer is not a header value"),
+                // The page flow does not need the offer: a browser still gets its form.
+                Err(e) if req.browser => {
+                    log(&format!("no in-band offer for item {}: {e}", item.id));
+                    None
+                }
+                Err(e) => return wallet_down(&e),
+            }
+        }
+        None if req.browser => None,
+        None => return no_origin(),
+    };
     let action = item_url(req, &item.id);
+    let pay_line = match &origin {
+        Some(o) => format!(
+            "<p>Or pay from a shell: <code>payme-wallet pay {}</code></p>\n",
+            html_escape(&format!("{o}{}", req.resource))
+        ),
+        None => String::new(),
+    };
     let body = format!(
-        "<p>{desc}</p>\n<p>Price: {price}</p>\n<p>Order <strong class=\"order\">{short}</strong>, from {shop_name} (key fingerprint <code class=\"fingerprint\">{fp}</code>).</p>\n<form method=\"post\" action=\"{action}\">\n<input type=\"hidden\" name=\"order\" value=\"{order}\">\n{address_field}<p><button type=\"submit\">Buy with payme</button></p>\n</form>\n<p>Your payme wallet will ask you to approve the payment: check that it names order {short} and this shop's address.</p>\n<p>Paid already? Your receipt (<code>payme-wallet receipt ID</code>) gets the item again:</p>\n{claim}",
+        "<p>{desc}</p>\n<p>Price: {price}</p>\n<p>Order <strong class=\"order\">{short}</strong>, from {shop_name} (key fingerprint <code class=\"fingerprint\">{fp}</code>).</p>\n<form method=\"post\" action=\"{action}\">\n<input type=\"hidden\" name=\"order\" value=\"{order}\">\n{address_field}<p><button type=\"submit\">Buy with payme</button></p>\n</form>\n<p>Your payme wallet will ask you to approve the payment: check that it names order {short} and this shop's address.</p>\n{pay_line}<p>Paid already? Your receipt (<code>payme-wallet receipt ID</code>) gets the item again:</p>\n{claim}",
         desc = html_escape(&item.description),
         price = price(item.price),
         short = html_escape(&order.short()),
@@ -296,7 +410,114 @@ fn show(req: &Request, config: &Config, wallet: &dyn Collector) -> Response {
         order = html_escape(&order.hex()),
         claim = receipt_form(&action),
     );
-    page(200, "OK", &item.description, &body)
+    let mut r = if req.browser {
+        page(200, "OK", &item.description, &body)
+    } else {
+        page(402, "Payment Required", &item.description, &body)
+    };
+    if let Some(o) = offer {
+        r.headers.push((PAYMENT_REQUIRED.into(), o));
+    }
+    r
+}
+
+/// Response header of a 402: the merchant's signed offer (as pmtp-proto's `http`).
+pub const PAYMENT_REQUIRED: &str = "PAYMENT-REQUIRED";
+/// Response header of a paid answer: the merchant's signed receipt.
+pub const PAYMENT_RESPONSE: &str = "PAYMENT-RESPONSE";
+/// Response header of a refused in-band payment: `<reason code> <label>`.
+pub const PAYMENT_REFUSED: &str = "PAYMENT-REFUSED";
+
+/// Whether `s` can go in a header as it is: a `v1.` value (base64url) and nothing else.
+fn is_header_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn no_origin() -> Response {
+    log("the shop's origin is unknown: set origin in the configuration (or the server's SERVER_NAME and SERVER_PORT)");
+    page(
+        500,
+        "Internal Server Error",
+        "The shop cannot take payments here",
+        "<p>This shop is not configured for payments over HTTP. Please try again later.</p>",
+    )
+}
+
+/// The HTTP status of an in-band refusal, from its pmtp-proto reason code.
+fn refusal_status(code: u16) -> (u16, &'static str) {
+    match code {
+        1 | 5 => (400, "Bad Request"),           // malformed, decrypt_failed
+        46 => (409, "Conflict"),                 // unexpected_payment: paid with other coins
+        12 => (410, "Gone"),                     // nonce_outside_window: the offer expired
+        50 | 13 => (503, "Service Unavailable"), // peer_bank_unavailable, busy: send it again
+        _ => (402, "Payment Required"),
+    }
+}
+
+/// What an in-band refusal means, in plain words.
+fn settle_refusal_text(code: u16) -> &'static str {
+    match code {
+        1 | 5 => "The payment in your request could not be read. Nothing was charged.",
+        46 => "This order is already paid, or being paid, with other coins. Your coins were not taken: your wallet keeps them. If you paid, your receipt gets the item.",
+        12 => "The offer you paid has expired. Nothing was charged; ask for the page again for a new offer.",
+        50 | 13 => "Your payment is being confirmed at the bank. Send the same payment again in a moment (your wallet does this); you will not be charged twice.",
+        6 => "The payment answers an offer this shop did not make. Nothing was charged.",
+        7 => "The payment is for another page or shop. Nothing was charged.",
+        45 => "The payment is not for this item's price. Nothing was charged.",
+        30 => "The bank says some of your coins are no longer in circulation. Nothing was charged.",
+        _ => "The payment was not accepted. Nothing was charged.",
+    }
+}
+
+/// Settles an in-band payment for item `id` (the `PAYMENT-SIGNATURE` header's value).
+fn settle(req: &Request, id: &str, payment: &str, config: &Config, wallet: &dyn Collector) -> Response {
+    let Some(item) = config.item(id) else { return no_item(id) };
+    let refused = |code: u16, label: &str| {
+        let (status, reason) = refusal_status(code);
+        let mut r =
+            page(status, reason, "Payment not accepted", &format!("<p>{}</p>", html_escape(settle_refusal_text(code))));
+        let plain =
+            !label.is_empty() && label.len() <= 40 && label.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+        let label = if plain { label } else { "refused" };
+        r.headers.push((PAYMENT_REFUSED.into(), format!("{code} {label}")));
+        if status == 503 {
+            r.headers.push(("Retry-After".into(), "2".into()));
+        }
+        r
+    };
+    if payment.len() > MAX_PAYMENT || !is_header_token(payment) {
+        log(&format!("item {}: an unreadable PAYMENT-SIGNATURE header ({} bytes)", item.id, payment.len()));
+        return refused(1, "malformed");
+    }
+    let Some(origin) = shop_origin(req, config) else { return no_origin() };
+    let s = Settle {
+        payment: payment.to_owned(),
+        origin,
+        resource: req.resource.clone(),
+        item: item.id.clone(),
+        price: item.price,
+    };
+    match wallet.settle(&s) {
+        Settlement::Paid { receipt, order, payment } => {
+            let Some(order) = OrderId::parse(&order) else { return wallet_down("the wallet named a bad order id") };
+            if !is_header_token(&receipt) {
+                return wallet_down("the wallet's receipt is not a header value");
+            }
+            let mut r = deliver(item, order, Some(payment));
+            // Sent even if the item cannot be read: the receipt gets it once it is back.
+            r.headers.push((PAYMENT_RESPONSE.into(), receipt));
+            r
+        }
+        Settlement::Refused { code, label, reason } => {
+            log(&format!("item {}: in-band payment refused: {code} {label}: {reason}", item.id));
+            refused(code, &label)
+        }
+        Settlement::GaveUp => {
+            log(&format!("item {}: in-band payment not confirmed within {} s", item.id, config.timeout_secs));
+            refused(50, "peer_bank_unavailable")
+        }
+        Settlement::WalletDown(e) => wallet_down(&e),
+    }
 }
 
 /// The buyer's wallet: REMOTE_ADDR at the configured port, or, when the shop allows it, at
@@ -454,7 +675,7 @@ fn deliver(item: &config::Item, order: OrderId, payment: Option<i64>) -> Respons
 fn claim(req: &Request, id: &str, receipt: &str, config: &Config, wallet: &dyn Collector) -> Response {
     let Some(item) = config.item(id) else { return no_item(id) };
     let receipt = receipt.trim();
-    if receipt.len() > MAX_RECEIPT || !receipt.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if receipt.len() > MAX_RECEIPT || !is_header_token(receipt) {
         return page(
             400,
             "Bad Request",
@@ -512,6 +733,9 @@ mod tests {
         claimed: Claim,
         asked: RefCell<Vec<Purchase>>,
         down: bool,
+        settlement: Settlement,
+        settles: RefCell<Vec<Settle>>,
+        claims: RefCell<Vec<String>>,
     }
 
     impl Collector for Recorder {
@@ -525,13 +749,46 @@ mod tests {
             }
             Ok(Shop { name: "Bob's <Books>".into(), fingerprint: "SHA256:ab<cd>".into() })
         }
-        fn claim(&self, _receipt: &str) -> Claim {
+        fn claim(&self, receipt: &str) -> Claim {
+            self.claims.borrow_mut().push(receipt.to_owned());
             self.claimed.clone()
+        }
+        /// A real offer, signed with a test key, from what the shop asked.
+        fn offer(&self, ask: &OfferAsk) -> Result<String, String> {
+            use pmtp_proto::text::{BoundedString, Description};
+            if self.down {
+                return Err("socket gone".into());
+            }
+            let id = pmtp_proto::testing::named_identity(2, "bobs-books");
+            let body = pmtp_proto::http::Offer {
+                order: ask.order.0,
+                origin: pmtp_proto::http::Origin::of_url(&ask.origin).map_err(|e| e.to_string())?,
+                resource: BoundedString::new(ask.resource.clone()).map_err(|e| e.to_string())?,
+                amount: pmtp_proto::Amount::new(ask.amount),
+                merchant: id.public(),
+                description: Description::new(ask.description.clone()).map_err(|e| e.to_string())?,
+                accepted_banks: vec![],
+                expires: 2_000_000_000,
+            };
+            let signed = pmtp_proto::Signed::sign(body, &id.signing).map_err(|e| e.to_string())?;
+            pmtp_proto::http::encode(&signed).map_err(|e| e.to_string())
+        }
+        fn settle(&self, s: &Settle) -> Settlement {
+            self.settles.borrow_mut().push(s.clone());
+            self.settlement.clone()
         }
     }
 
     fn with(outcome: Outcome) -> Recorder {
-        Recorder { outcome, claimed: Claim::Unknown, asked: RefCell::new(vec![]), down: false }
+        Recorder {
+            outcome,
+            claimed: Claim::Unknown,
+            asked: RefCell::new(vec![]),
+            down: false,
+            settlement: Settlement::WalletDown("no settle expected".into()),
+            settles: RefCell::new(vec![]),
+            claims: RefCell::new(vec![]),
+        }
     }
 
     fn paid() -> Recorder {
@@ -570,11 +827,233 @@ mod tests {
             ("PATH_INFO", path),
             ("REMOTE_ADDR", "192.0.2.7"),
             ("SCRIPT_NAME", "/cgi-bin/payme-cgi"),
+            // The page flow's tests are a browser's.
+            ("HTTP_ACCEPT", "text/html,application/xhtml+xml,*/*;q=0.8"),
+            ("SERVER_NAME", "shop.example"),
+            ("SERVER_PORT", "8080"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         Request::from_env(&env)
+    }
+
+    /// A request as a program (not a browser) sends it, with `headers` as CGI variables.
+    fn inband(path: &str, query: &str, headers: &[(&str, &str)]) -> Request {
+        let mut env: HashMap<String, String> = [
+            ("REQUEST_METHOD", "GET"),
+            ("PATH_INFO", path),
+            ("QUERY_STRING", query),
+            ("REMOTE_ADDR", "192.0.2.7"),
+            ("SCRIPT_NAME", "/cgi-bin/payme-cgi"),
+            ("HTTP_ACCEPT", "*/*"),
+            ("SERVER_NAME", "Shop.Example"),
+            ("SERVER_PORT", "8080"),
+            ("HTTP_HOST", "evil.example"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in headers {
+            env.insert(k.to_string(), v.to_string());
+        }
+        Request::from_env(&env)
+    }
+
+    fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
+        r.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn offer_of(r: &Response) -> pmtp_proto::http::SignedOffer {
+        pmtp_proto::http::decode(header(r, PAYMENT_REQUIRED).expect("a PAYMENT-REQUIRED header")).unwrap()
+    }
+
+    #[test]
+    fn a_program_asking_for_an_item_gets_402_with_the_signed_offer_for_the_pages_order() {
+        let w = paid();
+        let r = handle(&inband("/paper", "ed=2", &[]), &mut &b""[..], &config(), &w);
+        assert_eq!((r.status, r.reason), (402, "Payment Required"));
+        assert_eq!(header(&r, "Cache-Control"), Some("no-store"));
+        let offer = offer_of(&r);
+        // The origin is the server's (SERVER_NAME, SERVER_PORT), never the Host header.
+        assert_eq!(offer.body.origin.as_str(), "http://shop.example:8080");
+        assert_eq!(offer.body.resource.as_str(), "/cgi-bin/payme-cgi/paper?ed=2");
+        assert_eq!(offer.body.amount, pmtp_proto::Amount::new(37));
+        let page = html(&r);
+        assert!(page.contains(&format!("value=\"{}\"", hex_of(&offer.body.order))), "the form's order is the offer's");
+        assert!(page.contains("payme-wallet pay http://shop.example:8080/cgi-bin/payme-cgi/paper?ed=2"), "{page}");
+        assert!(w.asked.borrow().is_empty() && w.settles.borrow().is_empty(), "asking costs nothing");
+        // A browser gets the same page and offer with 200.
+        let b = handle(&req("GET", "/paper"), &mut &b""[..], &config(), &w);
+        assert_eq!(b.status, 200);
+        assert!(header(&b, PAYMENT_REQUIRED).is_some());
+        // REQUEST_URI, when the server gives it, is the resource; HTTPS=on makes it https.
+        let rq = inband(
+            "/paper",
+            "",
+            &[("REQUEST_URI", "/cgi-bin/payme-cgi/paper"), ("HTTPS", "on"), ("SERVER_PORT", "443")],
+        );
+        let o = offer_of(&handle(&rq, &mut &b""[..], &config(), &w));
+        assert_eq!(
+            (o.body.origin.as_str(), o.body.resource.as_str()),
+            ("https://shop.example:443", "/cgi-bin/payme-cgi/paper")
+        );
+        // The configured origin wins over the server's.
+        let c = config_with("origin = \"https://Books.Example\"");
+        let o = offer_of(&handle(&inband("/paper", "", &[]), &mut &b""[..], &c, &w));
+        assert_eq!(o.body.origin.as_str(), "https://books.example:443");
+    }
+
+    #[test]
+    fn without_a_known_origin_programs_get_500_and_browsers_the_page() {
+        let w = paid();
+        let mut rq = inband("/paper", "", &[]);
+        rq.server_origin = None;
+        assert_eq!(handle(&rq, &mut &b""[..], &config(), &w).status, 500);
+        rq.browser = true;
+        let r = handle(&rq, &mut &b""[..], &config(), &w);
+        assert_eq!(r.status, 200);
+        assert!(header(&r, PAYMENT_REQUIRED).is_none());
+        assert!(config_with("origin = \"ftp://x\"").origin.is_some(), "parsed; refused by Config::load");
+        assert_eq!(origin_of_url("ftp://x"), None);
+        assert_eq!(origin_of_url("http://user@x/"), None);
+        // A wallet that cannot offer (no account to deposit into): the page, not an offer.
+        let w = NoOffer(paid());
+        let mut rq = inband("/paper", "", &[]);
+        assert_eq!(handle(&rq, &mut &b""[..], &config(), &w).status, 503);
+        rq.browser = true;
+        let r = handle(&rq, &mut &b""[..], &config(), &w);
+        assert_eq!((r.status, header(&r, PAYMENT_REQUIRED)), (200, None));
+    }
+
+    /// A wallet that answers everything but offers.
+    struct NoOffer(Recorder);
+
+    impl Collector for NoOffer {
+        fn collect(&self, p: &Purchase) -> Outcome {
+            self.0.collect(p)
+        }
+        fn identity(&self) -> Result<Shop, String> {
+            self.0.identity()
+        }
+        fn claim(&self, receipt: &str) -> Claim {
+            self.0.claim(receipt)
+        }
+        fn offer(&self, _ask: &OfferAsk) -> Result<String, String> {
+            Err("no account".into())
+        }
+        fn settle(&self, s: &Settle) -> Settlement {
+            self.0.settle(s)
+        }
+    }
+
+    fn hex_of(b: &[u8]) -> String {
+        b.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn payment_headers_are_read_from_the_cgi_environment() {
+        let rq = inband("/paper", "", &[("HTTP_PAYMENT_SIGNATURE", " v1.abc "), ("HTTP_PAYMENT_RECEIPT", "v1.def")]);
+        assert_eq!(rq.payment_signature.as_deref(), Some("v1.abc"));
+        assert_eq!(rq.payment_receipt.as_deref(), Some("v1.def"));
+        assert!(!rq.browser);
+        assert_eq!(rq.server_origin.as_deref(), Some("http://shop.example:8080"));
+        let v6 = inband("/paper", "", &[("SERVER_NAME", "::1"), ("REQUEST_SCHEME", "https")]);
+        assert_eq!(v6.server_origin.as_deref(), Some("https://[::1]:8080"));
+    }
+
+    #[test]
+    fn a_payment_header_is_settled_by_the_wallet_and_answered_with_the_item_and_receipt() {
+        let mut w = paid();
+        w.settlement = Settlement::Paid { receipt: "v1.receipt".into(), order: ORDER.into(), payment: 4 };
+        let rq = inband("/paper", "", &[("HTTP_PAYMENT_SIGNATURE", "v1.sealed-payment_")]);
+        let r = handle(&rq, &mut &b""[..], &config(), &w);
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"%PDF-bytes"[..]));
+        assert_eq!(header(&r, PAYMENT_RESPONSE), Some("v1.receipt"));
+        let asked = w.settles.borrow()[0].clone();
+        assert_eq!(asked.payment, "v1.sealed-payment_");
+        assert_eq!(
+            (asked.origin.as_str(), asked.resource.as_str()),
+            ("http://shop.example:8080", "/cgi-bin/payme-cgi/paper")
+        );
+        assert_eq!((asked.item.as_str(), asked.price), ("paper", 37), "the catalog's item and price");
+        assert!(w.asked.borrow().is_empty(), "nothing collected from REMOTE_ADDR");
+        // HEAD never pays.
+        let mut head = rq.clone();
+        head.method = "HEAD".into();
+        assert_eq!(handle(&head, &mut &b""[..], &config(), &w).status, 402);
+        assert_eq!(w.settles.borrow().len(), 1);
+    }
+
+    #[test]
+    fn in_band_refusals_have_their_status_and_code_and_plain_words() {
+        let rq = inband("/paper", "", &[("HTTP_PAYMENT_SIGNATURE", "v1.sealed")]);
+        for (code, label, status) in [
+            (46, "unexpected_payment", 409),
+            (12, "nonce_outside_window", 410),
+            (1, "malformed", 400),
+            (5, "decrypt_failed", 400),
+            (30, "coin_not_in_circulation", 402),
+            (6, "bad_signature", 402),
+            (50, "peer_bank_unavailable", 503),
+        ] {
+            let mut w = paid();
+            w.settlement = Settlement::Refused {
+                code,
+                label: label.into(),
+                reason: "details <b>from the OS</b>: /var/lib/secret".into(),
+            };
+            let r = handle(&rq, &mut &b""[..], &config(), &w);
+            assert_eq!(r.status, status, "{label}");
+            assert_eq!(header(&r, PAYMENT_REFUSED), Some(format!("{code} {label}").as_str()));
+            let page = html(&r);
+            assert!(!page.contains("secret") && !page.contains("<b>"), "details stay in the log: {page}");
+            assert!(
+                page.contains("Nothing was charged") || page.contains("not be charged") || page.contains("not taken"),
+                "{page}"
+            );
+        }
+        // A label is never reflected as given.
+        let mut w = paid();
+        w.settlement = Settlement::Refused { code: 99, label: "x\r\nSet-Cookie: a".into(), reason: String::new() };
+        assert_eq!(header(&handle(&rq, &mut &b""[..], &config(), &w), PAYMENT_REFUSED), Some("99 refused"));
+        // Gave up waiting: 503, send the same payment again; wallet gone: 503.
+        w.settlement = Settlement::GaveUp;
+        let r = handle(&rq, &mut &b""[..], &config(), &w);
+        assert_eq!((r.status, header(&r, "Retry-After")), (503, Some("2")));
+        w.settlement = Settlement::WalletDown("x".into());
+        assert_eq!(handle(&rq, &mut &b""[..], &config(), &w).status, 503);
+        // A header that is no payment never reaches the wallet.
+        for bad in ["v1.<script>", &"v1.A".repeat(MAX_PAYMENT), "v1 abc"] {
+            let w = paid();
+            let r = handle(&inband("/paper", "", &[("HTTP_PAYMENT_SIGNATURE", bad)]), &mut &b""[..], &config(), &w);
+            assert_eq!((r.status, header(&r, PAYMENT_REFUSED)), (400, Some("1 malformed")));
+            assert!(w.settles.borrow().is_empty());
+        }
+        assert_eq!(
+            handle(&inband("/nope", "", &[("HTTP_PAYMENT_SIGNATURE", "v1.x")]), &mut &b""[..], &config(), &paid())
+                .status,
+            404
+        );
+    }
+
+    #[test]
+    fn a_payment_receipt_header_reopens_the_item() {
+        let mut w = paid();
+        w.claimed = Claim::Order { item: "paper".into(), order: ORDER.into(), expired: false };
+        let r = handle(&inband("/paper", "", &[("HTTP_PAYMENT_RECEIPT", "v1.receipt")]), &mut &b""[..], &config(), &w);
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"%PDF-bytes"[..]));
+        assert_eq!(w.claims.borrow().as_slice(), ["v1.receipt".to_string()]);
+        w.claimed = Claim::Order { item: "paper".into(), order: ORDER.into(), expired: true };
+        assert_eq!(
+            handle(&inband("/paper", "", &[("HTTP_PAYMENT_RECEIPT", "v1.r")]), &mut &b""[..], &config(), &w).status,
+            410
+        );
+        w.claimed = Claim::Unknown;
+        assert_eq!(
+            handle(&inband("/paper", "", &[("HTTP_PAYMENT_RECEIPT", "v1.r")]), &mut &b""[..], &config(), &w).status,
+            403
+        );
     }
 
     fn post(path: &str, form: &str, config: &Config, w: &Recorder) -> Response {

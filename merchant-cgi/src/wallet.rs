@@ -67,10 +67,58 @@ pub enum Claim {
 }
 
 /// The merchant's wallet (the real one over its socket, or a test double).
+/// What the shop asks its wallet to sign for a 402: an offer of one order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OfferAsk {
+    /// The shop's origin (`scheme://host:port`).
+    pub origin: String,
+    /// The requested path and query.
+    pub resource: String,
+    pub amount: u64,
+    pub description: String,
+    pub order: OrderId,
+}
+
+/// A payment received in a request's `PAYMENT-SIGNATURE` header, for the wallet to settle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settle {
+    /// The header's value, as received (the wallet decodes it).
+    pub payment: String,
+    pub origin: String,
+    pub resource: String,
+    /// The catalog's item id and price (never the buyer's say).
+    pub item: String,
+    pub price: u64,
+}
+
+/// How the wallet settled an in-band payment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settlement {
+    /// `receipt` is the `PAYMENT-RESPONSE` header value; `order` 32 hex digits.
+    Paid {
+        receipt: String,
+        order: String,
+        payment: i64,
+    },
+    /// Refused with a pmtp-proto reason code; `reason` (the wallet's words) is for the log.
+    Refused {
+        code: u16,
+        label: String,
+        reason: String,
+    },
+    /// The wallet did not answer within the page's deadline: the payment may still be
+    /// settled, and the same payment sent again gets its receipt.
+    GaveUp,
+    WalletDown(String),
+}
+
 pub trait Collector {
     fn collect(&self, purchase: &Purchase) -> Outcome;
     fn identity(&self) -> Result<Shop, String>;
     fn claim(&self, receipt: &str) -> Claim;
+    /// The signed offer (the `PAYMENT-REQUIRED` header value) for `ask`.
+    fn offer(&self, ask: &OfferAsk) -> Result<String, String>;
+    fn settle(&self, s: &Settle) -> Settlement;
 }
 
 /// The merchant's wallet daemon, reached through its control socket.
@@ -167,6 +215,47 @@ impl Collector for WalletSocket<'_> {
                 Claim::Order { item: item.to_owned(), order: order.to_owned(), expired }
             }
             _ => Claim::WalletDown("the merchant wallet's claim answer is incomplete".into()),
+        }
+    }
+
+    fn offer(&self, ask: &OfferAsk) -> Result<String, String> {
+        let req = json!({"cmd": "offer", "origin": ask.origin, "resource": ask.resource, "amount": ask.amount,
+                         "description": ask.description, "order": ask.order.hex()});
+        let v = match self.call(&req, QUICK) {
+            Ok(v) if v["ok"] == true => v,
+            Ok(v) => return Err(error_text(&v)),
+            Err(CallError::Timeout) => return Err("the merchant wallet did not answer in time".into()),
+            Err(CallError::Down(e)) => return Err(e),
+        };
+        v["result"]["offer"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| "the merchant wallet's offer answer lacks the offer".into())
+    }
+
+    fn settle(&self, s: &Settle) -> Settlement {
+        let req = json!({"cmd": "settle", "payment": s.payment, "origin": s.origin, "resource": s.resource,
+                         "item": s.item, "price": s.price});
+        let v = match self.call(&req, self.deadline) {
+            Ok(v) => v,
+            Err(CallError::Timeout) => return Settlement::GaveUp,
+            Err(CallError::Down(e)) => return Settlement::WalletDown(e),
+        };
+        if v["ok"] != true {
+            return match (v["code"].as_u64().and_then(|c| u16::try_from(c).ok()), v["label"].as_str()) {
+                // The wallet's own failure is not the buyer's refusal.
+                (Some(60), _) | (None, _) | (_, None) => Settlement::WalletDown(error_text(&v)),
+                (Some(code), Some(label)) => {
+                    Settlement::Refused { code, label: label.to_owned(), reason: error_text(&v) }
+                }
+            };
+        }
+        let r = &v["result"];
+        match (r["receipt"].as_str(), r["order"].as_str(), r["payment"].as_i64()) {
+            (Some(receipt), Some(order), Some(payment)) => {
+                Settlement::Paid { receipt: receipt.to_owned(), order: order.to_owned(), payment }
+            }
+            _ => Settlement::WalletDown("the merchant wallet's settle answer is incomplete".into()),
         }
     }
 }

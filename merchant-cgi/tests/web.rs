@@ -285,3 +285,71 @@ fn late_approval_is_claimed_with_the_receipt_and_a_double_submission_pays_once()
     assert_eq!(merchant_balance, 74);
     bank.assert_audit();
 }
+
+/// In band over HTTP 402 through lighttpd: a program's GET gets 402 with the signed offer;
+/// a retry with a sealed payment gets the item and the receipt; the receipt re-opens the
+/// item; a second payment for the paid order is refused (409) and its coins stay the
+/// buyer's; an offer for another page does not pay; a damaged header is 400.
+#[test]
+fn paying_in_band_under_lighttpd() {
+    use payme_tests::inband::{self, exchange, get, pay, withdraw};
+    if !lighttpd_or_skip() {
+        return;
+    }
+    let bank = TestBank::start();
+    let buyer = bank.holder(1, "carol", 500);
+    let merchant = TestWallet::start("bob's books", "127.0.0.3", &bank, Some(0), |c| c);
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(cfg_dir.path(), &merchant, "cgi.toml", "timeout_secs = 60");
+    let web = WebServer::start(Kind::Lighttpd, &web_harness::cgi_bin(), &cfg);
+    let path = "/cgi-bin/payme-cgi/paper?edition=2";
+    let url = format!("http://{}{path}", web.addr);
+
+    let r = get(&web.addr, path, &[]);
+    assert_eq!(r.status, 402, "{}", r.text());
+    assert_eq!(r.header("Cache-Control"), Some("no-store"));
+    assert!(r.text().contains(&format!("payme-wallet pay {url}")), "{}", r.text());
+    let offer_header = r.header("PAYMENT-REQUIRED").expect("the offer").to_owned();
+    let offer = inband::offer_of(&offer_header);
+    // The origin is the one the buyer fetched (pay() checks it as a wallet does).
+    assert_eq!(offer.body.resource.as_str(), path);
+    assert_eq!(offer.body.amount, pmtp_proto::Amount::new(37));
+
+    let coins = withdraw(&bank, &buyer, 37);
+    let payment = pay(&offer_header, &url, coins.clone());
+    let r = get(&web.addr, path, &[("PAYMENT-SIGNATURE", &payment)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, item_bytes(), "the item's exact bytes");
+    let receipt = r.header("PAYMENT-RESPONSE").expect("the receipt").to_owned();
+    inband::check_receipt(&receipt, &offer, &coins);
+
+    // The same payment again: the same receipt, nothing taken twice.
+    let r = get(&web.addr, path, &[("PAYMENT-SIGNATURE", &payment)]);
+    assert_eq!((r.status, r.header("PAYMENT-RESPONSE")), (200, Some(receipt.as_str())));
+    // The receipt re-opens the item; not another item.
+    let r = get(&web.addr, path, &[("PAYMENT-RECEIPT", &receipt)]);
+    assert_eq!((r.status, r.body == item_bytes()), (200, true), "{}", r.text());
+    let r = get(&web.addr, "/cgi-bin/payme-cgi/atlas", &[("PAYMENT-RECEIPT", &receipt)]);
+    assert_eq!(r.status, 403);
+
+    // Another payment for the paid order: 409, and its coins are still in circulation.
+    let other = withdraw(&bank, &buyer, 37);
+    let r = get(&web.addr, path, &[("PAYMENT-SIGNATURE", &pay(&offer_header, &url, other.clone()))]);
+    assert_eq!((r.status, r.header("PAYMENT-REFUSED")), (409, Some("46 unexpected_payment")), "{}", r.text());
+    assert!(r.text().contains("were not taken"), "{}", r.text());
+    assert!(exchange(&bank, other).is_ok(), "the refused coins are the buyer's");
+    // The offer for one page does not pay for another.
+    let coins = withdraw(&bank, &buyer, 37);
+    let fresh = get(&web.addr, path, &[]).header("PAYMENT-REQUIRED").unwrap().to_owned();
+    let r = get(&web.addr, "/cgi-bin/payme-cgi/paper", &[("PAYMENT-SIGNATURE", &pay(&fresh, &url, coins.clone()))]);
+    assert_eq!((r.status, r.header("PAYMENT-REFUSED")), (402, Some("7 unexpected_message")), "{}", r.text());
+    assert!(exchange(&bank, coins).is_ok());
+    // A damaged header: 400, and nothing reaches the wallet's words.
+    let r = get(&web.addr, path, &[("PAYMENT-SIGNATURE", "v1.<b>")]);
+    assert_eq!((r.status, r.header("PAYMENT-REFUSED")), (400, Some("1 malformed")));
+    assert!(!r.text().contains("<b>"));
+
+    let merchant_balance = bank.accounts().into_iter().find(|a| a.1 == "bob's books").unwrap().2;
+    assert_eq!(merchant_balance, 37, "one payment of 37 deposited");
+    bank.assert_audit();
+}

@@ -165,7 +165,8 @@ impl HttpResponse {
     }
 }
 
-/// One HTTP/1.0 request (read to the end, at most 90 s), from `bind` when given.
+/// One HTTP/1.0 request as a browser sends it (read to the end, at most 90 s), from
+/// `bind` when given.
 pub fn http(addr: &str, method: &str, path: &str, form: Option<&str>, bind: Option<IpAddr>) -> HttpResponse {
     let mut s = match bind {
         Some(ip) => connect_from(ip, addr),
@@ -173,7 +174,8 @@ pub fn http(addr: &str, method: &str, path: &str, form: Option<&str>, bind: Opti
     };
     s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
     let body = form.unwrap_or("");
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n");
+    // A browser's request: the shop answers an item page with 200 (a program gets 402).
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\nAccept: text/html\r\n");
     if form.is_some() {
         req.push_str(&format!("Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n", body.len()));
     }
@@ -182,6 +184,11 @@ pub fn http(addr: &str, method: &str, path: &str, form: Option<&str>, bind: Opti
     s.write_all(req.as_bytes()).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
+    parse_response(&raw)
+}
+
+/// An HTTP response read to the end (the connection closed after it).
+pub fn parse_response(raw: &[u8]) -> HttpResponse {
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.lines();

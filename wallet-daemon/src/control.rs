@@ -7,7 +7,8 @@
 //! (out of file descriptors) pauses with a bounded backoff instead of spinning.
 //!
 //! Request: `{"cmd": "balance"}`, `{"cmd": "collect", "from": "host:port", "amount": 100,
-//! "description": "..."}`, ... (see [`Request`]). Answer: `{"ok": true, "result": ...}` or
+//! "description": "..."}`, `{"cmd": "offer", ...}` and `{"cmd": "settle", ...}` (in band over
+//! HTTP, see [`crate::settle`]), ... (see [`Request`]). Answer: `{"ok": true, "result": ...}` or
 //! `{"ok": false, "code": 43, "label": "not_enough_money", "error": "..."}`.
 
 use crate::ops;
@@ -71,9 +72,30 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         item: Option<String>,
     },
-    /// Merchant side: the paid order a receipt (hex, as `history` shows it) re-opens.
+    /// Merchant side: the paid order a receipt re-opens. The receipt is hex (as
+    /// `history` shows it) or a `PAYMENT-RESPONSE` header value (`v1.`...).
     Claim {
         receipt: String,
+    },
+    /// Merchant side, in band over HTTP: a signed offer for one order of `resource` at
+    /// `origin`, for a 402's `PAYMENT-REQUIRED` header. Writes nothing.
+    Offer {
+        origin: String,
+        resource: String,
+        amount: u64,
+        description: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        order: Option<String>,
+    },
+    /// Merchant side, in band over HTTP: settle the `PAYMENT-SIGNATURE` header value
+    /// `payment` a shop received for `item` at price `price` (its catalog's), requested
+    /// as `resource` at `origin`.
+    Settle {
+        payment: String,
+        origin: String,
+        resource: String,
+        item: String,
+        price: u64,
     },
     /// This wallet's name and key fingerprint (a shop shows them on its pages).
     Identity,
@@ -329,6 +351,17 @@ async fn handle(w: &Arc<Wallet>, req: Request) -> Result<Value, WalletError> {
         Request::Claim { receipt } => {
             let c = crate::merchant::claim(w, &receipt).await?;
             serde_json::to_value(c).map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))
+        }
+        Request::Offer { origin, resource, amount, description, order } => {
+            let order = order.as_deref().map(parse_order).transpose()?;
+            let req = crate::settle::OfferRequest { origin, resource, amount: Amount::new(amount), description, order };
+            let o = crate::settle::offer(w, &req)?;
+            serde_json::to_value(o).map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))
+        }
+        Request::Settle { payment, origin, resource, item, price } => {
+            let req = crate::settle::SettleRequest { payment, origin, resource, item, price: Amount::new(price) };
+            let s = crate::settle::settle(w, req).await?;
+            serde_json::to_value(s).map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))
         }
         Request::Identity => {
             Ok(json!({"name": w.public.name.escaped(), "fingerprint": w.public.fingerprint().to_string()}))

@@ -29,6 +29,7 @@ pub mod merchant;
 pub mod ops;
 pub mod peer;
 pub mod recovery;
+pub mod settle;
 pub mod store;
 
 pub use payme_node::DataDir;

@@ -203,16 +203,33 @@ pub struct Claimed {
 /// Finds the paid order a receipt (hex of its bincode, as `history` and
 /// `payme-wallet receipt` show it) belongs to. Only the very receipt this wallet issued
 /// for the order matches: it is compared byte for byte with the stored one.
-pub async fn claim(w: &Arc<Wallet>, receipt_hex: &str) -> Result<Claimed, WalletError> {
+///
+/// The receipt may also be given as a `PAYMENT-RESPONSE` header value (`v1.`...), as the
+/// in-band flow sends it back in `PAYMENT-RECEIPT`. An order counts once its payment is
+/// done (an in-band order's row is written when its payment is recorded).
+pub async fn claim(w: &Arc<Wallet>, receipt_text: &str) -> Result<Claimed, WalletError> {
     let unknown = || WalletError::new(ReasonCode::UNEXPECTED_PAYMENT, "this receipt is not one of this shop's orders");
-    let blob = hex::decode(receipt_hex.trim()).map_err(|_| unknown())?;
+    let text = receipt_text.trim();
+    let blob = if text.starts_with("v1.") {
+        let r: Signed<Receipt> = pmtp_proto::http::decode(text).map_err(|_| unknown())?;
+        bincode::serialize(&r).map_err(|_| unknown())?
+    } else {
+        hex::decode(text).map_err(|_| unknown())?
+    };
     if blob.len() > 64 * 1024 {
         return Err(unknown());
     }
     let receipt: Signed<Receipt> = bincode::deserialize(&blob).map_err(|_| unknown())?;
     let order = receipt.body.request;
-    let paid = w.db.call(move |c, _| store::paid_order(c, &order)).await?.ok_or_else(unknown)?;
-    if paid.receipt != blob {
+    let (paid, state) =
+        w.db.call(move |c, _| match store::paid_order(c, &order)? {
+            Some(p) => Ok(Some((store::payment_state(c, p.payment)?, p))),
+            None => Ok(None),
+        })
+        .await?
+        .map(|(s, p)| (p, s))
+        .ok_or_else(unknown)?;
+    if paid.receipt != blob || state != PaymentState::Done {
         return Err(unknown());
     }
     Ok(Claimed {
@@ -294,11 +311,20 @@ async fn collect_inner(w: &Arc<Wallet>, req: &CollectRequest, order: store::Orde
     let checked = check_payment(w, &ask.body, &pay, peer, &accepted);
     let key = pay.session_key.clone();
     let recorded = match checked {
-        Ok(()) => record(w, &pay, &ask.body, peer, order).await,
+        Ok(()) => incoming_record(w, &ask.body, peer).map(|r| (pay.coins.clone(), r)),
+        Err(e) => Err(e),
+    };
+    let recorded = match recorded {
+        Ok((coins, r)) => record(w, coins, r, order, None).await,
         Err(e) => Err(e),
     };
     let (payment, op, claims) = match recorded {
-        Ok(p) => p,
+        Ok(Recorded::New(p, op, claims)) => (p, op, claims),
+        Ok(Recorded::Taken(..)) => {
+            let e = WalletError::new(ReasonCode::UNEXPECTED_PAYMENT, "this order is already paid");
+            refuse(w, &mut conn, &key, &e).await;
+            return Ok(Collected::refused(&e));
+        }
         Err(e) => {
             refuse(w, &mut conn, &key, &e).await;
             return Ok(Collected::refused(&e));
@@ -329,36 +355,7 @@ async fn collect_inner(w: &Arc<Wallet>, req: &CollectRequest, order: store::Orde
         receipt: blob.clone(),
         expires: store::now().saturating_add(w.config.merchant.order_lifetime_secs),
     };
-    let validated = match op {
-        Some(op) => {
-            let (b2, o2) = (blob.clone(), paid_order.clone());
-            // The order is recorded with the payment's completion: a receipt sent is a
-            // receipt that re-opens the item.
-            let done: ops::OnDone = Box::new(move |tx| {
-                store::mark_payment_done(tx, payment, &b2)?;
-                store::insert_paid_order(tx, &o2)
-            });
-            match ops::run_op_then(w, &op, vec![], Some(done)).await {
-                Ok(_) => Ok(()),
-                Err(e) => Err(fail_payment(w, payment, e).await.unwrap_or_else(|e| e)),
-            }
-        }
-        None => {
-            let r = validate_received(w, payment).await;
-            if r.is_ok() {
-                let (b2, o2) = (blob.clone(), paid_order.clone());
-                w.db.call(move |c, _| {
-                    let tx = c.transaction()?;
-                    store::store_receipt(&tx, payment, &b2)?;
-                    store::insert_paid_order(&tx, &o2)?;
-                    tx.commit()?;
-                    Ok(())
-                })
-                .await?;
-            }
-            r
-        }
-    };
+    let validated = validate_and_finish(w, payment, op, blob.clone(), Some(paid_order)).await;
     drop(claims);
     if let Err(e) = validated {
         refuse(w, &mut conn, &key, &e).await;
@@ -379,6 +376,19 @@ async fn collect_inner(w: &Arc<Wallet>, req: &CollectRequest, order: store::Orde
     })
 }
 
+/// The payment row of coins received for `ask`.
+fn incoming_record(w: &Wallet, ask: &AskPayment, peer: std::net::IpAddr) -> Result<store::NewPayment, WalletError> {
+    Ok(store::NewPayment {
+        direction: Direction::In,
+        peer: peer.to_string(),
+        merchant: w.public.name.as_str().to_owned(),
+        merchant_fp: w.public.fingerprint().to_string(),
+        amount: ask.amount,
+        description: ask.description.as_str().to_owned(),
+        request: bincode::serialize(&ask.nonce).map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?,
+    })
+}
+
 fn check_payment(
     w: &Wallet,
     ask: &AskPayment,
@@ -394,10 +404,16 @@ fn check_payment(
         .map_err(|_| WalletError::new(ReasonCode::INTERNAL, "internal error"))?
         .check(&pay.nonce, peer, store::now())
         .map_err(|e| WalletError::new(ReasonCode::from(e), e.to_string()))?;
+    check_coins(w, &pay.coins, ask.amount, accepted)
+}
+
+/// Checks coins offered in payment of `amount`: no coin twice, each of a bank accepted
+/// here and valid under its key now, adding up to exactly `amount` (no change is given).
+pub(crate) fn check_coins(w: &Wallet, coins: &[Coin], amount: Amount, accepted: &[String]) -> Result<(), WalletError> {
     let mut seen = HashSet::new();
     let now = store::now();
     let mut total = Amount::ZERO;
-    for c in &pay.coins {
+    for c in coins {
         if !seen.insert(c.serial()) {
             return Err(WalletError::new(ReasonCode::DUPLICATE_COIN, format!("coin {} appears twice", c.serial())));
         }
@@ -413,10 +429,10 @@ fn check_payment(
             .map_err(|e| WalletError::new(ReasonCode::from(&e), e.to_string()))?;
         total = total.checked_add(c.value()).map_err(|_| WalletError::new(ReasonCode::AMOUNT_MISMATCH, "overflow"))?;
     }
-    if total != ask.amount {
+    if total != amount {
         return Err(WalletError::new(
             ReasonCode::AMOUNT_MISMATCH,
-            format!("coins add up to {total}, not {} (no change is given)", ask.amount),
+            format!("coins add up to {total}, not {amount} (no change is given)"),
         ));
     }
     Ok(())
@@ -438,26 +454,32 @@ fn validation_kind(w: &Wallet) -> OpKind {
     }
 }
 
+/// What [`record`] did: recorded the payment (its id, its validating operation when the
+/// coins all go to one bank, and the claims that keep maintenance off them), or found the
+/// order taken by another payment, paid or being validated.
+pub(crate) enum Recorded {
+    New(i64, Option<store::Op>, Vec<crate::Claim>),
+    Taken(store::PaidOrder, store::PaymentState),
+}
+
 /// Commits the incoming payment and its coins (state received) before any bank call,
 /// and, when they all go to one bank, the validating operation with its request id in
 /// the same transaction (a crash after it retries that same request).
-async fn record(
+///
+/// The order is checked in that transaction: one already paid, or being validated, is
+/// [`Recorded::Taken`] and nothing is written, so a second payment for it is refused
+/// before any coin is taken. A row left by a payment the bank refused no longer holds
+/// the order. With `claim_row` (the in-band flow), the order's row is written in the same
+/// transaction: the orders table's primary key makes one of two simultaneous payments
+/// the winner; the row counts as paid once its payment is done.
+pub(crate) async fn record(
     w: &Arc<Wallet>,
-    pay: &PayCoinsRequest,
-    ask: &AskPayment,
-    peer: std::net::IpAddr,
+    coins: Vec<Coin>,
+    record: store::NewPayment,
     order: store::OrderId,
-) -> Result<(i64, Option<store::Op>, Vec<crate::Claim>), WalletError> {
-    let coins = pay.coins.clone();
-    let record = store::NewPayment {
-        direction: Direction::In,
-        peer: peer.to_string(),
-        merchant: w.public.name.as_str().to_owned(),
-        merchant_fp: w.public.fingerprint().to_string(),
-        amount: ask.amount,
-        description: ask.description.as_str().to_owned(),
-        request: bincode::serialize(&ask.nonce).map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?,
-    };
+    claim_row: Option<store::PaidOrder>,
+) -> Result<Recorded, WalletError> {
+    let amount = record.amount;
     let mut banks: Vec<String> = coins.iter().map(|c| validation_bank(w, c)).collect();
     banks.dedup();
     let one_bank = if banks.len() == 1 { banks.pop() } else { None };
@@ -465,16 +487,21 @@ async fn record(
     let request_id: [u8; 16] = rng::bytes(&mut rng::os());
     let b = one_bank.clone();
     let (payments, operations) = (w.in_flight.clone(), w.ops_in_flight.clone());
-    let (payment, op_id, claims) =
+    let recorded =
         w.db.call(move |c, vault| {
             let tx = c.transaction()?;
-            // A second payment for a paid order is refused before any coin is recorded
-            // (the buyer's wallet keeps them).
-            if store::paid_order(&tx, &order)?.is_some() {
-                return Ok(None);
+            if let Some(held) = store::paid_order(&tx, &order)? {
+                let state = store::payment_state(&tx, held.payment)?;
+                if state != PaymentState::Refused {
+                    return Ok(Err((held, state)));
+                }
+                store::release_order(&tx, &order, held.payment)?;
             }
             let id = store::insert_payment(&tx, &record)?;
             store::insert_coins(&tx, vault, &coins, CoinState::Received, Some(id))?;
+            if let Some(row) = &claim_row {
+                store::insert_paid_order(&tx, &store::PaidOrder { payment: id, ..row.clone() })?;
+            }
             let serials: Vec<Serial> = coins.iter().map(|c| c.serial()).collect();
             let op = match &b {
                 Some(bank) => Some(store::start_coin_op(
@@ -494,17 +521,64 @@ async fn record(
             let claims: Vec<crate::Claim> =
                 payments.claim(id).into_iter().chain(op.and_then(|o| operations.claim(o))).collect();
             tx.commit()?;
-            Ok(Some((id, op, claims)))
+            Ok(Ok((id, op, claims)))
         })
-        .await?
-        .ok_or_else(|| WalletError::new(ReasonCode::UNEXPECTED_PAYMENT, "this order is already paid"))?;
+        .await?;
+    let (payment, op_id, claims) = match recorded {
+        Ok(r) => r,
+        Err((held, state)) => return Ok(Recorded::Taken(held, state)),
+    };
     let op = match (op_id, one_bank) {
         (Some(id), Some(bank)) => {
-            Some(store::Op { id, kind, bank, request_id, amount: ask.amount, payment: Some(payment), secret: None })
+            Some(store::Op { id, kind, bank, request_id, amount, payment: Some(payment), secret: None })
         }
         _ => None,
     };
-    Ok((payment, op, claims))
+    Ok(Recorded::New(payment, op, claims))
+}
+
+/// Validates the recorded coins of `payment` at their bank(s) and, when the bank accepts
+/// them, marks the payment done with its receipt `blob` (and records `order_row`, the
+/// paid order, in that same transaction) so a receipt sent is a receipt that re-opens
+/// the item. On failure, says what to tell the buyer.
+pub(crate) async fn validate_and_finish(
+    w: &Arc<Wallet>,
+    payment: i64,
+    op: Option<store::Op>,
+    blob: Vec<u8>,
+    order_row: Option<store::PaidOrder>,
+) -> Result<(), WalletError> {
+    match op {
+        Some(op) => {
+            let done: ops::OnDone = Box::new(move |tx| {
+                store::mark_payment_done(tx, payment, &blob)?;
+                match &order_row {
+                    Some(o) => store::insert_paid_order(tx, o),
+                    None => Ok(()),
+                }
+            });
+            match ops::run_op_then(w, &op, vec![], Some(done)).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(fail_payment(w, payment, e).await.unwrap_or_else(|e| e)),
+            }
+        }
+        None => {
+            let r = validate_received(w, payment).await;
+            if r.is_ok() {
+                w.db.call(move |c, _| {
+                    let tx = c.transaction()?;
+                    store::store_receipt(&tx, payment, &blob)?;
+                    if let Some(o) = &order_row {
+                        store::insert_paid_order(&tx, o)?;
+                    }
+                    tx.commit()?;
+                    Ok(())
+                })
+                .await?;
+            }
+            r
+        }
+    }
 }
 
 /// Records a payment whose coins the bank did not accept: refused if the bank said so

@@ -3,7 +3,11 @@
 //! An order is named by the random part of the ask_payment_request's nonce (16 bytes),
 //! which the receipt's `request` field repeats; see docs/PMTP.md, "Orders". Nothing is
 //! written for an order until it is paid: the row is inserted in the same transaction that
-//! marks the incoming payment done and stores its receipt.
+//! marks the incoming payment done and stores its receipt. An order paid in band over HTTP
+//! (`crate::settle`) is named by its offer's order id; its row is written with the
+//! incoming payment, before the bank is asked, so that the primary key lets one payment
+//! of two win; it counts as paid once that payment is done, and is released
+//! ([`release_order`]) if the bank refuses the coins.
 
 use super::{i, DbError};
 use rusqlite::{params, OptionalExtension, Transaction};
@@ -76,6 +80,12 @@ pub fn paid_order(conn: &rusqlite::Connection, id: &OrderId) -> Result<Option<Pa
         })
     })
     .transpose()
+}
+
+/// Frees order `id` held by `payment`, which the bank refused (writes `orders`): the
+/// buyer may pay the order again. A row held by another payment is left alone.
+pub fn release_order(tx: &Transaction<'_>, id: &OrderId, payment: i64) -> Result<bool, DbError> {
+    Ok(tx.execute("DELETE FROM orders WHERE id = ?1 AND payment = ?2", params![&id[..], payment])? > 0)
 }
 
 #[cfg(test)]
