@@ -84,14 +84,15 @@ fn log(json: bool, s: &str) {
     }
 }
 
-/// Withdraws `count` coins of value 1, in requests of up to 1024, four at a time.
+/// Withdraws `count` coins of value 1, in requests of up to 64 (the bank's default
+/// `max_coins_minted_per_request`), eight at a time.
 async fn mint_ones(bank: &TestBank, h: &bank_harness::Holder, count: usize) -> Result<Vec<Coin>, String> {
     let mut out = Vec::with_capacity(count);
     let mut left = count;
     while left > 0 {
         let mut wave = Vec::new();
-        while wave.len() < 4 && left > 0 {
-            let n = left.min(1024);
+        while wave.len() < 8 && left > 0 {
+            let n = left.min(64);
             left -= n;
             let (c, id) = (bank.client(), pmtp_proto::testing::named_identity(1, &h.name));
             let (account, name) = (h.account, h.name.clone());
