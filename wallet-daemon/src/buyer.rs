@@ -40,7 +40,7 @@ pub async fn on_ask_payment(w: Arc<Wallet>, frame: Frame, peer: IpAddr, conn: &m
     if ask.verify(&merchant.verifying).is_err() {
         return plain(conn, ReasonCode::BAD_SIGNATURE, "the request is not signed by the key it carries").await;
     }
-    let checked = w.nonces.lock().map(|mut n| n.check(&ask.body.nonce, peer, store::now())).map_err(|_| ());
+    let checked = w.nonces.lock().map(|mut n| n.check(&ask.body.nonce, peer, w.now())).map_err(|_| ());
     match checked {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return plain(conn, ReasonCode::from(e), &e.to_string()).await,
@@ -55,7 +55,7 @@ pub async fn on_ask_payment(w: Arc<Wallet>, frame: Frame, peer: IpAddr, conn: &m
             refusal: Refusal {
                 code: e.code,
                 text: reason_text(&e.text),
-                nonce: Nonce::new(&mut rng::os(), crate::conn_local_ip(conn.get_ref(), &w), store::now()),
+                nonce: Nonce::new(&mut rng::os(), crate::conn_local_ip(conn.get_ref(), &w), w.now()),
             },
         };
         if let Ok(f) = Frame::seal_to(&mut rng::os(), &merchant.x25519, &refusal) {
@@ -176,7 +176,7 @@ async fn ask_person(
                 amount: ask.body.amount.minor_units(),
                 peer,
                 order: store::short_order_id(&ask.body.nonce.random),
-                created: store::now(),
+                created: w.now(),
                 answer: tx,
             },
         );
@@ -378,7 +378,7 @@ async fn send_coins(
         request_nonce: ask.body.nonce,
         coins,
         session_key: session_key.clone(),
-        nonce: Nonce::new(&mut rng::os(), crate::conn_local_ip(conn.get_ref(), w), store::now()),
+        nonce: Nonce::new(&mut rng::os(), crate::conn_local_ip(conn.get_ref(), w), w.now()),
     };
     let frame = Frame::seal_to(&mut rng::os(), &merchant.x25519, &pay).map_err(|e| Outcome::Unknown(e.to_string()))?;
     conn.send(frame).await.map_err(|e| Outcome::Unknown(format!("sending coins failed: {e}")))?;

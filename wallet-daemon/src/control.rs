@@ -292,7 +292,7 @@ async fn handle(w: &Arc<Wallet>, req: Request) -> Result<Value, WalletError> {
             )
         }
         Request::Pending => {
-            let now = store::now();
+            let now = w.now();
             let p = w.pending.lock().map_err(|_| WalletError::new(ReasonCode::INTERNAL, "internal error"))?;
             Ok(Value::Array(
                 p.values()

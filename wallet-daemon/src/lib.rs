@@ -203,6 +203,9 @@ pub struct Wallet {
     pub collects: merchant::InProgressMap,
     /// Permits for collects running at once (`merchant.max_concurrent_collects`).
     pub collect_permits: Arc<tokio::sync::Semaphore>,
+    /// Where the buyer, merchant and recovery logic (and this wallet's bank clients) get
+    /// the time: the system clock, or one a test moves ([`Wallet::with_clock`]).
+    pub clock: Arc<dyn pmtp_client::clock::Clock>,
 }
 
 impl Wallet {
@@ -247,7 +250,22 @@ impl Wallet {
             tasks: tokio_util::task::TaskTracker::new(),
             collects: Default::default(),
             collect_permits,
+            clock: Arc::new(pmtp_client::clock::SystemClock),
         })
+    }
+
+    /// This wallet, reading the time from `clock`, and so do its bank clients.
+    pub fn with_clock(mut self, clock: Arc<dyn pmtp_client::clock::Clock>) -> Self {
+        for b in self.banks.values_mut() {
+            b.client.clock = clock.clone();
+        }
+        self.clock = clock;
+        self
+    }
+
+    /// The time by this wallet's clock (Unix seconds).
+    pub fn now(&self) -> u64 {
+        self.clock.now()
     }
 
     pub fn bank(&self, id: &str) -> Result<&BankEntry, WalletError> {
@@ -291,6 +309,18 @@ pub fn conn_local_ip(stream: &tokio::net::TcpStream, w: &Wallet) -> IpAddr {
 /// accepts connections and never answers cannot hold the wallet's start hostage.
 pub async fn run_daemon(dir: DataDir, cfg: config::Config, passphrase: &str) -> Result<(), DaemonError> {
     let shutdown = payme_node::shutdown::shutdown_signal()?;
+    serve(dir, cfg, passphrase, Arc::new(pmtp_client::clock::SystemClock), shutdown).await
+}
+
+/// [`run_daemon`] with the clock and the shutdown future passed in: a test serves a wallet
+/// in its own process on port 0, moves its time, and stops it when it likes.
+pub async fn serve(
+    dir: DataDir,
+    cfg: config::Config,
+    passphrase: &str,
+    clock: Arc<dyn pmtp_client::clock::Clock>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), DaemonError> {
     let lock = dir.lock()?;
     let key = |source| DaemonError::Key { path: dir.key(), source };
     let bytes = pmtp_proto::keyfile::fs::read_private(&dir.key()).map_err(key)?;
@@ -303,7 +333,7 @@ pub async fn run_daemon(dir: DataDir, cfg: config::Config, passphrase: &str) -> 
     let socket_path = cfg.control_socket_path(&dir.root);
     let control =
         control::bind(&socket_path).map_err(|source| DaemonError::Control { path: socket_path.clone(), source })?;
-    let w = std::sync::Arc::new(Wallet::new(cfg, dir, identity, db)?);
+    let w = std::sync::Arc::new(Wallet::new(cfg, dir, identity, db)?.with_clock(clock));
 
     let token = tokio_util::sync::CancellationToken::new();
     let tracker = w.tasks.clone();

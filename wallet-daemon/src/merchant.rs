@@ -173,7 +173,7 @@ async fn collect_new(w: &Arc<Wallet>, req: &CollectRequest, order: store::OrderI
     let paid = w.db.call(move |c, _| store::paid_order(c, &order)).await?;
     match paid {
         None => collect_inner(w, req, order).await,
-        Some(p) if p.buyer == req.from && p.amount == req.amount && p.item == req.item && p.expires > store::now() => {
+        Some(p) if p.buyer == req.from && p.amount == req.amount && p.item == req.item && p.expires > w.now() => {
             tracing::info!(order = %store::short_order_id(&order), payment = p.payment, "order already paid; its outcome again");
             Ok(Collected::Paid {
                 payment: p.payment,
@@ -237,7 +237,7 @@ pub async fn claim(w: &Arc<Wallet>, receipt_text: &str) -> Result<Claimed, Walle
         amount: paid.amount.minor_units(),
         order: hex::encode(order),
         expires: paid.expires,
-        expired: paid.expires <= store::now(),
+        expired: paid.expires <= w.now(),
     })
 }
 
@@ -271,7 +271,7 @@ async fn collect_inner(w: &Arc<Wallet>, req: &CollectRequest, order: store::Orde
             description: description.clone(),
             accepted_banks: accepted.iter().filter_map(|b| BankId::new(b.clone()).ok()).collect(),
             // The order id is the nonce's random part: the receipt's `request` names it.
-            nonce: Nonce { random: order, addr: pmtp_proto::nonce::canonical(local), timestamp: store::now() },
+            nonce: Nonce { random: order, addr: pmtp_proto::nonce::canonical(local), timestamp: w.now() },
         },
         &w.identity.signing,
     )
@@ -340,7 +340,7 @@ async fn collect_inner(w: &Arc<Wallet>, req: &CollectRequest, order: store::Orde
             description_hash: description_hash(description.as_str()),
             coins_hash: pmtp_proto::coin::coins_hash(pay.coins.iter().map(|c| &c.0.body.serial)),
             request: ask.body.nonce.random,
-            time: store::now(),
+            time: w.now(),
         },
         &w.identity.signing,
     )
@@ -353,7 +353,7 @@ async fn collect_inner(w: &Arc<Wallet>, req: &CollectRequest, order: store::Orde
         payment,
         buyer: from.to_owned(),
         receipt: blob.clone(),
-        expires: store::now().saturating_add(w.config.merchant.order_lifetime_secs),
+        expires: w.now().saturating_add(w.config.merchant.order_lifetime_secs),
     };
     let validated = validate_and_finish(w, payment, op, blob.clone(), Some(paid_order)).await;
     drop(claims);
@@ -361,7 +361,7 @@ async fn collect_inner(w: &Arc<Wallet>, req: &CollectRequest, order: store::Orde
         refuse(w, &mut conn, &key, &e).await;
         return Ok(Collected::refused(&e));
     }
-    let resp = PayCoinsResponse { receipt, nonce: Nonce::new(&mut rng::os(), local, store::now()) };
+    let resp = PayCoinsResponse { receipt, nonce: Nonce::new(&mut rng::os(), local, w.now()) };
     if let Ok(f) = Frame::seal_session(&mut rng::os(), &key, &resp) {
         // The money is ours once validated; a lost receipt is the buyer's to resolve.
         let _ = conn.send(f).await;
@@ -402,7 +402,7 @@ fn check_payment(
     w.nonces
         .lock()
         .map_err(|_| WalletError::new(ReasonCode::INTERNAL, "internal error"))?
-        .check(&pay.nonce, peer, store::now())
+        .check(&pay.nonce, peer, w.now())
         .map_err(|e| WalletError::new(ReasonCode::from(e), e.to_string()))?;
     check_coins(w, &pay.coins, ask.amount, accepted)
 }
@@ -411,7 +411,7 @@ fn check_payment(
 /// here and valid under its key now, adding up to exactly `amount` (no change is given).
 pub(crate) fn check_coins(w: &Wallet, coins: &[Coin], amount: Amount, accepted: &[String]) -> Result<(), WalletError> {
     let mut seen = HashSet::new();
-    let now = store::now();
+    let now = w.now();
     let mut total = Amount::ZERO;
     for c in coins {
         if !seen.insert(c.serial()) {
@@ -623,7 +623,7 @@ async fn refuse(
     let r = PayCoinsRefusal(Refusal {
         code: e.code,
         text: reason_text(&e.text),
-        nonce: Nonce::new(&mut rng::os(), crate::conn_local_ip(conn.get_ref(), w), store::now()),
+        nonce: Nonce::new(&mut rng::os(), crate::conn_local_ip(conn.get_ref(), w), w.now()),
     });
     if let Ok(f) = Frame::seal_session(&mut rng::os(), key, &r) {
         let _ = conn.send(f).await;

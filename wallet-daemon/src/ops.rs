@@ -451,7 +451,7 @@ pub async fn retry(w: &Arc<Wallet>, op: &Op) -> Result<(), WalletError> {
 
 /// Exchanges coins that expire within `refresh_before_secs` for fresh ones.
 pub async fn refresh(w: &Arc<Wallet>) -> Result<(), WalletError> {
-    let horizon = store::now().saturating_add(w.config.limits.refresh_before_secs);
+    let horizon = w.now().saturating_add(w.config.limits.refresh_before_secs);
     let banks: Vec<String> = w.banks.keys().cloned().collect();
     for bank in banks {
         let locked = w.coin_lock.lock().await;

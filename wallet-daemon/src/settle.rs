@@ -61,7 +61,7 @@ pub fn offer(w: &Wallet, req: &OfferRequest) -> Result<Offered, WalletError> {
         ));
     }
     let order = req.order.unwrap_or_else(|| rng::bytes(&mut rng::os()));
-    let expires = store::now().saturating_add(w.config.merchant.order_lifetime_secs);
+    let expires = w.now().saturating_add(w.config.merchant.order_lifetime_secs);
     let body = http::Offer {
         order,
         origin,
@@ -169,7 +169,7 @@ pub async fn settle(w: &Arc<Wallet>, req: SettleRequest) -> Result<Settled, Wall
     let pay = open(w, &req)?;
     let order = pay.offer.body.order;
     let coins_hash = pay.coins_hash();
-    let now = store::now();
+    let now = w.now();
     // A payment sent again is answered before the expiry check: its receipt stands.
     if let Some((held, state)) =
         w.db.call(move |c, _| match store::paid_order(c, &order)? {
