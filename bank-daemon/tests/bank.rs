@@ -622,3 +622,50 @@ async fn a_damaged_wal_after_kill_9_stops_the_bank_at_start() {
     assert_eq!(bank.balance(&shop).await, Amount::new(300), "the deposit survived the crash");
     bank.assert_audit();
 }
+
+/// Clearing, driven in-process: bank A served in this process with peer B down, a
+/// deposit of B's coins at A is held (the audit counts it) and refused as retryable; the
+/// test then runs A's resolver itself once B is back, instead of waiting for its timer,
+/// and the depositor's retry gets the credit, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clearing_resolved_in_process_when_the_peer_returns() {
+    let mut banks = vec![TestBank::start_with("bank-a", |c| c), TestBank::start_with("bank-b", |c| c)];
+    connect_banks(&mut banks);
+    let holder = banks[1].holder(1, "holder", 100);
+    let dep = banks[0].holder(2, "dep", 0);
+    let own = banks[0].holder(3, "own", 10);
+    let (cb, ca) = (banks[1].client(), banks[0].client());
+    let w_b = cb.withdraw(&holder.identity, holder.account, "holder", PASSWORD, rid(), Amount::new(12), vec![]);
+    let mut coins = w_b.await.unwrap().coins;
+    let w_a = ca.withdraw(&own.identity, own.account, "own", PASSWORD, rid(), Amount::new(8), vec![]);
+    coins.extend(w_a.await.unwrap().coins);
+    for b in banks.iter_mut() {
+        b.stop();
+    }
+    let clock = std::sync::Arc::new(ManualClock::new(now()));
+    let a = InProcess::serve(&banks[0], clock.clone()).await;
+    let c = a.client();
+    let request = rid();
+    let e = c.deposit(&dep.identity, dep.account, "dep", request, coins.clone()).await.unwrap_err();
+    assert_eq!(code(&e), ReasonCode::PEER_BANK_UNAVAILABLE, "{e}");
+    let bank_a = a.bank.clone().unwrap();
+    // While B is down, A's own coin of 8 is held, and the audit counts it there.
+    let mut store = bank_daemon::store::sqlite::SqliteStore::open(&banks[0].data_dir().join("bank.db")).unwrap();
+    let report = bank_daemon::admin::audit_store(&mut store).unwrap();
+    drop(store);
+    assert!(report.holds(), "{}", report.describe());
+    assert_eq!(report.held.value, Amount::new(8));
+    banks[1].restart_same_port();
+    bank_daemon::clearing::resolve_pending(&bank_a).await;
+    let ack = c.deposit(&dep.identity, dep.account, "dep", request, coins.clone()).await.unwrap();
+    assert_eq!(ack.ack.body.amount, Amount::new(20));
+    // Once: asking again returns the same acknowledgement, and B credited A once.
+    let again = c.deposit(&dep.identity, dep.account, "dep", request, coins).await.unwrap();
+    assert_eq!(again.ack.body.balance, Amount::new(20));
+    drop(bank_a);
+    a.stop().await;
+    assert_eq!(banks[1].accounts().iter().find(|x| x.1 == "bank-a").map(|x| x.2), Some(12));
+    for b in &banks {
+        b.assert_audit();
+    }
+}
