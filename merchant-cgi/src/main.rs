@@ -7,8 +7,39 @@ use merchant_cgi::{handle, Request};
 use std::io::Write;
 use std::time::Duration;
 
+const HELP: &str = "\
+payme-cgi: sells items from any web server for payme coins (CGI/1.1, RFC 3875)
+
+A web server runs it for each request of a shop page; it reads the CGI environment and
+standard input and prints the response. It is not meant to be run by hand.
+
+Configuration: the file PAYME_CGI_CONFIG names (default /etc/payme/cgi.toml): the catalog
+(items, prices, files), the merchant wallet's control socket, the shop's origin.
+Deployment with lighttpd and Apache: docs/DEPLOY.md.
+
+Options (outside a web server only):
+  -h, --help     this text
+  -V, --version  the version
+";
+
 fn main() {
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    // Run by hand (no web server set GATEWAY_INTERFACE): answer --help and --version
+    // instead of printing a CGI response to a terminal.
+    if !env.contains_key("GATEWAY_INTERFACE") {
+        let arg = std::env::args().nth(1).unwrap_or_default();
+        let text = match arg.as_str() {
+            "-h" | "--help" => HELP.to_owned(),
+            "-V" | "--version" => format!("payme-cgi {}\n", env!("CARGO_PKG_VERSION")),
+            "" => format!("{HELP}\n(no GATEWAY_INTERFACE: run by a web server, not by hand)\n"),
+            other => {
+                eprintln!("payme-cgi: unknown option {}; try --help", other.escape_debug());
+                std::process::exit(2);
+            }
+        };
+        let _ = std::io::stdout().lock().write_all(text.as_bytes());
+        return;
+    }
     let req = Request::from_env(&env);
     let path = env.get("PAYME_CGI_CONFIG").cloned().unwrap_or_else(|| DEFAULT_PATH.into());
     let response = match Config::load(std::path::Path::new(&path)) {
