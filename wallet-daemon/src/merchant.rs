@@ -457,6 +457,7 @@ async fn record(
         amount: ask.amount,
         description: ask.description.as_str().to_owned(),
         request: bincode::serialize(&ask.nonce).map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?,
+        http: None,
     };
     let mut banks: Vec<String> = coins.iter().map(|c| validation_bank(w, c)).collect();
     banks.dedup();
