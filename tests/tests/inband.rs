@@ -34,6 +34,30 @@ fn shop(bank: &TestBank) -> FakeShop {
     FakeShop::start(bank, named_identity(2, "bobs-books"), PRICE, BODY)
 }
 
+/// A bank, a buyer ([`buyer`]), a shop in `mode`, and where the body is to go.
+struct Scene {
+    _bank: TestBank,
+    w: TestWallet,
+    shop: FakeShop,
+    file: std::path::PathBuf,
+}
+
+fn scene(rounds: u32, mode: Mode) -> Scene {
+    let bank = TestBank::start();
+    let w = buyer(&bank, rounds);
+    let shop = shop(&bank);
+    shop.set_mode(mode);
+    let file = w.dir.path().join("paper.pdf");
+    Scene { _bank: bank, w, shop, file }
+}
+
+impl Scene {
+    /// `pay` for /paper, approved or refused when it shows in `pending`.
+    fn pay(&self, approve: bool) -> (bool, Value, Value) {
+        pay_answering(&self.w, &self.shop.url("/paper"), &self.file, approve)
+    }
+}
+
 /// Runs `pay URL -o FILE` while `answer` deals with the pending list; returns (success,
 /// output of pay, the pending entry seen).
 fn pay_answering(w: &TestWallet, url: &str, file: &std::path::Path, approve: bool) -> (bool, Value, Value) {
@@ -53,18 +77,16 @@ fn history(w: &TestWallet) -> Vec<Value> {
 
 #[test]
 fn a_wallet_with_no_pmtp_listener_buys_over_http_and_keeps_a_valid_receipt() {
-    let bank = TestBank::start();
-    let w = buyer(&bank, 3);
+    let sc = scene(3, Mode::Normal);
+    let (w, shop, file) = (&sc.w, &sc.shop, &sc.file);
     assert!(w.addr.ends_with("control.sock"), "no PMTP listener: {}", w.addr);
-    let shop = shop(&bank);
-    let file = w.dir.path().join("paper.pdf");
 
     // Free: no payment, nothing asked.
     let free = w.ok(&["pay", &shop.url("/free"), "-o", file.to_str().unwrap()]);
     assert_eq!(free["paid"], false);
-    assert_eq!(std::fs::read(&file).unwrap(), b"free for all");
+    assert_eq!(std::fs::read(file).unwrap(), b"free for all");
 
-    let (ok, v, pending) = pay_answering(&w, &shop.url("/paper"), &file, true);
+    let (ok, v, pending) = sc.pay(true);
     assert!(ok, "{v}");
     let origin = format!("http://{}", shop.addr);
     assert_eq!(pending["origin"], origin.as_str(), "{pending}");
@@ -73,10 +95,10 @@ fn a_wallet_with_no_pmtp_listener_buys_over_http_and_keeps_a_valid_receipt() {
     assert_eq!(pending["new_merchant"], true, "over http a new origin is a new merchant");
     assert_eq!(pending["order"], v["order"]);
     assert_eq!(v["paid"], true);
-    assert_eq!(std::fs::read(&file).unwrap(), BODY, "the body, byte for byte");
+    assert_eq!(std::fs::read(file).unwrap(), BODY, "the body, byte for byte");
     assert_eq!(w.available(), 100 - PRICE, "exactly the price");
     assert_eq!(w.holding(), 100 - PRICE, "nothing left pending");
-    let h = history(&w);
+    let h = history(w);
     assert_eq!(h.len(), 1);
     assert_eq!(h[0]["state"], "done");
     assert_eq!(h[0]["receipt_valid"], true);
@@ -91,47 +113,39 @@ fn a_wallet_with_no_pmtp_listener_buys_over_http_and_keeps_a_valid_receipt() {
 
 #[test]
 fn an_offer_the_person_refuses_pays_nothing() {
-    let bank = TestBank::start();
-    let w = buyer(&bank, 3);
-    let shop = shop(&bank);
-    let file = w.dir.path().join("paper.pdf");
-    let (ok, v, _) = pay_answering(&w, &shop.url("/paper"), &file, false);
+    let sc = scene(3, Mode::Normal);
+    let (w, shop, file) = (&sc.w, &sc.shop, &sc.file);
+    let (ok, v, _) = sc.pay(false);
     assert!(!ok);
     assert_eq!(v["label"], "refused_by_user", "{v}");
     assert!(!file.exists());
     assert_eq!(w.available(), 100);
-    assert!(history(&w).is_empty());
+    assert!(history(w).is_empty());
     assert_eq!(shop.payments_seen(), 0);
 }
 
 #[test]
 fn a_payment_the_shop_refuses_comes_back_by_exchange() {
-    let bank = TestBank::start();
-    let w = buyer(&bank, 3);
-    let shop = shop(&bank);
-    shop.set_mode(Mode::Refuse);
-    let file = w.dir.path().join("paper.pdf");
-    let (ok, v, _) = pay_answering(&w, &shop.url("/paper"), &file, true);
+    let sc = scene(3, Mode::Refuse);
+    let (w, shop, file) = (&sc.w, &sc.shop, &sc.file);
+    let (ok, v, _) = sc.pay(true);
     assert!(!ok);
     assert_eq!(v["label"], "unexpected_payment", "{v}");
     assert_eq!(shop.payments_seen(), 1, "the payment reached the shop");
     assert!(!file.exists());
     assert_eq!(w.available(), 100, "the coins came back");
-    let h = history(&w);
+    let h = history(w);
     assert_eq!(h[0]["state"], "returned", "{h:?}");
 }
 
 #[test]
 fn a_shop_that_dies_after_taking_the_coins_answers_the_payment_sent_again() {
-    let bank = TestBank::start();
-    let w = buyer(&bank, 30);
-    let shop = shop(&bank);
-    shop.set_mode(Mode::TakeAndHangUp);
-    let file = w.dir.path().join("paper.pdf");
-    let (ok, v, _) = pay_answering(&w, &shop.url("/paper"), &file, true);
+    let sc = scene(30, Mode::TakeAndHangUp);
+    let (w, shop) = (&sc.w, &sc.shop);
+    let (ok, v, _) = sc.pay(true);
     assert!(!ok);
     assert_eq!(v["label"], "no_answer", "{v}");
-    assert_eq!(history(&w)[0]["state"], "sending");
+    assert_eq!(history(w)[0]["state"], "sending");
     // The shop comes back: recovery sends the same sealed payment and gets the receipt.
     shop.set_mode(Mode::Normal);
     let h = w.wait_done(1);
@@ -144,16 +158,13 @@ fn a_shop_that_dies_after_taking_the_coins_answers_the_payment_sent_again() {
 
 #[test]
 fn a_shop_that_never_answers_is_resolved_by_exchange_as_spent_unconfirmed() {
-    let bank = TestBank::start();
-    let w = buyer(&bank, 2);
-    let shop = shop(&bank);
-    shop.set_mode(Mode::TakeAndHangUp);
-    let file = w.dir.path().join("paper.pdf");
-    let (ok, v, _) = pay_answering(&w, &shop.url("/paper"), &file, true);
+    let sc = scene(2, Mode::TakeAndHangUp);
+    let (w, shop) = (&sc.w, &sc.shop);
+    let (ok, v, _) = sc.pay(true);
     assert!(!ok, "{v}");
     let mut state = Value::Null;
     for _ in 0..300 {
-        state = history(&w)[0]["state"].clone();
+        state = history(w)[0]["state"].clone();
         if state != "sending" {
             break;
         }
@@ -166,11 +177,9 @@ fn a_shop_that_never_answers_is_resolved_by_exchange_as_spent_unconfirmed() {
 
 #[test]
 fn a_changed_key_for_a_pinned_origin_is_refused() {
-    let bank = TestBank::start();
-    let w = buyer(&bank, 3);
-    let shop = shop(&bank);
-    let file = w.dir.path().join("paper.pdf");
-    let (ok, v, _) = pay_answering(&w, &shop.url("/paper"), &file, true);
+    let sc = scene(3, Mode::Normal);
+    let (w, shop, file) = (&sc.w, &sc.shop, &sc.file);
+    let (ok, v, _) = sc.pay(true);
     assert!(ok, "{v}");
     // Another key under the same name, at the same origin.
     shop.set_merchant(named_identity(3, "bobs-books"));
@@ -183,11 +192,9 @@ fn a_changed_key_for_a_pinned_origin_is_refused() {
 
 #[test]
 fn an_offer_for_another_origin_is_refused_before_paying() {
-    let bank = TestBank::start();
-    let w = buyer(&bank, 3);
-    let shop = shop(&bank);
+    let sc = scene(3, Mode::Normal);
+    let (w, shop, file) = (&sc.w, &sc.shop, &sc.file);
     shop.set_offer_origin("http://127.0.0.9:8080");
-    let file = w.dir.path().join("paper.pdf");
     let (ok, v) = w.run(&["pay", &shop.url("/paper"), "-o", file.to_str().unwrap()]);
     assert!(!ok);
     assert_eq!(v["label"], "nonce_wrong_address", "{v}");

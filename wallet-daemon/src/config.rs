@@ -369,6 +369,14 @@ mod tests {
                 order_lifetime_secs: 77,
                 max_concurrent_collects: 5,
             },
+            pmtp_listener: false,
+            http: Http {
+                connect_timeout_secs: 3,
+                timeout_secs: 4,
+                max_body_bytes: 5,
+                max_redirects: 0,
+                resend_rounds: 7,
+            },
             ..Config::default()
         };
         assert_eq!(toml::from_str::<Config>(&c.commented_toml().unwrap()).unwrap(), c);
@@ -380,6 +388,8 @@ mod tests {
         let c = Config::load(&path).unwrap();
         assert_eq!(c.banks.len(), 1);
         assert_eq!(c.policy, Policy::default());
+        assert_eq!(c.http, Http::default());
+        assert!(c.pmtp_listener);
     }
 
     #[test]

@@ -137,3 +137,86 @@ fn error_text(e: &reqwest::Error) -> String {
     }
     pmtp_proto::text::escape_control(&text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    /// A server answering each connection with the next of `answers` (`{other}` is
+    /// replaced by the other server's address); returns its address and the request heads.
+    fn server(answers: Vec<String>, other: Option<String>) -> (String, Arc<Mutex<Vec<String>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        std::thread::spawn(move || {
+            for (answer, conn) in answers.into_iter().zip(l.incoming()) {
+                let mut conn = conn.unwrap();
+                let mut head = String::new();
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                s.lock().unwrap().push(head);
+                let answer = answer.replace("{other}", other.as_deref().unwrap_or(""));
+                let _ = conn.write_all(answer.as_bytes());
+            }
+        });
+        (addr, seen)
+    }
+
+    fn ok(body: &str) -> String {
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+    }
+
+    fn redirect(to: &str) -> String {
+        format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    }
+
+    fn fetcher(max_body: u64) -> Fetcher {
+        Fetcher::new(&Http { max_body_bytes: max_body, timeout_secs: 5, ..Http::default() }).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_body_longer_than_the_limit_is_refused() {
+        // Announced (Content-Length) and unannounced (read until the server closes).
+        let unannounced = format!("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{}", "x".repeat(100));
+        let (addr, _) = server(vec![ok(&"x".repeat(100)), unannounced, ok(&"x".repeat(100))], None);
+        let f = fetcher(99);
+        for _ in 0..2 {
+            let e = f.get(&format!("http://{addr}/"), &[]).await.unwrap_err();
+            assert!(matches!(e, FetchError::TooLarge { max: 99, .. }), "{e}");
+        }
+        let a = fetcher(100).get(&format!("http://{addr}/"), &[]).await.unwrap();
+        assert_eq!(a.body.len(), 100);
+    }
+
+    #[tokio::test]
+    async fn redirects_stay_within_the_origin_and_payment_headers_never_leave_it() {
+        let (elsewhere, elsewhere_seen) = server(vec![ok("elsewhere")], None);
+        let answers = vec![redirect("/moved"), ok("here"), redirect("http://{other}/x")];
+        let (addr, seen) = server(answers, Some(elsewhere));
+        let f = fetcher(1000);
+        let a = f.get(&format!("http://{addr}/start"), &[("PAYMENT-SIGNATURE", "v1.secret")]).await.unwrap();
+        assert_eq!((a.status, a.body.as_slice()), (200, &b"here"[..]), "same origin: followed");
+        assert!(seen.lock().unwrap()[1].to_ascii_lowercase().contains("payment-signature: v1.secret"));
+        let a = f.get(&format!("http://{addr}/again"), &[("PAYMENT-SIGNATURE", "v1.secret")]).await.unwrap();
+        assert_eq!(a.status, 302, "another origin: not followed");
+        assert!(elsewhere_seen.lock().unwrap().is_empty(), "nothing reached the other origin");
+    }
+
+    #[tokio::test]
+    async fn only_web_urls_are_fetched() {
+        let f = fetcher(10);
+        for bad in ["file:///etc/passwd", "ftp://x/", "not a url"] {
+            assert!(matches!(f.get(bad, &[]).await, Err(FetchError::Url(_))), "{bad}");
+        }
+    }
+}

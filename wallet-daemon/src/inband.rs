@@ -381,3 +381,21 @@ pub async fn recover(w: &Arc<Wallet>, payment: i64) -> Result<bool, WalletError>
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_headers_are_read_and_their_text_escaped() {
+        assert_eq!(
+            parse_refusal("46 unexpected_payment"),
+            (ReasonCode::UNEXPECTED_PAYMENT, "unexpected_payment".into())
+        );
+        assert_eq!(parse_refusal(" 13 busy ").0, ReasonCode::BUSY);
+        assert!(!parse_refusal("13 busy").0.is_definitive(), "busy is sent again, not exchanged");
+        let (code, text) = parse_refusal("go away\x1b[31m");
+        assert_eq!(code, ReasonCode::MALFORMED);
+        assert!(!text.contains('\x1b'), "{text}");
+    }
+}
