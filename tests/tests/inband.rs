@@ -106,6 +106,19 @@ fn a_wallet_with_no_pmtp_listener_buys_over_http_and_keeps_a_valid_receipt() {
     assert_eq!(h[0]["order"], v["order"]);
     assert_eq!(h[0]["url"], shop.url("/paper").as_str());
     assert_eq!(shop.orders_paid(), 1);
+    // Auto-approval aside, a second purchase asks again; to stdout this time, byte for byte.
+    let out = std::thread::scope(|s| {
+        let pay = s.spawn(|| w.run_raw(&["pay", &shop.url("/paper")]));
+        let pending = w.wait_pending();
+        assert_eq!(pending["new_merchant"], false, "the origin is pinned now");
+        w.ok(&["approve", &pending["id"].to_string()]);
+        pay.join().unwrap()
+    });
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, BODY);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("paid 37 to bobs-books"), "{out:?}");
+    assert_eq!(w.available(), 100 - 2 * PRICE);
+    assert_eq!(shop.orders_paid(), 2);
     // The origin's key is pinned.
     let pins = w.ok(&["merchants"]);
     assert!(pins.as_array().unwrap().iter().any(|m| m["name"] == origin.as_str()), "{pins}");

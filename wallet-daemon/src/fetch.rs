@@ -213,6 +213,14 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn https_speaks_tls_and_a_server_that_does_not_is_no_answer() {
+        // The TLS stack (rustls, ring provider) is set up; plain HTTP is not TLS.
+        let (addr, _) = server(vec![ok("plain")], None);
+        let e = fetcher(100).get(&format!("https://{addr}/"), &[]).await.unwrap_err();
+        assert!(matches!(e, FetchError::Network { .. }), "{e}");
+    }
+
+    #[tokio::test]
     async fn only_web_urls_are_fetched() {
         let f = fetcher(10);
         for bad in ["file:///etc/passwd", "ftp://x/", "not a url"] {

@@ -414,6 +414,41 @@ mod tests {
     }
 
     #[test]
+    fn a_payment_in_band_keeps_its_url_offer_sealed_value_and_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::test_db(dir.path());
+        db.with(|c| {
+            let tx = c.transaction()?;
+            let pmtp = insert_payment(&tx, &new_payment(Direction::Out))?;
+            let terms = HttpTerms { url: "http://shop:80/paper".into(), offer: "v1.offer".into() };
+            let inband = insert_payment(&tx, &NewPayment { http: Some(terms), ..new_payment(Direction::Out) })?;
+            assert!(http_payment(&tx, pmtp)?.is_none(), "a PMTP payment has no in-band part");
+            let r = http_payment(&tx, inband)?.unwrap();
+            assert_eq!(
+                (r.url.as_str(), r.offer.as_str(), r.sealed, r.attempts),
+                ("http://shop:80/paper", "v1.offer", None, 0)
+            );
+            store_sealed(&tx, inband, "v1.sealed")?;
+            assert_eq!(note_http_attempt(&tx, inband)?, 1);
+            assert_eq!(note_http_attempt(&tx, inband)?, 2);
+            let r = http_payment(&tx, inband)?.unwrap();
+            assert_eq!((r.sealed.as_deref(), r.attempts), (Some("v1.sealed"), 2));
+            let h = payment_history(&tx, 10)?;
+            assert_eq!(h[0].url.as_deref(), Some("http://shop:80/paper"));
+            assert_eq!(h[1].url, None);
+            offerless_is_corrupt(&tx, inband)
+        })
+        .unwrap();
+    }
+
+    /// An in-band row with a URL but no offer is corrupt, not a default.
+    fn offerless_is_corrupt(tx: &Transaction<'_>, id: i64) -> Result<(), DbError> {
+        tx.execute("UPDATE payments SET offer = NULL WHERE id = ?1", [id])?;
+        assert!(matches!(http_payment(tx, id), Err(DbError::Corrupt(_))));
+        Ok(())
+    }
+
+    #[test]
     fn a_stored_payment_of_unknown_state_or_direction_or_negative_amount_is_corrupt() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::store::test_db(dir.path());
