@@ -6,7 +6,7 @@
 //! the retry's sealed payment is opened with the merchant's X25519 secret, its coins are
 //! exchanged at the real test bank (so they are spent: the shop has them), and the answer is
 //! `200`, the body and the signed receipt. The same sealed payment sent again gets the same
-//! receipt. [`Mode`] makes it refuse, or take the coins and hang up without answering (a
+//! receipt, and a receipt it issued (`PAYMENT-RECEIPT`) re-opens the resource. [`Mode`] makes it refuse, or take the coins and hang up without answering (a
 //! shop that dies after the bank took the coins). `/free` is served without payment.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -47,6 +47,8 @@ struct State {
     paid: HashMap<[u8; 16], ([u8; 32], String)>,
     /// Payments received (sealed payments opened), repeats included.
     payments_seen: usize,
+    /// Requests a receipt re-opened.
+    reopened: usize,
 }
 
 pub struct FakeShop {
@@ -68,6 +70,7 @@ impl FakeShop {
             offer_origin: None,
             paid: HashMap::new(),
             payments_seen: 0,
+            reopened: 0,
         }));
         let client = bank.client();
         let s = state.clone();
@@ -103,6 +106,10 @@ impl FakeShop {
         self.state.lock().unwrap().payments_seen
     }
 
+    pub fn reopened(&self) -> usize {
+        self.state.lock().unwrap().reopened
+    }
+
     pub fn orders_paid(&self) -> usize {
         self.state.lock().unwrap().paid.len()
     }
@@ -132,6 +139,7 @@ fn handle(
     reader.read_line(&mut request_line)?;
     let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_owned();
     let mut signature = None;
+    let mut receipt = None;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" {
@@ -141,10 +149,24 @@ fn handle(
             if n.trim().eq_ignore_ascii_case(http::PAYMENT_SIGNATURE) {
                 signature = Some(v.trim().to_owned());
             }
+            if n.trim().eq_ignore_ascii_case(http::PAYMENT_RECEIPT) {
+                receipt = Some(v.trim().to_owned());
+            }
         }
     }
     if path == "/free" {
         return respond(&mut conn, "200 OK", &[], b"free for all");
+    }
+    // A receipt this shop issued re-opens the resource.
+    if let Some(r) = receipt.and_then(|r| http::decode::<Signed<Receipt>>(&r).ok()) {
+        let mut s = state.lock().unwrap();
+        let issued = s.paid.get(&r.body.request).map(|(_, issued)| issued.clone());
+        if issued.is_some_and(|i| http::encode(&r).unwrap() == i) {
+            s.reopened += 1;
+            let body = s.body.clone();
+            drop(s);
+            return respond(&mut conn, "200 OK", &[], &body);
+        }
     }
     let Some(signature) = signature else {
         let s = state.lock().unwrap();

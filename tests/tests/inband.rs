@@ -106,9 +106,17 @@ fn a_wallet_with_no_pmtp_listener_buys_over_http_and_keeps_a_valid_receipt() {
     assert_eq!(h[0]["order"], v["order"]);
     assert_eq!(h[0]["url"], shop.url("/paper").as_str());
     assert_eq!(shop.orders_paid(), 1);
-    // Auto-approval aside, a second purchase asks again; to stdout this time, byte for byte.
+    // The same URL again: the receipt re-opens it, nothing asked or paid; to stdout, byte
+    // for byte.
+    let out = w.run_raw(&["pay", &shop.url("/paper")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, BODY);
+    assert_eq!(shop.reopened(), 1);
+    assert_eq!(w.available(), 100 - PRICE);
+    // Another resource of the shop is another purchase, asked again (the policy pays
+    // nothing without asking by default).
     let out = std::thread::scope(|s| {
-        let pay = s.spawn(|| w.run_raw(&["pay", &shop.url("/paper")]));
+        let pay = s.spawn(|| w.run_raw(&["pay", &shop.url("/other")]));
         let pending = w.wait_pending();
         assert_eq!(pending["new_merchant"], false, "the origin is pinned now");
         w.ok(&["approve", &pending["id"].to_string()]);
@@ -154,7 +162,7 @@ fn a_payment_the_shop_refuses_comes_back_by_exchange() {
 #[test]
 fn a_shop_that_dies_after_taking_the_coins_answers_the_payment_sent_again() {
     let sc = scene(30, Mode::TakeAndHangUp);
-    let (w, shop) = (&sc.w, &sc.shop);
+    let (w, shop, file) = (&sc.w, &sc.shop, &sc.file);
     let (ok, v, _) = sc.pay(true);
     assert!(!ok);
     assert_eq!(v["label"], "no_answer", "{v}");
@@ -165,6 +173,28 @@ fn a_shop_that_dies_after_taking_the_coins_answers_the_payment_sent_again() {
     assert_eq!(h[0]["receipt_valid"], true, "{h:?}");
     assert!(shop.payments_seen() >= 2, "sent again");
     assert_eq!(shop.orders_paid(), 1, "paid once");
+    assert_eq!(w.available(), 100 - PRICE);
+    assert_eq!(w.holding(), 100 - PRICE);
+    // The body the lost answer carried: `pay` again presents the receipt, and pays nothing.
+    let v = w.ok(&["pay", &shop.url("/paper"), "-o", file.to_str().unwrap()]);
+    assert_eq!(v["reopened"], true, "{v}");
+    assert_eq!(std::fs::read(file).unwrap(), BODY);
+    assert_eq!(w.available(), 100 - PRICE);
+}
+
+#[test]
+fn paying_again_for_an_unanswered_url_sends_the_same_payment_not_a_new_one() {
+    // Recovery waits long: the person's second `pay` is what sends it again.
+    let sc = scene(30, Mode::TakeAndHangUp);
+    let (w, shop, file) = (&sc.w, &sc.shop, &sc.file);
+    let (ok, v, _) = sc.pay(true);
+    assert!(!ok, "{v}");
+    shop.set_mode(Mode::Normal);
+    let (ok, v) = w.run(&["pay", &shop.url("/paper"), "-o", file.to_str().unwrap()]);
+    assert!(ok, "{v}");
+    assert_eq!(v["paid"], true);
+    assert_eq!(std::fs::read(file).unwrap(), BODY);
+    assert_eq!(shop.orders_paid(), 1, "one order, paid once");
     assert_eq!(w.available(), 100 - PRICE);
     assert_eq!(w.holding(), 100 - PRICE);
 }
@@ -196,7 +226,7 @@ fn a_changed_key_for_a_pinned_origin_is_refused() {
     assert!(ok, "{v}");
     // Another key under the same name, at the same origin.
     shop.set_merchant(named_identity(3, "bobs-books"));
-    let (ok, v) = w.run(&["pay", &shop.url("/paper"), "-o", file.to_str().unwrap()]);
+    let (ok, v) = w.run(&["pay", &shop.url("/other"), "-o", file.to_str().unwrap()]);
     assert!(!ok);
     assert_eq!(v["label"], "merchant_key_changed", "{v}");
     assert_eq!(w.available(), 100 - PRICE, "nothing more paid");

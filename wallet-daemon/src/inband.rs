@@ -83,6 +83,11 @@ pub async fn pay_url(w: &Arc<Wallet>, url: &str, output: Option<PathBuf>) -> Res
             return Err(WalletError::new(ReasonCode::MALFORMED, "the output file must be an absolute path"));
         }
     }
+    // Paid already for this URL (order unexpired): the receipt re-opens it, and a payment
+    // still unanswered is sent again, rather than paying a new order.
+    if let Some(v) = again(w, url, output.as_deref()).await? {
+        return Ok(v);
+    }
     let first = fetcher(w)?.get(url, &[]).await?;
     match (first.status, first.header(http::PAYMENT_REQUIRED)) {
         (200, _) => {
@@ -215,6 +220,74 @@ pub async fn pay_url(w: &Arc<Wallet>, url: &str, output: Option<PathBuf>) -> Res
                 ),
             ))
         }
+    }
+}
+
+/// What an earlier payment for `url` gets, if there is one whose order has not expired: a
+/// done payment presents its receipt (`PAYMENT-RECEIPT`); one still `sending` (sealed, and
+/// no other task on it) is sent again. `None`: no such payment, or the shop did not answer
+/// 200 (a new purchase follows).
+async fn again(w: &Arc<Wallet>, url: &str, output: Option<&Path>) -> Result<Option<Value>, WalletError> {
+    let u = url.to_owned();
+    let Some(earlier) = w.db.call(move |c, _| store::latest_for_url(c, &u)).await? else {
+        return Ok(None);
+    };
+    let store::UrlPayment { id: payment, state, offer, receipt } = earlier;
+    let Ok(offer) = http::decode::<SignedOffer>(&offer) else { return Ok(None) };
+    if offer.body.expires <= store::now() {
+        return Ok(None);
+    }
+    let mut v = json!({"url": escaped(url), "origin": offer.body.origin.to_string(),
+                       "order": http::order_label(&offer.body.order), "order_id": hex::encode(offer.body.order),
+                       "merchant": offer.body.merchant.name.escaped(), "amount": offer.body.amount.minor_units(),
+                       "payment": payment, "status": 200});
+    match (state, receipt) {
+        (PaymentState::Done, Some(blob)) => {
+            let Ok(receipt) = bincode::deserialize::<Signed<Receipt>>(&blob) else { return Ok(None) };
+            let header = http::encode(&receipt).map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?;
+            let answer = fetcher(w)?.get(url, &[(http::PAYMENT_RECEIPT, header.as_str())]).await?;
+            if answer.status != 200 {
+                return Ok(None);
+            }
+            tracing::info!(payment, "paid earlier: the receipt re-opened the resource");
+            v["paid"] = json!(false);
+            v["reopened"] = json!(true);
+            deliver(&mut v, answer.body, output)?;
+            Ok(Some(v))
+        }
+        (PaymentState::Sending, _) => {
+            let record = w.db.call(move |c, _| store::http_payment(c, payment)).await?;
+            let Some(sealed) = record.and_then(|r| r.sealed) else { return Ok(None) };
+            // Maintenance (or another `pay`) is sending it right now: it settles there.
+            let Some(claim) = w.in_flight.claim(payment) else {
+                return Err(WalletError::new(
+                    ReasonCode::BUSY,
+                    format!("payment #{payment} for this URL is being sent again right now; try again shortly"),
+                ));
+            };
+            let keys =
+                offer.body.merchant.parse().map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?;
+            let terms = Terms { url: url.to_owned(), offer, keys, sealed };
+            let outcome = send(w, payment, &terms).await;
+            drop(claim);
+            match outcome {
+                Outcome::Paid(answer) => {
+                    v["paid"] = json!(true);
+                    deliver(&mut v, answer.body, output)?;
+                    Ok(Some(v))
+                }
+                // Maintenance resolves it (a refusal is seen there again).
+                Outcome::Refused(code, reason) => Err(WalletError::new(
+                    code,
+                    format!("payment #{payment} for this URL, sent again, is refused: {reason}; its coins will be taken back by exchange"),
+                )),
+                Outcome::Unknown(reason) => Err(WalletError::new(
+                    ReasonCode::NO_ANSWER,
+                    format!("payment #{payment} for this URL is still unanswered ({reason}); the wallet keeps sending it"),
+                )),
+            }
+        }
+        _ => Ok(None),
     }
 }
 

@@ -169,6 +169,33 @@ pub fn http_payment(conn: &Connection, id: i64) -> Result<Option<HttpPaymentReco
     .transpose()
 }
 
+/// An earlier outgoing payment in band for a URL.
+#[derive(Clone, Debug)]
+pub struct UrlPayment {
+    pub id: i64,
+    pub state: PaymentState,
+    /// The offer's header value.
+    pub offer: String,
+    /// The receipt (bincode), once done.
+    pub receipt: Option<Vec<u8>>,
+}
+
+/// The latest outgoing payment in band for `url` that is done or still `sending` (reads
+/// `payments`).
+pub fn latest_for_url(conn: &Connection, url: &str) -> Result<Option<UrlPayment>, DbError> {
+    let row = conn
+        .query_row(
+            "SELECT id, state, offer, receipt FROM payments
+             WHERE direction = 'out' AND url = ?1 AND state IN ('done', 'sending') AND offer IS NOT NULL
+             ORDER BY id DESC LIMIT 1",
+            params![url],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get(3)?)),
+        )
+        .optional()?;
+    row.map(|(id, state, offer, receipt)| Ok(UrlPayment { id, state: PaymentState::parse(&state)?, offer, receipt }))
+        .transpose()
+}
+
 /// Counts one more unanswered attempt to send payment in band `id` again; returns the
 /// count (writes `payments.http_attempts`).
 pub fn note_http_attempt(conn: &Connection, id: i64) -> Result<u32, DbError> {
