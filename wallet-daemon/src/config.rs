@@ -21,8 +21,10 @@ pub struct Config {
     pub banks: Vec<BankConfig>,
     pub policy: Policy,
     pub merchant: Merchant,
-    pub http: Http,
     pub limits: Limits,
+    /// After `limits`: the commented example of `merchant.deposit_bank` sits above
+    /// `[limits]`, and must stay in the `[merchant]` section when uncommented.
+    pub http: Http,
 }
 
 /// The HTTP client of payments in band (`payme-wallet pay URL`).
@@ -440,5 +442,12 @@ mod tests {
         }
         let text = Config::default().commented_toml().unwrap();
         assert!(text.contains("# deposit_bank = \"bank-a\"\n\n[limits]\n"), "{text}");
+    }
+
+    #[test]
+    fn the_deposit_bank_example_uncommented_lands_in_the_merchant_section() {
+        let text = Config::default().commented_toml().unwrap().replace("# deposit_bank = ", "deposit_bank = ");
+        let c: Config = toml::from_str(&text).unwrap();
+        assert_eq!(c.merchant.deposit_bank.as_deref(), Some("bank-a"));
     }
 }
