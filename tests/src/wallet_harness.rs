@@ -190,6 +190,11 @@ impl TestWallet {
         }
     }
 
+    /// Runs a client subcommand as a person would (no --json); returns its raw output.
+    pub fn run_raw(&self, args: &[&str]) -> std::process::Output {
+        wallet_cmd(self.dir.path()).args(args).output().unwrap()
+    }
+
     /// Runs a client subcommand with --json; returns (success, parsed output).
     pub fn run(&self, args: &[&str]) -> (bool, Value) {
         let out = wallet_cmd(self.dir.path()).arg("--json").args(args).output().unwrap();

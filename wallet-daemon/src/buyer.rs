@@ -17,6 +17,7 @@ use pmtp_proto::codec::PmtpCodec;
 use pmtp_proto::denomination::{select_exact, SelectError};
 use pmtp_proto::keys::PeerKeys;
 use pmtp_proto::refusal::reason_text;
+use pmtp_proto::text::BankId;
 use pmtp_proto::*;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -74,18 +75,25 @@ async fn plain(conn: &mut Conn, code: ReasonCode, text: &str) {
 /// Pinning: `Ok(true)` for a merchant already known with these keys, `Ok(false)` for a new
 /// merchant, and an error for a known name with different keys.
 async fn known_merchant(w: &Arc<Wallet>, merchant: &PeerKeys) -> Result<bool, WalletError> {
-    let name = merchant.name.as_str().to_owned();
+    known_as(w, merchant.name.as_str(), merchant).await
+}
+
+/// [`known_merchant`] with the keys pinned under `key` (a merchant's name, or a shop's web
+/// origin for payments in band).
+pub(crate) async fn known_as(w: &Arc<Wallet>, key: &str, merchant: &PeerKeys) -> Result<bool, WalletError> {
+    let name = key.to_owned();
     let pinned = w.db.call(move |c, _| store::pinned_fingerprint(c, &name)).await?;
     match pinned {
         Some(fp) if fp == merchant.fingerprint.to_string() => Ok(true),
         Some(fp) => {
+            let who = pmtp_proto::text::escape_control(key);
             tracing::warn!(
-                merchant = %merchant.name.escaped(), pinned = %fp, presented = %merchant.fingerprint,
+                merchant = %who, pinned = %fp, presented = %merchant.fingerprint,
                 "MERCHANT KEY CHANGED: refusing; if the merchant really changed keys, run `payme-wallet merchants forget`"
             );
             Err(WalletError::new(
                 ReasonCode::MERCHANT_KEY_CHANGED,
-                format!("merchant {} presented a key different from the one pinned; refused", merchant.name.escaped()),
+                format!("merchant {who} presented a key different from the one pinned; refused"),
             ))
         }
         None => Ok(false),
@@ -123,8 +131,13 @@ async fn decide_and_pay(
 /// Coins chosen meanwhile by another payment can still make the payment fail later as
 /// `not_enough_money`; this check only spares the person a question that cannot succeed.
 async fn can_pay(w: &Arc<Wallet>, ask: &AskPaymentRequest) -> Result<(), WalletError> {
-    let amount = ask.body.amount;
-    let accepted: Vec<String> = ask.body.accepted_banks.iter().map(|b| b.as_str().to_owned()).collect();
+    funds_for(w, ask.body.amount, &ask.body.accepted_banks).await
+}
+
+/// [`can_pay`] for any request: `amount` in coins of one of the `accepted` banks (any
+/// known bank when empty).
+pub(crate) async fn funds_for(w: &Arc<Wallet>, amount: Amount, accepted: &[BankId]) -> Result<(), WalletError> {
+    let accepted: Vec<String> = accepted.iter().map(|b| b.as_str().to_owned()).collect();
     for bank in w.banks.keys().filter(|b| accepted.is_empty() || accepted.contains(b)) {
         let b = bank.clone();
         let rows = w.db.call(move |c, _| store::values_in(c, CoinState::Available, &b)).await?;
@@ -147,8 +160,38 @@ async fn ask_person(
     known: bool,
     peer: IpAddr,
 ) -> Result<(), WalletError> {
+    let question = Question {
+        merchant: merchant.name.escaped(),
+        fingerprint: merchant.fingerprint.to_string(),
+        new_merchant: !known,
+        description: ask.body.description.escaped(),
+        amount: ask.body.amount,
+        peer,
+        origin: None,
+        order: store::short_order_id(&ask.body.nonce.random),
+    };
+    wait_for_consent(w, question).await
+}
+
+/// What the person is asked to approve (every text escaped already).
+pub(crate) struct Question {
+    pub merchant: String,
+    pub fingerprint: String,
+    pub new_merchant: bool,
+    pub description: String,
+    pub amount: Amount,
+    /// Whose request counts against a source's share of the list.
+    pub peer: IpAddr,
+    /// The shop's web origin, for a payment in band.
+    pub origin: Option<String>,
+    pub order: String,
+}
+
+/// Puts `q` on the pending list and waits for `approve` or `refuse`, or the deadline.
+pub(crate) async fn wait_for_consent(w: &Arc<Wallet>, q: Question) -> Result<(), WalletError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let id = w.next_pending.fetch_add(1, Ordering::Relaxed);
+    let peer = q.peer;
     {
         let mut pending = w.pending.lock().map_err(|_| WalletError::new(ReasonCode::INTERNAL, "internal error"))?;
         if pending.len() >= w.config.limits.max_pending_requests {
@@ -165,26 +208,28 @@ async fn ask_person(
                 format!("{share} payment requests from your address are already waiting; try again later"),
             ));
         }
+        tracing::info!(
+            id, order = %q.order, merchant = %q.merchant, amount = %q.amount, description = %q.description,
+            origin = q.origin.as_deref().unwrap_or(""),
+            "payment request waiting for approval (payme-wallet pending / approve / refuse)"
+        );
         pending.insert(
             id,
             PendingRequest {
                 id,
-                merchant: merchant.name.escaped(),
-                fingerprint: merchant.fingerprint.to_string(),
-                new_merchant: !known,
-                description: ask.body.description.escaped(),
-                amount: ask.body.amount.minor_units(),
+                merchant: q.merchant,
+                fingerprint: q.fingerprint,
+                new_merchant: q.new_merchant,
+                description: q.description,
+                amount: q.amount.minor_units(),
                 peer,
-                order: store::short_order_id(&ask.body.nonce.random),
+                origin: q.origin,
+                order: q.order,
                 created: w.now(),
                 answer: tx,
             },
         );
     }
-    tracing::info!(
-        id, order = %store::short_order_id(&ask.body.nonce.random), merchant = %merchant.name.escaped(), amount = %ask.body.amount, description = %ask.body.description.escaped(),
-        "payment request waiting for approval (payme-wallet pending / approve / refuse)"
-    );
     let wait = Duration::from_secs(w.config.policy.consent_timeout_secs.max(1));
     let answer = tokio::time::timeout(wait, rx).await;
     if let Ok(mut p) = w.pending.lock() {
@@ -199,7 +244,12 @@ async fn ask_person(
 }
 
 async fn pin(w: &Arc<Wallet>, merchant: &PeerKeys) -> Result<(), WalletError> {
-    let (name, fp) = (merchant.name.as_str().to_owned(), merchant.fingerprint.to_string());
+    pin_as(w, merchant.name.as_str(), merchant).await
+}
+
+/// Pins `merchant`'s keys under `key` (its name, or a shop's web origin).
+pub(crate) async fn pin_as(w: &Arc<Wallet>, key: &str, merchant: &PeerKeys) -> Result<(), WalletError> {
+    let (name, fp) = (key.to_owned(), merchant.fingerprint.to_string());
     let identity =
         bincode::serialize(&merchant.public).map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?;
     w.db.call(move |c, _| store::pin_merchant(c, &name, &fp, &identity)).await?;
@@ -215,8 +265,29 @@ async fn reserve(
     merchant: &PeerKeys,
     peer: IpAddr,
 ) -> Result<(i64, Vec<Coin>, Option<crate::Claim>), WalletError> {
-    let amount = ask.body.amount;
-    let accepted: Vec<String> = ask.body.accepted_banks.iter().map(|b| b.as_str().to_owned()).collect();
+    let record = store::NewPayment {
+        direction: Direction::Out,
+        peer: peer.to_string(),
+        merchant: merchant.name.as_str().to_owned(),
+        merchant_fp: merchant.fingerprint.to_string(),
+        amount: ask.body.amount,
+        description: ask.body.description.as_str().to_owned(),
+        request: bincode::serialize(&ask.body.nonce)
+            .map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?,
+        http: None,
+    };
+    reserve_for(w, &ask.body.accepted_banks, record).await
+}
+
+/// [`reserve`] for any outgoing payment: `record` is written with the coins chosen for
+/// its amount, in coins of one of the `accepted` banks (any known bank when empty).
+pub(crate) async fn reserve_for(
+    w: &Arc<Wallet>,
+    accepted: &[BankId],
+    record: store::NewPayment,
+) -> Result<(i64, Vec<Coin>, Option<crate::Claim>), WalletError> {
+    let amount = record.amount;
+    let accepted: Vec<String> = accepted.iter().map(|b| b.as_str().to_owned()).collect();
     let banks: Vec<String> = w.banks.keys().filter(|b| accepted.is_empty() || accepted.contains(b)).cloned().collect();
     // Bounded: each bank at most eight choices, and two exchanges. A choice that meets a
     // damaged coin quarantines it and chooses again among the others.
@@ -230,16 +301,7 @@ async fn reserve(
             match select_exact(&denoms, amount) {
                 Ok(idx) => {
                     let serials: Vec<Serial> = idx.iter().map(|&i| rows[i].0).collect();
-                    let record = store::NewPayment {
-                        direction: Direction::Out,
-                        peer: peer.to_string(),
-                        merchant: merchant.name.as_str().to_owned(),
-                        merchant_fp: merchant.fingerprint.to_string(),
-                        amount,
-                        description: ask.body.description.as_str().to_owned(),
-                        request: bincode::serialize(&ask.body.nonce)
-                            .map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?,
-                    };
+                    let record = record.clone();
                     let claims = w.in_flight.clone();
                     let reserved =
                         w.db.call(move |c, vault| {
@@ -349,7 +411,9 @@ enum Outcome {
     Unknown(String),
 }
 
-async fn set_state(w: &Arc<Wallet>, payment: i64, state: PaymentState, reason: &str) {
+/// Moves payment `payment` to `state`, noting `reason`; a failure is logged (the payment
+/// stays as it was, and maintenance resolves it).
+pub(crate) async fn set_state(w: &Arc<Wallet>, payment: i64, state: PaymentState, reason: &str) {
     let reason = reason.to_owned();
     let stored =
         w.db.call(move |c, _| {

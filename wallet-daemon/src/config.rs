@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 pub struct Config {
     /// PMTP listener for other wallets (merchants asking for payment).
     pub listen: SocketAddr,
+    /// Whether to listen for PMTP at all. A buyer who pays only in band (`payme-wallet pay
+    /// URL`, HTTP 402) needs no inbound port: `false` serves the control socket only.
+    pub pmtp_listener: bool,
     /// The local control socket; empty means `control.sock` in the data directory.
     pub control_socket: String,
     /// Banks this wallet knows: coins of other banks are refused.
@@ -19,6 +22,38 @@ pub struct Config {
     pub policy: Policy,
     pub merchant: Merchant,
     pub limits: Limits,
+    /// After `limits`: the commented example of `merchant.deposit_bank` sits above
+    /// `[limits]`, and must stay in the `[merchant]` section when uncommented.
+    pub http: Http,
+}
+
+/// The HTTP client of payments in band (`payme-wallet pay URL`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Seconds to connect to a shop.
+    pub connect_timeout_secs: u64,
+    /// Seconds one request may take, answer and body included.
+    pub timeout_secs: u64,
+    /// Largest body accepted (bytes); a longer answer is cut off as an error.
+    pub max_body_bytes: u64,
+    /// Redirects followed per request, and only within the URL's origin.
+    pub max_redirects: usize,
+    /// Maintenance rounds that send an unanswered payment again before its coins are
+    /// resolved by exchange at their bank.
+    pub resend_rounds: u32,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            connect_timeout_secs: 10,
+            timeout_secs: 120,
+            max_body_bytes: 64 * 1024 * 1024,
+            max_redirects: 5,
+            resend_rounds: 10,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -128,10 +163,12 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8001)),
+            pmtp_listener: true,
             control_socket: String::new(),
             banks: Vec::new(),
             policy: Policy::default(),
             merchant: Merchant::default(),
+            http: Http::default(),
             limits: Limits::default(),
         }
     }
@@ -200,6 +237,9 @@ impl Config {
         if ids.windows(2).any(|w| w[0] == w[1]) {
             return Err(ConfigError::Invalid("a bank id appears twice".into()));
         }
+        if self.http.max_body_bytes == 0 || self.http.timeout_secs == 0 || self.http.connect_timeout_secs == 0 {
+            return Err(ConfigError::Invalid("http.max_body_bytes and the http timeouts must be above 0".into()));
+        }
         if self.limits.max_frame_bytes == 0 || self.limits.max_frame_bytes > pmtp_proto::frame::DEFAULT_MAX_BODY {
             return Err(ConfigError::Invalid("limits.max_frame_bytes must be 1 to 1048576".into()));
         }
@@ -240,6 +280,11 @@ const DEPOSIT_BANK: &str = "Deposit coins of every known bank at this one, which
 const COMMENTS: &[(&str, &str)] = &[
     ("listen", "PMTP listener where merchants' wallets reach this wallet (the paper's wallet port is 8001)."),
     (
+        "pmtp_listener",
+        "false: no PMTP listener at all (`serve` serves the control socket only). A buyer who\n\
+         pays in band over HTTP 402 (`payme-wallet pay URL`) needs no inbound port.",
+    ),
+    (
         "control_socket",
         "Local control socket for the payme-wallet commands and the CGI program; empty means\n\
          control.sock in the data directory. Created with mode 0600; only this user may connect.",
@@ -271,6 +316,13 @@ const COMMENTS: &[(&str, &str)] = &[
          lost the download, presents the receipt to the shop and gets the item again).",
     ),
     ("merchant.max_concurrent_collects", "Collects waiting for buyers at once; more are refused as busy."),
+    ("http", "Paying over HTTP 402 (`payme-wallet pay URL`): the client's bounds."),
+    ("http.max_redirects", "Redirects followed per request, only within the URL's origin (scheme, host, port)."),
+    (
+        "http.resend_rounds",
+        "Maintenance rounds that send an unanswered payment to the shop again (it answers the\n\
+         same receipt) before its coins are taken back by exchange at their bank.",
+    ),
     ("limits", ""),
     (
         "limits.max_connections_per_ip",
@@ -319,6 +371,14 @@ mod tests {
                 order_lifetime_secs: 77,
                 max_concurrent_collects: 5,
             },
+            pmtp_listener: false,
+            http: Http {
+                connect_timeout_secs: 3,
+                timeout_secs: 4,
+                max_body_bytes: 5,
+                max_redirects: 0,
+                resend_rounds: 7,
+            },
             ..Config::default()
         };
         assert_eq!(toml::from_str::<Config>(&c.commented_toml().unwrap()).unwrap(), c);
@@ -330,6 +390,8 @@ mod tests {
         let c = Config::load(&path).unwrap();
         assert_eq!(c.banks.len(), 1);
         assert_eq!(c.policy, Policy::default());
+        assert_eq!(c.http, Http::default());
+        assert!(c.pmtp_listener);
     }
 
     #[test]
@@ -380,5 +442,12 @@ mod tests {
         }
         let text = Config::default().commented_toml().unwrap();
         assert!(text.contains("# deposit_bank = \"bank-a\"\n\n[limits]\n"), "{text}");
+    }
+
+    #[test]
+    fn the_deposit_bank_example_uncommented_lands_in_the_merchant_section() {
+        let text = Config::default().commented_toml().unwrap().replace("# deposit_bank = ", "deposit_bank = ");
+        let c: Config = toml::from_str(&text).unwrap();
+        assert_eq!(c.merchant.deposit_bank.as_deref(), Some("bank-a"));
     }
 }

@@ -103,6 +103,13 @@ pub enum Request {
     Receipt {
         id: i64,
     },
+    /// Buyer side: fetch `url`, paying over HTTP 402 if it asks (`payme-wallet pay`). The
+    /// body is written to `output` (an absolute path) or returned base64.
+    PayUrl {
+        url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<String>,
+    },
 }
 
 /// Reads an order id given as 32 hex digits.
@@ -299,6 +306,7 @@ async fn handle(w: &Arc<Wallet>, req: Request) -> Result<Value, WalletError> {
                     .map(|r| {
                         json!({"id": r.id, "merchant": r.merchant, "fingerprint": r.fingerprint, "new_merchant": r.new_merchant,
                                "description": r.description, "amount": r.amount, "peer": r.peer.to_string(), "order": r.order,
+                               "origin": r.origin,
                                "waiting_secs": now.saturating_sub(r.created)})
                     })
                     .collect(),
@@ -366,6 +374,7 @@ async fn handle(w: &Arc<Wallet>, req: Request) -> Result<Value, WalletError> {
         Request::Identity => {
             Ok(json!({"name": w.public.name.escaped(), "fingerprint": w.public.fingerprint().to_string()}))
         }
+        Request::PayUrl { url, output } => crate::inband::pay_url(w, &url, output.map(std::path::PathBuf::from)).await,
         Request::Receipt { id } => {
             let all = history(w).await?;
             let p = all
@@ -396,21 +405,26 @@ async fn history(w: &Arc<Wallet>) -> Result<Value, WalletError> {
     let rows = w.db.call(|c, _| store::payment_history(c, 1000)).await?;
     let mut out = Vec::new();
     for p in rows {
+        let offer = p.offer.as_deref().and_then(|o| pmtp_proto::http::decode::<pmtp_proto::http::SignedOffer>(o).ok());
         // A receipt is shown with whether it verifies against the pinned merchant key.
         let receipt_valid = p.receipt.as_ref().and_then(|b| {
             let r: pmtp_proto::Signed<pmtp_proto::Receipt> = bincode::deserialize(b).ok()?;
-            let key = match p.direction {
-                Direction::In => Some(w.public.clone()),
-                Direction::Out => pinned_identity(w, &p.merchant),
+            let key = match (p.direction, &offer) {
+                (Direction::In, _) => Some(w.public.clone()),
+                // In band: the key the offer named (and the wallet pinned for the origin).
+                (Direction::Out, Some(o)) => Some(o.body.merchant.clone()),
+                (Direction::Out, None) => pinned_identity(w, &p.merchant),
             };
             Some(key?.parse().ok().map(|k| r.verify(&k.verifying).is_ok()).unwrap_or(false))
         });
-        // The order a receipt settles: its `request`, the ask's nonce random part.
+        // The order a receipt settles: its `request`, the ask's nonce random part (in band:
+        // the offer's order, known before any receipt).
         let order = p
             .receipt
             .as_ref()
             .and_then(|b| bincode::deserialize::<pmtp_proto::Signed<pmtp_proto::Receipt>>(b).ok())
-            .map(|r| r.body.request);
+            .map(|r| r.body.request)
+            .or(offer.as_ref().map(|o| o.body.order));
         // Names, descriptions and reasons may hold what a peer wrote.
         use pmtp_proto::text::escape_control;
         out.push(json!({
@@ -421,6 +435,7 @@ async fn history(w: &Arc<Wallet>) -> Result<Value, WalletError> {
             "receipt": p.receipt.map(hex::encode), "receipt_valid": receipt_valid,
             "order": order.as_ref().map(store::short_order_id), "order_id": order.map(hex::encode),
             "reason": escape_control(&p.reason), "time": p.created,
+            "url": p.url.as_deref().map(escape_control),
         }));
     }
     Ok(Value::Array(out))
@@ -444,12 +459,17 @@ pub enum CallError {
     Json(#[from] serde_json::Error),
 }
 
+/// Longest answer line a client reads (a paid body of 64 MiB in base64, and more).
+pub const MAX_ANSWER: usize = 100 * 1024 * 1024;
+
 /// Client side: sends one request to the daemon's control socket and returns its result.
 pub async fn call(socket: &Path, req: &Request) -> Result<Result<Value, (u16, String, String)>, CallError> {
     let stream = UnixStream::connect(socket)
         .await
         .map_err(|source| CallError::NotRunning { path: socket.to_owned(), source })?;
-    let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(16 * 1024 * 1024));
+    // A `pay_url` answer may carry a body of up to `http.max_body_bytes` (64 MiB by
+    // default) in base64.
+    let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_ANSWER));
     lines.send(serde_json::to_string(req)?).await?;
     let line = lines.next().await.ok_or(CallError::Closed)??;
     let v: Value = serde_json::from_str(&line)?;

@@ -10,6 +10,8 @@
 //! - [`ops`]: withdraw, deposit, exchange as crash-safe operations; resolving a payment
 //!   without a receipt.
 //! - [`buyer`]: answering ask_payment_request: consent, coin choice, pay_coins.
+//! - [`inband`]: `payme-wallet pay URL`: paying a shop over HTTP 402, in band; [`fetch`]
+//!   is its HTTP client.
 //! - [`merchant`]: `collect`: ask a buyer's wallet, validate coins at the bank, receipt.
 //! - [`recovery`]: the maintenance round that finishes unfinished work; above buyer,
 //!   merchant and ops, which never call it.
@@ -25,6 +27,8 @@
 pub mod buyer;
 pub mod config;
 pub mod control;
+pub mod fetch;
+pub mod inband;
 pub mod merchant;
 pub mod ops;
 pub mod peer;
@@ -138,6 +142,8 @@ pub struct PendingRequest {
     pub description: String,
     pub amount: u64,
     pub peer: IpAddr,
+    /// The shop's web origin, for a payment in band (`payme-wallet pay URL`).
+    pub origin: Option<String>,
     /// The order id, short (as the shop's page shows it).
     pub order: String,
     pub created: u64,
@@ -206,12 +212,14 @@ pub struct Wallet {
     /// Where the buyer, merchant and recovery logic (and this wallet's bank clients) get
     /// the time: the system clock, or one a test moves ([`Wallet::with_clock`]).
     pub clock: Arc<dyn pmtp_client::clock::Clock>,
+    /// The HTTP client of payments in band, made on first use.
+    pub fetcher: std::sync::OnceLock<fetch::Fetcher>,
 }
 
 impl Wallet {
     pub fn new(config: config::Config, dir: DataDir, identity: Identity, db: store::Db) -> Result<Wallet, WalletError> {
         config.validate().map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?;
-        let bind_ip = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
+        let bind_ip = Some(config.listen.ip()).filter(|ip| config.pmtp_listener && !ip.is_unspecified());
         let mut banks = HashMap::new();
         for b in &config.banks {
             let public = PublicIdentity::from_text(&b.public_key)
@@ -251,6 +259,7 @@ impl Wallet {
             collects: Default::default(),
             collect_permits,
             clock: Arc::new(pmtp_client::clock::SystemClock),
+            fetcher: std::sync::OnceLock::new(),
         })
     }
 
@@ -326,10 +335,16 @@ pub async fn serve(
     let bytes = pmtp_proto::keyfile::fs::read_private(&dir.key()).map_err(key)?;
     let identity = pmtp_proto::keyfile::open_identity(&bytes, passphrase.as_bytes()).map_err(key)?;
     let db = store::Db::open(&dir.database(), store::Vault::new(&identity))?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| DaemonError::Listen { addr: cfg.listen, source })?;
-    let local = listener.local_addr()?;
+    // No PMTP listener: a buyer who pays only in band needs no inbound port.
+    let listener = match cfg.pmtp_listener {
+        true => Some(
+            tokio::net::TcpListener::bind(cfg.listen)
+                .await
+                .map_err(|source| DaemonError::Listen { addr: cfg.listen, source })?,
+        ),
+        false => None,
+    };
+    let local = listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let socket_path = cfg.control_socket_path(&dir.root);
     let control =
         control::bind(&socket_path).map_err(|source| DaemonError::Control { path: socket_path.clone(), source })?;
@@ -362,15 +377,26 @@ pub async fn serve(
         });
     }
     tracker.spawn(control::serve(w.clone(), control, token.clone(), tracker.clone()));
-    tracing::info!(addr = %local, control = %socket_path.display(), "wallet serving");
     {
         // Whoever started the daemon may have closed stdout: that must not stop it.
         use std::io::Write;
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "payme-wallet listening on {local}");
+        let _ = match local {
+            Some(local) => {
+                tracing::info!(addr = %local, control = %socket_path.display(), "wallet serving");
+                writeln!(out, "payme-wallet listening on {local}")
+            }
+            None => {
+                tracing::info!(control = %socket_path.display(), "wallet serving the control socket only (no PMTP listener)");
+                writeln!(out, "payme-wallet serving no PMTP listener; control socket {}", socket_path.display())
+            }
+        };
         let _ = out.flush();
     }
-    peer::serve(w.clone(), listener, token.clone(), tracker.clone(), shutdown).await;
+    match listener {
+        Some(listener) => peer::serve(w.clone(), listener, token.clone(), tracker.clone(), shutdown).await,
+        None => shutdown.await,
+    }
     tracing::info!("shutting down");
     token.cancel();
     tracker.close();

@@ -55,6 +55,10 @@ enum Command {
     Serve {
         #[arg(long, env = "PAYME_WALLET_LISTEN")]
         listen: Option<SocketAddr>,
+        /// No PMTP listener (config `pmtp_listener = false`): serve the control socket only,
+        /// for a buyer who pays in band over HTTP (`payme-wallet pay URL`).
+        #[arg(long, conflicts_with = "listen")]
+        no_listen: bool,
         #[arg(long)]
         passphrase_file: Option<PathBuf>,
     },
@@ -112,6 +116,14 @@ enum Command {
         /// The item's address: printed with the token appended.
         #[arg(long)]
         url: Option<String>,
+    },
+    /// Fetch URL as curl would, paying the shop over HTTP 402 if it asks (with your
+    /// consent or under your policy): the body goes to FILE, or to stdout.
+    Pay {
+        url: String,
+        /// Write the body here (written by the wallet daemon) instead of stdout.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
     },
     /// Merchant side: ask the wallet at --from for --amount and wait for the outcome.
     Collect {
@@ -228,10 +240,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Serve { listen, passphrase_file } => {
+        Command::Serve { listen, no_listen, passphrase_file } => {
             let mut cfg = load_config(&dir)?;
             if let Some(l) = listen {
                 cfg.listen = l;
+                cfg.pmtp_listener = true;
+            }
+            if no_listen {
+                cfg.pmtp_listener = false;
             }
             let pass = read_secret(passphrase_file.as_deref(), "PAYME_WALLET_PASSPHRASE", "Wallet passphrase: ")?;
             serve(dir, cfg, &pass)?;
@@ -262,6 +278,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             receipt_url = url;
             Request::Receipt { id }
         }
+        Command::Pay { url, output } => {
+            // The daemon writes the file: it needs the path from here, not from its own
+            // working directory.
+            let output = match output {
+                Some(p) if p.as_os_str() == "-" => None,
+                Some(p) if p.is_absolute() => Some(p),
+                Some(p) => Some(std::env::current_dir().context("the current directory")?.join(p)),
+                None => None,
+            };
+            Request::PayUrl { url, output: output.map(|p| p.display().to_string()) }
+        }
     };
     let cfg = load_config(&dir)?;
     let socket = cfg.control_socket_path(&dir.root);
@@ -276,6 +303,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if json {
                 writeln!(out, "{v}")?;
+            } else if let (Request::PayUrl { .. }, Some(b64)) = (&req, v["body_base64"].as_str()) {
+                // The body, byte for byte, to stdout; what was paid, to stderr.
+                use base64::Engine;
+                let body = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .context("the wallet daemon's answer holds no readable body")?;
+                out.write_all(&body)?;
+                print_human(&mut std::io::stderr().lock(), &req, &v)?;
             } else {
                 print_human(&mut out, &req, &v)?;
             }
@@ -345,16 +380,21 @@ fn print_human(out: &mut impl Write, req: &Request, v: &Value) -> std::io::Resul
                 } else {
                     ""
                 };
+                // In band, the shop is its web origin; over PMTP, its wallet's address.
+                let from = match p["origin"].as_str() {
+                    Some(o) => format!("shop {}", text(&Value::from(o))),
+                    None => format!("from {}", text(&p["peer"])),
+                };
                 writeln!(
                     out,
-                    "#{}  {} asks {} for {}{}\n     order {}, from {}, key {}",
+                    "#{}  {} asks {} for {}{}\n     order {}, {}, key {}",
                     p["id"],
                     text(&p["merchant"]),
                     p["amount"],
                     text(&p["description"]),
                     new,
                     text(&p["order"]),
-                    text(&p["peer"]),
+                    from,
                     text(&p["fingerprint"])
                 )?;
             }
@@ -402,6 +442,22 @@ fn print_human(out: &mut impl Write, req: &Request, v: &Value) -> std::io::Resul
                     "to get the item again, open its address with ?receipt= and this token appended:\n{}",
                     text(&v["receipt"])
                 )?,
+            }
+        }
+        Request::PayUrl { .. } => {
+            if v["paid"] == true {
+                writeln!(
+                    out,
+                    "paid {} to {} at {} (order {}, payment #{})",
+                    v["amount"],
+                    text(&v["merchant"]),
+                    text(&v["origin"]),
+                    text(&v["order"]),
+                    v["payment"]
+                )?;
+            }
+            if let Some(o) = v["output"].as_str() {
+                writeln!(out, "{} bytes written to {}", v["bytes"], text(&Value::from(o)))?;
             }
         }
         Request::Collect { .. } => match v["outcome"].as_str() {

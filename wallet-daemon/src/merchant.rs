@@ -386,6 +386,7 @@ fn incoming_record(w: &Wallet, ask: &AskPayment, peer: std::net::IpAddr) -> Resu
         amount: ask.amount,
         description: ask.description.as_str().to_owned(),
         request: bincode::serialize(&ask.nonce).map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?,
+        http: None,
     })
 }
 

@@ -2,7 +2,8 @@
 //! crash or kill -9) and then periodically (lost replies, banks that were down).
 //!
 //! It sits above the rest: it uses [`crate::ops`] (retrying started operations, resolving
-//! outgoing payments without a receipt, refreshing coins), [`crate::merchant`] (validating
+//! outgoing payments without a receipt, refreshing coins), [`crate::inband`] (sending a
+//! payment in band again before resolving it), [`crate::merchant`] (validating
 //! coins a buyer sent) and the store, and nothing below imports it. Work a task is doing
 //! right now is claimed (`Wallet::in_flight`, `Wallet::ops_in_flight`), and a round leaves
 //! claimed payments and operations alone.
@@ -32,6 +33,15 @@ async fn round(w: &Arc<Wallet>) -> Result<(), WalletError> {
     for p in w.db.call(|c, _| store::unresolved_outgoing(c)).await? {
         // Checked now, not before the query: a payment claimed since is being sent.
         let Some(_claim) = w.in_flight.claim(p) else { continue };
+        // Paid in band: sent again first (the shop answers the same receipt).
+        match crate::inband::recover(w, p).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(payment = p, error = %e, "payment in band not sent again");
+                continue;
+            }
+        }
         let _ = ops::resolve_payment(w, p).await;
     }
     // Merchant side: coins received and not yet validated.

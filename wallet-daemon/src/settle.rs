@@ -220,6 +220,7 @@ pub async fn settle(w: &Arc<Wallet>, req: SettleRequest) -> Result<Settled, Wall
         amount: offer.amount,
         description: offer.description.as_str().to_owned(),
         request: order.to_vec(),
+        http: None,
     };
     let (payment, op, claims) = match merchant::record(w, pay.coins.clone(), record, order, Some(row)).await? {
         Recorded::New(p, op, claims) => (p, op, claims),

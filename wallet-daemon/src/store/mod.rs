@@ -184,6 +184,18 @@ const SCHEMA: &[(i64, &str)] = &[
     ) WITHOUT ROWID;
     ",
     ),
+    (
+        5,
+        "
+    -- Outgoing payments in band (HTTP 402, payme-wallet pay URL): the URL paid for, the
+    -- shop's signed offer and the sealed payment (header values, v1....), and how many
+    -- times recovery sent it again without an answer. NULL url: a PMTP payment.
+    ALTER TABLE payments ADD COLUMN url TEXT;
+    ALTER TABLE payments ADD COLUMN offer TEXT;
+    ALTER TABLE payments ADD COLUMN sealed TEXT;
+    ALTER TABLE payments ADD COLUMN http_attempts INTEGER NOT NULL DEFAULT 0;
+    ",
+    ),
 ];
 
 /// Handle to the database; cheap to clone.

@@ -77,6 +77,7 @@ impl PaymentState {
 }
 
 /// A payment record as first written, in its direction's [`Direction::first_state`].
+#[derive(Clone)]
 pub struct NewPayment {
     pub direction: Direction,
     pub peer: String,
@@ -84,15 +85,38 @@ pub struct NewPayment {
     pub merchant_fp: String,
     pub amount: Amount,
     pub description: String,
-    /// bincode of the ask_payment_request's nonce.
+    /// bincode of the ask_payment_request's nonce (empty for a payment in band).
     pub request: Vec<u8>,
+    /// A payment in band (HTTP 402): the URL and the shop's offer.
+    pub http: Option<HttpTerms>,
+}
+
+/// What an outgoing payment in band records beside the common fields.
+#[derive(Clone, Debug)]
+pub struct HttpTerms {
+    /// The URL whose answer was 402 (and where the payment is sent, and sent again).
+    pub url: String,
+    /// The shop's signed offer, as its header value (`v1.`...).
+    pub offer: String,
+}
+
+/// An outgoing payment in band as recovery sends it again.
+#[derive(Clone, Debug)]
+pub struct HttpPaymentRecord {
+    pub url: String,
+    pub offer: String,
+    /// The sealed payment, as its header value; `None` until it is made (before sending).
+    pub sealed: Option<String>,
+    /// How many times recovery has sent it again without an answer.
+    pub attempts: u32,
 }
 
 /// Inserts a payment record (writes one `payments` row); returns its id.
 pub fn insert_payment(tx: &Transaction<'_>, p: &NewPayment) -> Result<i64, DbError> {
     tx.execute(
-        "INSERT INTO payments(direction, state, peer, merchant, merchant_fp, amount, description, request, created, updated)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+        "INSERT INTO payments(direction, state, peer, merchant, merchant_fp, amount, description, request, created, updated,
+                              url, offer)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11)",
         params![
             p.direction.as_str(),
             p.direction.first_state().as_str(),
@@ -102,10 +126,85 @@ pub fn insert_payment(tx: &Transaction<'_>, p: &NewPayment) -> Result<i64, DbErr
             i(p.amount.minor_units())?,
             p.description,
             p.request,
-            i(now())?
+            i(now())?,
+            p.http.as_ref().map(|h| h.url.as_str()),
+            p.http.as_ref().map(|h| h.offer.as_str()),
         ],
     )?;
     Ok(tx.last_insert_rowid())
+}
+
+/// Stores the sealed payment (its header value) of payment in band `id`, before it is
+/// sent (writes `payments.sealed`).
+pub fn store_sealed(tx: &Transaction<'_>, id: i64, sealed: &str) -> Result<(), DbError> {
+    tx.execute("UPDATE payments SET sealed = ?2 WHERE id = ?1", params![id, sealed])?;
+    Ok(())
+}
+
+/// The in-band part of payment `id`, or `None` for a PMTP payment (reads `payments`).
+pub fn http_payment(conn: &Connection, id: i64) -> Result<Option<HttpPaymentRecord>, DbError> {
+    let row = conn
+        .query_row(
+            "SELECT url, offer, sealed, http_attempts FROM payments WHERE id = ?1 AND url IS NOT NULL",
+            params![id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            },
+        )
+        .optional()?;
+    row.map(|(url, offer, sealed, attempts)| {
+        Ok(HttpPaymentRecord {
+            url,
+            offer: offer.ok_or_else(|| DbError::Corrupt(format!("payment {id} has a URL but no offer")))?,
+            sealed,
+            attempts: u32::try_from(attempts)
+                .map_err(|_| DbError::Corrupt(format!("payment {id}: {attempts} attempts")))?,
+        })
+    })
+    .transpose()
+}
+
+/// An earlier outgoing payment in band for a URL.
+#[derive(Clone, Debug)]
+pub struct UrlPayment {
+    pub id: i64,
+    pub state: PaymentState,
+    /// The offer's header value.
+    pub offer: String,
+    /// The receipt (bincode), once done.
+    pub receipt: Option<Vec<u8>>,
+}
+
+/// The latest outgoing payment in band for `url` that is done or still `sending` (reads
+/// `payments`).
+pub fn latest_for_url(conn: &Connection, url: &str) -> Result<Option<UrlPayment>, DbError> {
+    let row = conn
+        .query_row(
+            "SELECT id, state, offer, receipt FROM payments
+             WHERE direction = 'out' AND url = ?1 AND state IN ('done', 'sending') AND offer IS NOT NULL
+             ORDER BY id DESC LIMIT 1",
+            params![url],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get(3)?)),
+        )
+        .optional()?;
+    row.map(|(id, state, offer, receipt)| Ok(UrlPayment { id, state: PaymentState::parse(&state)?, offer, receipt }))
+        .transpose()
+}
+
+/// Counts one more unanswered attempt to send payment in band `id` again; returns the
+/// count (writes `payments.http_attempts`).
+pub fn note_http_attempt(conn: &Connection, id: i64) -> Result<u32, DbError> {
+    let n: i64 = conn.query_row(
+        "UPDATE payments SET http_attempts = http_attempts + 1 WHERE id = ?1 RETURNING http_attempts",
+        params![id],
+        |r| r.get(0),
+    )?;
+    u32::try_from(n).map_err(|_| DbError::Corrupt(format!("payment {id}: {n} attempts")))
 }
 
 /// The state of payment `id` (reads `payments.state`); an unknown payment is an error.
@@ -201,13 +300,17 @@ pub struct PaymentRecord {
     pub receipt: Option<Vec<u8>>,
     pub reason: String,
     pub created: i64,
+    /// Payments in band: the URL paid for, and the shop's offer (header value).
+    pub url: Option<String>,
+    pub offer: Option<String>,
 }
 
 /// The latest `limit` payments, newest first. A row with an unknown direction or state,
 /// or a negative amount, is [`DbError::Corrupt`].
 pub fn payment_history(conn: &Connection, limit: u32) -> Result<Vec<PaymentRecord>, DbError> {
     let mut st = conn.prepare_cached(
-        "SELECT id, direction, state, peer, merchant, merchant_fp, amount, description, receipt, reason, created
+        "SELECT id, direction, state, peer, merchant, merchant_fp, amount, description, receipt, reason, created,
+                url, offer
          FROM payments ORDER BY id DESC LIMIT ?1",
     )?;
     let rows = st
@@ -221,26 +324,40 @@ pub fn payment_history(conn: &Connection, limit: u32) -> Result<Vec<PaymentRecor
                 r.get::<_, String>(7)?,
                 r.get::<_, Option<Vec<u8>>>(8)?,
                 r.get::<_, String>(9)?,
-                r.get::<_, i64>(10)?,
+                (r.get::<_, i64>(10)?, r.get::<_, Option<String>>(11)?, r.get::<_, Option<String>>(12)?),
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter()
-        .map(|(id, direction, state, (peer, merchant, merchant_fp), stored, description, receipt, reason, created)| {
-            Ok(PaymentRecord {
+        .map(
+            |(
                 id,
-                direction: Direction::parse(&direction)?,
-                state: PaymentState::parse(&state)?,
-                peer,
-                merchant,
-                merchant_fp,
-                amount: amount(stored)?,
+                direction,
+                state,
+                (peer, merchant, merchant_fp),
+                stored,
                 description,
                 receipt,
                 reason,
-                created,
-            })
-        })
+                (created, url, offer),
+            )| {
+                Ok(PaymentRecord {
+                    id,
+                    direction: Direction::parse(&direction)?,
+                    state: PaymentState::parse(&state)?,
+                    peer,
+                    merchant,
+                    merchant_fp,
+                    amount: amount(stored)?,
+                    description,
+                    receipt,
+                    reason,
+                    created,
+                    url,
+                    offer,
+                })
+            },
+        )
         .collect()
 }
 
@@ -288,6 +405,7 @@ mod tests {
             amount: Amount::new(24),
             description: "a book".into(),
             request: vec![1],
+            http: None,
         }
     }
 
@@ -320,6 +438,41 @@ mod tests {
             Ok(())
         })
         .unwrap();
+    }
+
+    #[test]
+    fn a_payment_in_band_keeps_its_url_offer_sealed_value_and_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::test_db(dir.path());
+        db.with(|c| {
+            let tx = c.transaction()?;
+            let pmtp = insert_payment(&tx, &new_payment(Direction::Out))?;
+            let terms = HttpTerms { url: "http://shop:80/paper".into(), offer: "v1.offer".into() };
+            let inband = insert_payment(&tx, &NewPayment { http: Some(terms), ..new_payment(Direction::Out) })?;
+            assert!(http_payment(&tx, pmtp)?.is_none(), "a PMTP payment has no in-band part");
+            let r = http_payment(&tx, inband)?.unwrap();
+            assert_eq!(
+                (r.url.as_str(), r.offer.as_str(), r.sealed, r.attempts),
+                ("http://shop:80/paper", "v1.offer", None, 0)
+            );
+            store_sealed(&tx, inband, "v1.sealed")?;
+            assert_eq!(note_http_attempt(&tx, inband)?, 1);
+            assert_eq!(note_http_attempt(&tx, inband)?, 2);
+            let r = http_payment(&tx, inband)?.unwrap();
+            assert_eq!((r.sealed.as_deref(), r.attempts), (Some("v1.sealed"), 2));
+            let h = payment_history(&tx, 10)?;
+            assert_eq!(h[0].url.as_deref(), Some("http://shop:80/paper"));
+            assert_eq!(h[1].url, None);
+            offerless_is_corrupt(&tx, inband)
+        })
+        .unwrap();
+    }
+
+    /// An in-band row with a URL but no offer is corrupt, not a default.
+    fn offerless_is_corrupt(tx: &Transaction<'_>, id: i64) -> Result<(), DbError> {
+        tx.execute("UPDATE payments SET offer = NULL WHERE id = ?1", [id])?;
+        assert!(matches!(http_payment(tx, id), Err(DbError::Corrupt(_))));
+        Ok(())
     }
 
     #[test]
