@@ -89,6 +89,11 @@ fn buy(web: &WebServer, buyer: &TestWallet, item: &str, answer: Option<&str>) ->
     (order, job.join().unwrap())
 }
 
+/// The page flow: the item bought with its order and fingerprint on the page and in the
+/// prompt, approved and without a question; refused by the person (402), by an empty
+/// wallet (402); a wallet field naming another host (400); an unreachable buyer (402 in
+/// fixed words); 404, HEAD, bodies read before any answer, 405 and 413; the shop's own
+/// wallet down (503).
 fn shop_under(kind: Kind) {
     let bank = TestBank::start();
     let buyer = TestWallet::start("alice", "127.0.0.2", &bank, Some(500), |c| {
@@ -174,6 +179,14 @@ fn shop_under(kind: Kind) {
     let merchant_balance = bank.accounts().into_iter().find(|a| a.1 == "bob's books").unwrap().2;
     assert_eq!(merchant_balance, 74, "two purchases of 37 deposited");
     bank.assert_audit();
+
+    // The shop's own wallet is down: 503, for the page and for Buy.
+    let mut merchant = merchant;
+    merchant.stop();
+    let page = http(&web.addr, "GET", "/cgi-bin/payme-cgi/paper", None, Some(ip(&buyer)));
+    assert_eq!(web.status_of(&page), 503, "{}", page.text());
+    let r = post(&web, ip(&buyer), "paper", format!("wallet={}", buyer.port())).join().unwrap();
+    assert_eq!(web.status_of(&r), 503, "{}", r.text());
 }
 
 /// The response arrived whole (its Content-Length, when given, is its length) and at once
@@ -294,7 +307,8 @@ under_each!(paying_in_band:
 /// In band over HTTP 402: a program's GET gets 402 with the signed offer; a retry with a
 /// sealed payment gets the item and the receipt; the receipt re-opens the item; a second
 /// payment for the paid order is refused (409) and its coins stay the buyer's; an offer for
-/// another page does not pay; a damaged header is 400.
+/// another page does not pay; a damaged header is 400; a paid item that cannot be read is
+/// 500 with the receipt, which re-opens it once it is back.
 fn paying_in_band(kind: Kind) {
     use payme_tests::inband::{self, exchange, get, pay, withdraw};
     let bank = TestBank::start();
@@ -349,8 +363,22 @@ fn paying_in_band(kind: Kind) {
     let r = get(&web.addr, path, &[("PAYMENT-SIGNATURE", "v1.<b>")]);
     assert_eq!((r.status, r.header("PAYMENT-REFUSED")), (400, Some("1 malformed")));
     assert!(!r.text().contains("<b>"));
+    // Paid, but the item cannot be read: 500 with the receipt, which gets the item once it
+    // is back.
+    let coins = withdraw(&bank, &buyer, 37);
+    let fresh = get(&web.addr, path, &[]).header("PAYMENT-REQUIRED").unwrap().to_owned();
+    let file = cfg_dir.path().join("paper.bin");
+    std::fs::rename(&file, file.with_extension("away")).unwrap();
+    let r = get(&web.addr, path, &[("PAYMENT-SIGNATURE", &pay(&fresh, &url, coins.clone()))]);
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("keep your receipt"), "{}", r.text());
+    let receipt = r.header("PAYMENT-RESPONSE").expect("the receipt, even so").to_owned();
+    inband::check_receipt(&receipt, &inband::offer_of(&fresh), &coins);
+    std::fs::rename(file.with_extension("away"), &file).unwrap();
+    let r = get(&web.addr, path, &[("PAYMENT-RECEIPT", &receipt)]);
+    assert_eq!((r.status, r.body == item_bytes()), (200, true), "{}", r.text());
 
     let merchant_balance = bank.accounts().into_iter().find(|a| a.1 == "bob's books").unwrap().2;
-    assert_eq!(merchant_balance, 37, "one payment of 37 deposited");
+    assert_eq!(merchant_balance, 74, "two payments of 37 deposited");
     bank.assert_audit();
 }
