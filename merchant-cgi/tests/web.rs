@@ -1,5 +1,6 @@
-//! payme-cgi under real web servers (lighttpd's mod_cgi and Python's CGI server), with a
-//! real bank and real wallets: buying through the page flow (order id and fingerprint on
+//! payme-cgi under real web servers (lighttpd's mod_cgi, Debian's Apache with mod_cgid set
+//! up as docs/DEPLOY.md says, the merchant's wallet then run as www-data, and Python's CGI
+//! server), with a real bank and real wallets; each scenario runs under every server: buying through the page flow (order id and fingerprint on
 //! the page, the same order id in the buyer's prompt), refusals in plain words, the wallet
 //! field, bodies read before any answer, a late approval claimed with its receipt, and a
 //! double submission paid once.
@@ -88,15 +89,20 @@ fn buy(web: &WebServer, buyer: &TestWallet, item: &str, answer: Option<&str>) ->
     (order, job.join().unwrap())
 }
 
+/// The page flow: the item bought with its order and fingerprint on the page and in the
+/// prompt, approved and without a question; refused by the person (402), by an empty
+/// wallet (402); a wallet field naming another host (400); an unreachable buyer (402 in
+/// fixed words); 404, HEAD, bodies read before any answer, 405 and 413; the shop's own
+/// wallet down (503).
 fn shop_under(kind: Kind) {
     let bank = TestBank::start();
     let buyer = TestWallet::start("alice", "127.0.0.2", &bank, Some(500), |c| {
         c.replace("auto_approve_limit = 0", "auto_approve_limit = 100")
     });
     let poor = TestWallet::start("bob", "127.0.0.4", &bank, Some(0), |c| c);
-    let merchant = TestWallet::start("bob's books", "127.0.0.3", &bank, Some(0), |c| c);
+    let merchant = TestWallet::create_as(kind.cgi_user(), "bob's books", "127.0.0.3", &bank, Some(0), |c| c).started();
     buyer.ok(&["withdraw", "300"]);
-    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg_dir = web_harness::shop_dir();
     let cfg = write_config(cfg_dir.path(), &merchant, "cgi.toml", "allow_buyer_address = true\ntimeout_secs = 60");
     let web = WebServer::start(kind, &web_harness::cgi_bin(), &cfg);
 
@@ -159,7 +165,7 @@ fn shop_under(kind: Kind) {
     let r = http(&web.addr, "POST", "/cgi-bin/payme-cgi/nothing", Some(&body), None);
     assert_eq!(web.status_of(&r), 404);
     assert_whole(&r, started);
-    if kind == Kind::Lighttpd {
+    if kind != Kind::Python {
         // Python's server answers 501 for methods it does not implement before the CGI runs.
         let started = Instant::now();
         let r = http(&web.addr, "PUT", "/cgi-bin/payme-cgi/paper", Some(&body), None);
@@ -173,6 +179,14 @@ fn shop_under(kind: Kind) {
     let merchant_balance = bank.accounts().into_iter().find(|a| a.1 == "bob's books").unwrap().2;
     assert_eq!(merchant_balance, 74, "two purchases of 37 deposited");
     bank.assert_audit();
+
+    // The shop's own wallet is down: 503, for the page and for Buy.
+    let mut merchant = merchant;
+    merchant.stop();
+    let page = http(&web.addr, "GET", "/cgi-bin/payme-cgi/paper", None, Some(ip(&buyer)));
+    assert_eq!(web.status_of(&page), 503, "{}", page.text());
+    let r = post(&web, ip(&buyer), "paper", format!("wallet={}", buyer.port())).join().unwrap();
+    assert_eq!(web.status_of(&r), 503, "{}", r.text());
 }
 
 /// The response arrived whole (its Content-Length, when given, is its length) and at once
@@ -185,46 +199,45 @@ fn assert_whole(r: &web_harness::HttpResponse, started: Instant) {
     assert!(started.elapsed() < Duration::from_secs(3), "at once, not after {:?}", started.elapsed());
 }
 
-#[test]
-fn shop_under_pythons_cgi_server() {
-    shop_under(Kind::Python);
+/// A `#[test]` per server running `scenario(kind)`; where the server is missing (or, for
+/// Apache, the tests do not run as root) the test says so loudly and skips, or fails on CI.
+macro_rules! under_each {
+    ($scenario:ident: $($test:ident => $kind:expr),+ $(,)?) => {$(
+        #[test]
+        fn $test() {
+            if web_harness::server_available($kind) {
+                $scenario($kind);
+            }
+        }
+    )+};
 }
 
-fn lighttpd_or_skip() -> bool {
-    if !web_harness::lighttpd_installed() {
-        // CI installs lighttpd (.ci/run); there a missing server is a failure.
-        assert!(std::env::var_os("CI").is_none(), "lighttpd is not installed on CI");
-        eprintln!("SKIPPED: lighttpd is not installed (apt-get install lighttpd)");
-        return false;
-    }
-    true
-}
+under_each!(shop_under:
+    shop_under_pythons_cgi_server => Kind::Python,
+    shop_under_lighttpd => Kind::Lighttpd,
+    shop_under_apache => Kind::Apache,
+);
 
-#[test]
-fn shop_under_lighttpd() {
-    if lighttpd_or_skip() {
-        shop_under(Kind::Lighttpd);
-    }
-}
+under_each!(late_approval_and_double_submission:
+    late_approval_is_claimed_with_the_receipt_and_a_double_submission_pays_once_under_lighttpd => Kind::Lighttpd,
+    late_approval_is_claimed_with_the_receipt_and_a_double_submission_pays_once_under_apache => Kind::Apache,
+);
 
-/// With the shop's defaults (no wallet field), under lighttpd: a wallet address in the form
-/// is ignored; a buyer who approves after the page stopped waiting is charged, and the
-/// receipt from `payme-wallet receipt` gets the item (and only that item); a double
-/// submission of one order gives one prompt, one payment, and the item to both requests.
-#[test]
-fn late_approval_is_claimed_with_the_receipt_and_a_double_submission_pays_once() {
-    if !lighttpd_or_skip() {
-        return;
-    }
+/// With the shop's defaults (no wallet field): a wallet address in the form is ignored; a
+/// buyer who approves after the page stopped waiting is charged, and the receipt from
+/// `payme-wallet receipt` gets the item (and only that item); a double submission of one
+/// order gives one prompt, one payment, and the item to both requests.
+fn late_approval_and_double_submission(kind: Kind) {
     let bank = TestBank::start();
     let buyer = TestWallet::start("alice", "127.0.0.2", &bank, Some(500), |c| c);
-    let merchant = TestWallet::create("bob's books", "127.0.0.3", &bank, Some(0), |c| c).with_log().started();
+    let merchant =
+        TestWallet::create_as(kind.cgi_user(), "bob's books", "127.0.0.3", &bank, Some(0), |c| c).with_log().started();
     buyer.ok(&["withdraw", "300"]);
-    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg_dir = web_harness::shop_dir();
     let port = format!("wallet_port = {}", buyer.port());
     let impatient = write_config(cfg_dir.path(), &merchant, "impatient.toml", &format!("{port}\ntimeout_secs = 2"));
     let patient = write_config(cfg_dir.path(), &merchant, "patient.toml", &format!("{port}\ntimeout_secs = 60"));
-    let web = WebServer::start(Kind::Lighttpd, &web_harness::cgi_bin(), &impatient);
+    let web = WebServer::start(kind, &web_harness::cgi_bin(), &impatient);
 
     // The form's wallet field (here naming the shop's own wallet) is ignored by default:
     // the payment is asked of REMOTE_ADDR's wallet.
@@ -266,7 +279,7 @@ fn late_approval_is_claimed_with_the_receipt_and_a_double_submission_pays_once()
     drop(web);
 
     // A double submission: one prompt, one payment, the item for both requests.
-    let web = WebServer::start(Kind::Lighttpd, &web_harness::cgi_bin(), &patient);
+    let web = WebServer::start(kind, &web_harness::cgi_bin(), &patient);
     let page = http(&web.addr, "GET", "/cgi-bin/payme-cgi/paper", None, Some(ip(&buyer)));
     let order = order_of(&page);
     let first = post(&web, ip(&buyer), "paper", format!("order={order}"));
@@ -286,22 +299,24 @@ fn late_approval_is_claimed_with_the_receipt_and_a_double_submission_pays_once()
     bank.assert_audit();
 }
 
-/// In band over HTTP 402 through lighttpd: a program's GET gets 402 with the signed offer;
-/// a retry with a sealed payment gets the item and the receipt; the receipt re-opens the
-/// item; a second payment for the paid order is refused (409) and its coins stay the
-/// buyer's; an offer for another page does not pay; a damaged header is 400.
-#[test]
-fn paying_in_band_under_lighttpd() {
+under_each!(paying_in_band:
+    paying_in_band_under_lighttpd => Kind::Lighttpd,
+    paying_in_band_under_apache => Kind::Apache,
+);
+
+/// In band over HTTP 402: a program's GET gets 402 with the signed offer; a retry with a
+/// sealed payment gets the item and the receipt; the receipt re-opens the item; a second
+/// payment for the paid order is refused (409) and its coins stay the buyer's; an offer for
+/// another page does not pay; a damaged header is 400; a paid item that cannot be read is
+/// 500 with the receipt, which re-opens it once it is back.
+fn paying_in_band(kind: Kind) {
     use payme_tests::inband::{self, exchange, get, pay, withdraw};
-    if !lighttpd_or_skip() {
-        return;
-    }
     let bank = TestBank::start();
     let buyer = bank.holder(1, "carol", 500);
-    let merchant = TestWallet::start("bob's books", "127.0.0.3", &bank, Some(0), |c| c);
-    let cfg_dir = tempfile::tempdir().unwrap();
+    let merchant = TestWallet::create_as(kind.cgi_user(), "bob's books", "127.0.0.3", &bank, Some(0), |c| c).started();
+    let cfg_dir = web_harness::shop_dir();
     let cfg = write_config(cfg_dir.path(), &merchant, "cgi.toml", "timeout_secs = 60");
-    let web = WebServer::start(Kind::Lighttpd, &web_harness::cgi_bin(), &cfg);
+    let web = WebServer::start(kind, &web_harness::cgi_bin(), &cfg);
     let path = "/cgi-bin/payme-cgi/paper?edition=2";
     let url = format!("http://{}{path}", web.addr);
 
@@ -348,8 +363,22 @@ fn paying_in_band_under_lighttpd() {
     let r = get(&web.addr, path, &[("PAYMENT-SIGNATURE", "v1.<b>")]);
     assert_eq!((r.status, r.header("PAYMENT-REFUSED")), (400, Some("1 malformed")));
     assert!(!r.text().contains("<b>"));
+    // Paid, but the item cannot be read: 500 with the receipt, which gets the item once it
+    // is back.
+    let coins = withdraw(&bank, &buyer, 37);
+    let fresh = get(&web.addr, path, &[]).header("PAYMENT-REQUIRED").unwrap().to_owned();
+    let file = cfg_dir.path().join("paper.bin");
+    std::fs::rename(&file, file.with_extension("away")).unwrap();
+    let r = get(&web.addr, path, &[("PAYMENT-SIGNATURE", &pay(&fresh, &url, coins.clone()))]);
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("keep your receipt"), "{}", r.text());
+    let receipt = r.header("PAYMENT-RESPONSE").expect("the receipt, even so").to_owned();
+    inband::check_receipt(&receipt, &inband::offer_of(&fresh), &coins);
+    std::fs::rename(file.with_extension("away"), &file).unwrap();
+    let r = get(&web.addr, path, &[("PAYMENT-RECEIPT", &receipt)]);
+    assert_eq!((r.status, r.body == item_bytes()), (200, true), "{}", r.text());
 
     let merchant_balance = bank.accounts().into_iter().find(|a| a.1 == "bob's books").unwrap().2;
-    assert_eq!(merchant_balance, 37, "one payment of 37 deposited");
+    assert_eq!(merchant_balance, 74, "two payments of 37 deposited");
     bank.assert_audit();
 }

@@ -31,18 +31,28 @@ pub struct TestWallet {
     pub log: Option<PathBuf>,
     /// The daemon's limit on open file descriptors, when a test lowers it.
     pub fd_limit: Option<u32>,
+    /// The system user the wallet (daemon and commands) runs as, when not this process's
+    /// (a merchant wallet run as the web server's user, `www-data`).
+    pub user: Option<String>,
 }
 
-fn wallet_cmd(dir: &Path) -> Command {
-    wallet_cmd_limited(dir, None)
+fn wallet_cmd(dir: &Path, user: Option<&str>) -> Command {
+    wallet_cmd_limited(dir, None, user)
 }
 
 /// The wallet command, run with at most `fd_limit` open file descriptors when given (a
-/// shell lowers the limit, then becomes the wallet: the child's pid is the wallet's).
-fn wallet_cmd_limited(dir: &Path, fd_limit: Option<u32>) -> Command {
-    let mut c = match fd_limit {
-        None => Command::new(bin()),
-        Some(n) => {
+/// shell lowers the limit, then becomes the wallet: the child's pid is the wallet's), as
+/// `user` when given (setpriv switches user, then becomes the wallet; needs root).
+fn wallet_cmd_limited(dir: &Path, fd_limit: Option<u32>, user: Option<&str>) -> Command {
+    let mut c = match (fd_limit, user) {
+        (None, None) => Command::new(bin()),
+        (None, Some(u)) => {
+            let mut c = Command::new("setpriv");
+            c.args([&format!("--reuid={u}"), &format!("--regid={u}"), "--init-groups", "--"]).arg(bin());
+            c
+        }
+        (Some(_), Some(_)) => panic!("a wallet run as another user with a lowered fd limit is not supported"),
+        (Some(n), None) => {
             let mut c = Command::new("sh");
             c.arg("-c").arg(format!("ulimit -n {n} && exec \"$@\"")).arg("sh").arg(bin());
             c
@@ -77,13 +87,51 @@ impl TestWallet {
         funds: Option<u64>,
         edit: impl FnOnce(String) -> String,
     ) -> TestWallet {
+        TestWallet::create_as(None, name, ip, bank, funds, edit)
+    }
+
+    /// [`TestWallet::create`] run as the system user `user` when given (its data directory
+    /// owned by that user, every command and the daemon run as that user; needs root).
+    pub fn create_as(
+        user: Option<&str>,
+        name: &str,
+        ip: &str,
+        bank: &TestBank,
+        funds: Option<u64>,
+        edit: impl FnOnce(String) -> String,
+    ) -> TestWallet {
         let dir = tempfile::tempdir().unwrap();
-        let out = crate::bank_harness::with_pool_key(&mut wallet_cmd(dir.path()))
+        if let Some(u) = user {
+            let st = Command::new("chown").arg(format!("{u}:")).arg(dir.path()).status().unwrap();
+            assert!(st.success(), "chown {u}: {}", dir.path().display());
+            let st = Command::new("setpriv")
+                .args([&format!("--reuid={u}"), &format!("--regid={u}"), "--init-groups", "--"])
+                .arg(bin())
+                .arg("--version")
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(
+                st.success(),
+                "{u} cannot run {}: install it where {u} can (every directory above it searchable)",
+                bin().display()
+            );
+        }
+        let out = crate::bank_harness::with_pool_key(&mut wallet_cmd(dir.path(), user))
             .args(["init", "--name", name, "--listen", &format!("{ip}:0")])
             .output()
             .unwrap();
         assert!(out.status.success(), "wallet init: {}", String::from_utf8_lossy(&out.stderr));
         let account = funds.map(|f| bank.open_account(name, &dir.path().join("wallet.pub"), f));
+        // The bank's public key, where the wallet's user can read it.
+        let bank_pub = match user {
+            None => bank.dir.path().join("bank.pub"),
+            Some(_) => {
+                let p = dir.path().join("bank-key.pub");
+                std::fs::copy(bank.dir.path().join("bank.pub"), &p).unwrap();
+                p
+            }
+        };
         let mut args = vec![
             "bank".to_owned(),
             "add".into(),
@@ -92,15 +140,16 @@ impl TestWallet {
             "--addr".into(),
             bank.addr.clone(),
             "--public-key".into(),
-            bank.dir.path().join("bank.pub").to_str().unwrap().to_owned(),
+            bank_pub.to_str().unwrap().to_owned(),
         ];
         if let Some(a) = account {
             args.extend(["--account".into(), a.0.to_string(), "--account-name".into(), name.to_owned()]);
         }
-        let out = wallet_cmd(dir.path()).args(&args).output().unwrap();
+        let out = wallet_cmd(dir.path(), user).args(&args).output().unwrap();
         assert!(out.status.success(), "bank add: {}", String::from_utf8_lossy(&out.stderr));
         let cfg_path = dir.path().join("config.toml");
         let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+        // Rewritten in place: the file keeps its owner and mode.
         std::fs::write(&cfg_path, edit(cfg)).unwrap();
         TestWallet {
             dir,
@@ -111,6 +160,7 @@ impl TestWallet {
             account: account.map(|a| a.0),
             log: None,
             fd_limit: None,
+            user: user.map(str::to_owned),
         }
     }
 
@@ -163,12 +213,13 @@ impl TestWallet {
             account: self.account,
             log: None,
             fd_limit: None,
+            user: None,
         }
     }
 
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let mut cmd = wallet_cmd_limited(self.dir.path(), self.fd_limit);
+        let mut cmd = wallet_cmd_limited(self.dir.path(), self.fd_limit, self.user.as_deref());
         cmd.arg("serve");
         let (child, addr) = spawn_daemon_logging(cmd, self.log.as_deref());
         self.addr = addr;
@@ -197,7 +248,7 @@ impl TestWallet {
 
     /// Runs a client subcommand with --json; returns (success, parsed output).
     pub fn run(&self, args: &[&str]) -> (bool, Value) {
-        let out = wallet_cmd(self.dir.path()).arg("--json").args(args).output().unwrap();
+        let out = wallet_cmd(self.dir.path(), self.user.as_deref()).arg("--json").args(args).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         let v = serde_json::from_str(text.trim())
             .unwrap_or_else(|_| Value::String(format!("{text}{}", String::from_utf8_lossy(&out.stderr))));
