@@ -243,7 +243,7 @@ impl TestWallet {
 
     /// Runs a client subcommand as a person would (no --json); returns its raw output.
     pub fn run_raw(&self, args: &[&str]) -> std::process::Output {
-        wallet_cmd(self.dir.path()).args(args).output().unwrap()
+        wallet_cmd(self.dir.path(), self.user.as_deref()).args(args).output().unwrap()
     }
 
     /// Runs a client subcommand with --json; returns (success, parsed output).
