@@ -382,3 +382,71 @@ fn paying_in_band(kind: Kind) {
     assert_eq!(merchant_balance, 74, "two payments of 37 deposited");
     bank.assert_audit();
 }
+
+under_each!(a_wallet_with_no_listener_buys:
+    a_wallet_with_no_listener_buys_under_lighttpd => Kind::Lighttpd,
+    a_wallet_with_no_listener_buys_under_apache => Kind::Apache,
+);
+
+/// The whole in-band purchase with the real programs: a buyer's wallet with no PMTP
+/// listener at all (it only connects outward) runs `payme-wallet pay URL -o FILE` against
+/// payme-cgi; the person approves the new shop (the prompt names its origin and the order),
+/// the item arrives whole, the receipt is kept and verified, and paying the URL again
+/// re-opens the item with the receipt instead of paying twice.
+fn a_wallet_with_no_listener_buys(kind: Kind) {
+    let bank = TestBank::start();
+    let merchant = TestWallet::create_as(kind.cgi_user(), "bob's books", "127.0.0.3", &bank, Some(0), |c| c).started();
+    let buyer = TestWallet::start("carol", "127.0.0.2", &bank, Some(500), |c| {
+        assert!(c.contains("pmtp_listener = true"), "{c}");
+        c.replace("pmtp_listener = true", "pmtp_listener = false")
+    });
+    buyer.ok(&["withdraw", "100"]);
+    let cfg_dir = web_harness::shop_dir();
+    let cfg = write_config(cfg_dir.path(), &merchant, "cgi.toml", "timeout_secs = 60");
+    let web = WebServer::start(kind, &web_harness::cgi_bin(), &cfg);
+    let url = format!("http://{}/cgi-bin/payme-cgi/paper", web.addr);
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("paper.bin");
+    let job = {
+        let (dir, url, file) = (buyer.dir.path().to_path_buf(), url.clone(), file.clone());
+        std::thread::spawn(move || {
+            std::process::Command::new(payme_tests::wallet_harness::bin())
+                .arg("--data-dir")
+                .arg(dir)
+                .args(["pay", &url, "-o"])
+                .arg(file)
+                .output()
+                .unwrap()
+        })
+    };
+    let p = buyer.wait_pending();
+    let text = p.to_string();
+    assert!(text.contains(&format!("http://{}", web.addr)), "the prompt names the shop's origin: {text}");
+    assert_eq!(p["amount"], 37, "{text}");
+    assert_eq!(p["new_merchant"], true, "{text}");
+    buyer.ok(&["approve", &p["id"].to_string()]);
+    let done = job.join().unwrap();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert_eq!(std::fs::read(&file).unwrap(), item_bytes(), "the item, whole");
+    assert_eq!(buyer.available(), 63, "paid exactly 37");
+    let h = buyer.ok(&["history"]);
+    assert!(
+        h.as_array().unwrap().iter().any(|x| x["state"] == "done" && x["receipt_valid"] == true && x["amount"] == 37),
+        "{h}"
+    );
+    // The same URL again: the receipt re-opens the item; nothing is paid.
+    std::fs::remove_file(&file).unwrap();
+    let again = std::process::Command::new(payme_tests::wallet_harness::bin())
+        .arg("--data-dir")
+        .arg(buyer.dir.path())
+        .args(["pay", &url, "-o"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(std::fs::read(&file).unwrap(), item_bytes());
+    assert_eq!(buyer.available(), 63, "not paid twice");
+    let merchant_balance = bank.accounts().into_iter().find(|a| a.1 == "bob's books").unwrap().2;
+    assert_eq!(merchant_balance, 37);
+    bank.assert_audit();
+}
