@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 fn step(n: u32, text: &str) {
-    println!("[{n}/8] {text}");
+    println!("[{n}/9] {text}");
 }
 
 fn main() {
@@ -124,15 +124,54 @@ fn main() {
         ),
     );
 
+    // The same shop, in band over HTTP 402: dave's wallet has no PMTP listener at all (a
+    // wallet behind a home router); it makes every connection itself.
+    let dave = TestWallet::start("dave", "127.0.0.4", &bank, Some(200), |c| {
+        c.replace("pmtp_listener = true", "pmtp_listener = false")
+    });
+    dave.ok(&["withdraw", "100"]);
+    let in_band = kind == Kind::Lighttpd;
+    if in_band {
+        step(8, "dave's wallet listens on no port; he buys the same item in band: payme-wallet pay URL -o paper.txt");
+        let got = dave.dir.path().join("paper.txt");
+        let job = {
+            let (dir, url, got) = (dave.dir.path().to_path_buf(), url.clone(), got.clone());
+            std::thread::spawn(move || {
+                std::process::Command::new(wallet_harness::bin())
+                    .arg("--data-dir")
+                    .arg(dir)
+                    .args(["pay", &url, "-o"])
+                    .arg(got)
+                    .output()
+                    .unwrap()
+            })
+        };
+        let p = dave.wait_pending();
+        println!(
+            "      GET -> 402 with the shop's signed offer; dave's wallet asks him: '{}' at {} wants {}, order {}",
+            p["merchant"].as_str().unwrap_or(""),
+            p["origin"].as_str().or(p["peer"].as_str()).unwrap_or(""),
+            p["amount"],
+            p["order"].as_str().unwrap_or("")
+        );
+        dave.ok(&["approve", &p["id"].to_string()]);
+        let done = job.join().unwrap();
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+        assert_eq!(std::fs::read(&got).unwrap(), item.as_bytes(), "the item arrived whole");
+        println!("      retry with PAYMENT-SIGNATURE -> 200, the item and the receipt (PAYMENT-RESPONSE)");
+    } else {
+        step(8, "(in band needs lighttpd or Apache: Python's CGI server drops the payment headers)");
+    }
+
     let accounts = bank.accounts();
     let acct = |n: &str| accounts.iter().find(|a| a.1 == n).map(|a| a.2).unwrap_or(0);
     let audit = bank.assert_audit();
     step(
-        8,
+        9,
         &format!(
-            "balances: alice's coins {}, alice's account {}, bob's account {}\n      bank audit: {}",
+            "balances: alice's coins {}, dave's coins {}, bob's account {}\n      bank audit: {}",
             buyer.available(),
-            acct("alice"),
+            dave.available(),
             acct("bob's books"),
             audit.lines().next().unwrap_or("")
         ),
@@ -147,9 +186,10 @@ fn main() {
     }
     println!("\nstopping the web server, wallets and bank");
     drop(web);
-    let (mut buyer, mut merchant, mut bank) = (buyer, merchant, bank);
+    let (mut buyer, mut dave, mut merchant, mut bank) = (buyer, dave, merchant, bank);
     if !interrupted.load(Ordering::SeqCst) {
         buyer.stop();
+        dave.stop();
         merchant.stop();
         bank.stop();
     }
