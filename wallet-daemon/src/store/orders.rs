@@ -12,16 +12,14 @@
 use super::{i, DbError};
 use rusqlite::{params, OptionalExtension, Transaction};
 
-/// An order's id: the ask's nonce random part.
-pub type OrderId = [u8; 16];
+/// An order's id: the ask's nonce random part (in band: the offer's order).
+pub use pmtp_proto::http::OrderId;
 
 /// An order id as people see it (the shop's page, the wallet's prompt): the first 8
 /// bytes in hex, in groups of four digits. Enough to tell orders apart by eye; the whole
 /// id is in the receipt.
 pub fn short_order_id(id: &OrderId) -> String {
-    let hex = hex::encode(&id[..8]);
-    let groups: Vec<&str> = (0..4).filter_map(|g| hex.get(g * 4..g * 4 + 4)).collect();
-    groups.join("-")
+    pmtp_proto::http::order_label(id)
 }
 
 /// A paid order.
