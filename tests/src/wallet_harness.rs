@@ -36,6 +36,24 @@ pub struct TestWallet {
     pub user: Option<String>,
 }
 
+/// The wallet binary where another user can run it: a copy in a directory of its own under
+/// the system's temporary directory (made once per test process), since the build's
+/// target directory may sit below a directory only its owner may enter.
+fn bin_for_others() -> PathBuf {
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("payme-test-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = dir.join("payme-wallet");
+        std::fs::copy(bin(), &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    })
+    .clone()
+}
+
 fn wallet_cmd(dir: &Path, user: Option<&str>) -> Command {
     wallet_cmd_limited(dir, None, user)
 }
@@ -48,7 +66,7 @@ fn wallet_cmd_limited(dir: &Path, fd_limit: Option<u32>, user: Option<&str>) -> 
         (None, None) => Command::new(bin()),
         (None, Some(u)) => {
             let mut c = Command::new("setpriv");
-            c.args([&format!("--reuid={u}"), &format!("--regid={u}"), "--init-groups", "--"]).arg(bin());
+            c.args([&format!("--reuid={u}"), &format!("--regid={u}"), "--init-groups", "--"]).arg(bin_for_others());
             c
         }
         (Some(_), Some(_)) => panic!("a wallet run as another user with a lowered fd limit is not supported"),
@@ -106,7 +124,7 @@ impl TestWallet {
             assert!(st.success(), "chown {u}: {}", dir.path().display());
             let st = Command::new("setpriv")
                 .args([&format!("--reuid={u}"), &format!("--regid={u}"), "--init-groups", "--"])
-                .arg(bin())
+                .arg(bin_for_others())
                 .arg("--version")
                 .stdout(std::process::Stdio::null())
                 .status()
@@ -114,7 +132,7 @@ impl TestWallet {
             assert!(
                 st.success(),
                 "{u} cannot run {}: install it where {u} can (every directory above it searchable)",
-                bin().display()
+                bin_for_others().display()
             );
         }
         let out = crate::bank_harness::with_pool_key(&mut wallet_cmd(dir.path(), user))
