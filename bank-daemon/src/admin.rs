@@ -322,6 +322,30 @@ impl AuditReport {
 }
 
 /// Checks minted - redeemed - expired = circulating, and ledger sums = balances.
+/// Copies the bank's database to `to` (also while `serve` runs), then checks the copy as
+/// `serve` checks at start: SQLite's integrity check and the audit. A copy that fails is
+/// removed and the failure returned.
+pub fn backup(dir: &DataDir, to: &Path) -> Result<AuditReport, AdminError> {
+    payme_node::sqlite::backup(&dir.database(), to).map_err(StoreError::from)?;
+    let checked = (|| {
+        let mut copy = SqliteStore::open(to)?;
+        let problems = copy.integrity_check()?;
+        let report = audit_store(&mut copy)?;
+        Ok::<_, StoreError>((problems, report))
+    })();
+    match checked {
+        Ok((problems, report)) if problems.is_empty() && report.holds() => Ok(report),
+        Ok((problems, report)) => {
+            let _ = std::fs::remove_file(to);
+            Err(damaged(dir, &format!("the copy fails its check: {problems:?} {}", report.describe().trim())))
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(to);
+            Err(e.into())
+        }
+    }
+}
+
 pub fn audit(dir: &DataDir) -> Result<AuditReport, AdminError> {
     let mut store = open_store(dir)?;
     audit_store(&mut store).map_err(Into::into)

@@ -51,6 +51,12 @@ enum Command {
     },
     /// Print this bank's public identity (give it to wallets).
     PublicKey,
+    /// Copy the bank's database to FILE, also while `serve` runs (SQLite's online backup:
+    /// one consistent snapshot), and check the copy (integrity and audit).
+    Backup {
+        /// Where to write the copy (must not exist yet).
+        file: PathBuf,
+    },
     /// Peer banks this bank clears with.
     #[command(subcommand)]
     Peer(PeerCommand),
@@ -208,6 +214,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !agree {
                 return Ok(ExitCode::from(3));
             }
+        }
+        Command::Backup { file } => {
+            let report = admin::backup(&dir, &file)?;
+            println!(
+                "bank database copied to {}; the copy checks: {} serials ({}) in circulation, audit holds",
+                file.display(),
+                report.circulation.count,
+                report.circulation.value
+            );
         }
         Command::Audit { json } => {
             let report = admin::audit(&dir)?;

@@ -109,6 +109,57 @@ pub fn apply_migrations(conn: &mut Connection, migrations: &[(i64, &str)]) -> Re
     Ok(tx.commit()?)
 }
 
+/// Copies the database at `db` to a new file `to` while daemons keep using it (SQLite's
+/// online backup: one consistent snapshot, whatever commits meanwhile), then makes the
+/// copy durable (fsync, rename into place, fsync of the directory). Refuses to replace an
+/// existing file. Returns the copy's size in bytes.
+pub fn backup(db: &Path, to: &Path) -> Result<u64, DbError> {
+    use std::io::ErrorKind;
+    let io =
+        |what: &str, p: &Path, e: std::io::Error| DbError::new(DbErrorKind::Io, format!("{what} {}: {e}", p.display()));
+    if to.exists() {
+        return Err(io("will not replace", to, std::io::Error::from(ErrorKind::AlreadyExists)));
+    }
+    if !db.exists() {
+        return Err(io("no database at", db, std::io::Error::from(ErrorKind::NotFound)));
+    }
+    let tmp = to.with_extension("partial");
+    let _ = std::fs::remove_file(&tmp);
+    {
+        let src = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        src.busy_timeout(std::time::Duration::from_secs(10))?;
+        let mut dst = Connection::open(&tmp)?;
+        // All pages in one step: one read snapshot of the source, so the copy is one
+        // consistent state even while the daemon commits.
+        let b = rusqlite::backup::Backup::new(&src, &mut dst)?;
+        // Bounded: a writer holding the lock makes a step answer Busy; 200 tries, 10 s.
+        let mut done = false;
+        for _ in 0..200 {
+            match b.step(-1)? {
+                rusqlite::backup::StepResult::Done => {
+                    done = true;
+                    break;
+                }
+                rusqlite::backup::StepResult::More => {}
+                _ => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        }
+        if !done {
+            return Err(DbError::new(DbErrorKind::Busy, "the database stayed busy; the backup did not finish"));
+        }
+    }
+    let f = std::fs::File::open(&tmp).map_err(|e| io("cannot open", &tmp, e))?;
+    f.sync_all().map_err(|e| io("cannot sync", &tmp, e))?;
+    let size = f.metadata().map_err(|e| io("cannot read", &tmp, e))?.len();
+    std::fs::rename(&tmp, to).map_err(|e| io("cannot rename to", to, e))?;
+    if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

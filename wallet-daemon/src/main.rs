@@ -51,6 +51,13 @@ enum Command {
     Bank(BankCommand),
     /// Print this wallet's public identity (for a bank account).
     PublicKey,
+    /// Copy the wallet's database to FILE, also while `serve` runs (one consistent
+    /// snapshot). With wallet.key, config.toml and your passphrase it restores the wallet;
+    /// the coins in it stay encrypted under the wallet's key.
+    Backup {
+        /// Where to write the copy (must not exist yet).
+        file: PathBuf,
+    },
     /// Run the wallet: PMTP listener for merchants, and the control socket.
     Serve {
         #[arg(long, env = "PAYME_WALLET_LISTEN")]
@@ -229,6 +236,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cfg.validate()?;
             keyfile::fs::append_atomic(&dir.config(), Config::bank_section(&b)?.as_bytes())?;
             writeln!(std::io::stdout().lock(), "bank {} added; restart `payme-wallet serve` to use it", b.id)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Backup { file } => {
+            let size = payme_node::sqlite::backup(&dir.database(), &file)?;
+            writeln!(
+                std::io::stdout().lock(),
+                "wallet database copied to {} ({size} bytes); keep wallet.key and config.toml from {} with it",
+                file.display(),
+                dir.root.display()
+            )?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::PublicKey => {
