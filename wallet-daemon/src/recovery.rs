@@ -13,7 +13,8 @@ use crate::{ops, Wallet, WalletError};
 use std::sync::Arc;
 
 /// One maintenance round: finish operations left unfinished (crash, lost replies),
-/// resolve payments with no receipt, validate coins a buyer sent, refresh coins near
+/// resolve payments with no receipt, validate coins a buyer sent, forget orders a day past
+/// their expiry, refresh coins near
 /// expiry. A failure is logged; the next round tries again.
 pub async fn maintenance(w: &Arc<Wallet>) {
     if let Err(e) = round(w).await {
@@ -51,5 +52,11 @@ async fn round(w: &Arc<Wallet>) -> Result<(), WalletError> {
     }
     // Incoming payments whose coins a retried operation has since validated.
     w.db.call(|c, _| store::mark_validated_incoming_done(c)).await?;
+    // Orders a day past their expiry: their receipts re-open nothing any more.
+    let before = w.now().saturating_sub(86_400);
+    let pruned = w.db.call(move |c, _| store::prune_expired_orders(c, before, 1000)).await?;
+    if pruned > 0 {
+        tracing::info!(pruned, "forgot expired orders");
+    }
     ops::refresh(w).await
 }

@@ -196,6 +196,13 @@ const SCHEMA: &[(i64, &str)] = &[
     ALTER TABLE payments ADD COLUMN http_attempts INTEGER NOT NULL DEFAULT 0;
     ",
     ),
+    (
+        6,
+        "
+    -- Maintenance forgets orders a day after they expire (store::prune_expired_orders).
+    CREATE INDEX orders_expires ON orders(expires);
+    ",
+    ),
 ];
 
 /// Handle to the database; cheap to clone.

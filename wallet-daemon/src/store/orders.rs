@@ -86,6 +86,18 @@ pub fn release_order(tx: &Transaction<'_>, id: &OrderId, payment: i64) -> Result
     Ok(tx.execute("DELETE FROM orders WHERE id = ?1 AND payment = ?2", params![&id[..], payment])? > 0)
 }
 
+/// Forgets up to `limit` orders that expired before `before` (writes `orders`): their
+/// receipts no longer re-open anything, and the table would otherwise grow with every
+/// sale. Returns how many were removed.
+pub fn prune_expired_orders(conn: &rusqlite::Connection, before: u64, limit: usize) -> Result<usize, DbError> {
+    let before = i64::try_from(before).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    Ok(conn.execute(
+        "DELETE FROM orders WHERE id IN (SELECT id FROM orders WHERE expires < ?1 ORDER BY expires LIMIT ?2)",
+        params![before, limit],
+    )?)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -118,6 +130,18 @@ mod tests {
             assert_eq!(paid_order(c, &[8; 16])?, None);
             let tx = c.transaction()?;
             assert!(insert_paid_order(&tx, &o).is_err(), "an order is paid once");
+            drop(tx);
+            // Expired orders are forgotten, in bounded rounds; live ones stay.
+            let tx = c.transaction()?;
+            for (n, expires) in [(1u8, 50u64), (2, 60), (3, 10_000)] {
+                insert_paid_order(&tx, &PaidOrder { order: [n; 16], expires, payment: i64::from(n), ..o.clone() })?;
+            }
+            tx.commit()?;
+            assert_eq!(prune_expired_orders(c, 100, 2)?, 2, "the two that expired first: [1] (50) and [2] (60)");
+            assert_eq!(prune_expired_orders(c, 100, 2)?, 1);
+            assert_eq!(prune_expired_orders(c, 100, 2)?, 0);
+            assert!(paid_order(c, &[3; 16])?.is_some(), "an unexpired order stays");
+            assert!(paid_order(c, &[2; 16])?.is_none());
             Ok(())
         })
         .unwrap();
