@@ -125,7 +125,7 @@ pub fn backup(db: &Path, to: &Path) -> Result<u64, DbError> {
     }
     let tmp = to.with_extension("partial");
     let _ = std::fs::remove_file(&tmp);
-    {
+    let copied = (|| {
         let src = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         src.busy_timeout(std::time::Duration::from_secs(10))?;
         let mut dst = Connection::open(&tmp)?;
@@ -133,20 +133,19 @@ pub fn backup(db: &Path, to: &Path) -> Result<u64, DbError> {
         // consistent state even while the daemon commits.
         let b = rusqlite::backup::Backup::new(&src, &mut dst)?;
         // Bounded: a writer holding the lock makes a step answer Busy; 200 tries, 10 s.
-        let mut done = false;
         for _ in 0..200 {
             match b.step(-1)? {
-                rusqlite::backup::StepResult::Done => {
-                    done = true;
-                    break;
-                }
+                rusqlite::backup::StepResult::Done => return Ok(()),
                 rusqlite::backup::StepResult::More => {}
                 _ => std::thread::sleep(std::time::Duration::from_millis(50)),
             }
         }
-        if !done {
-            return Err(DbError::new(DbErrorKind::Busy, "the database stayed busy; the backup did not finish"));
-        }
+        Err(DbError::new(DbErrorKind::Busy, "the database stayed busy; the backup did not finish"))
+    })();
+    if let Err(e) = copied {
+        // Nothing half-written is left to be mistaken for a backup.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
     let f = std::fs::File::open(&tmp).map_err(|e| io("cannot open", &tmp, e))?;
     f.sync_all().map_err(|e| io("cannot sync", &tmp, e))?;
@@ -163,6 +162,26 @@ pub fn backup(db: &Path, to: &Path) -> Result<u64, DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backup_is_whole_never_overwrites_and_leaves_nothing_when_it_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        let conn = open_durable(&db).unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER); INSERT INTO t VALUES (42);").unwrap();
+        let copy = dir.path().join("copy.db");
+        assert!(backup(&db, &copy).unwrap() > 0);
+        let back = Connection::open(&copy).unwrap();
+        assert_eq!(back.query_row("SELECT v FROM t", [], |r| r.get::<_, i64>(0)).unwrap(), 42);
+        assert_eq!(backup(&db, &copy).unwrap_err().kind, DbErrorKind::Io, "never overwrites");
+        // Not a database: the backup fails, and no partial file is left behind.
+        let junk = dir.path().join("junk.db");
+        std::fs::write(&junk, vec![7u8; 8192]).unwrap();
+        let out = dir.path().join("out.db");
+        assert!(backup(&junk, &out).is_err());
+        assert!(!out.exists() && !out.with_extension("partial").exists());
+        assert!(backup(&dir.path().join("none.db"), &out).is_err());
+    }
 
     #[test]
     fn errors_keep_their_kind() {
