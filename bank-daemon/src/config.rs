@@ -4,6 +4,7 @@
 //! Every limit a peer can push against is here, with its default.
 
 pub use payme_node::config::ConfigError;
+use payme_node::config::{PeerLimitDefaults, PeerLimits, UnknownKeys};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -51,18 +52,13 @@ pub struct PeerBank {
     pub local_account: Option<u64>,
 }
 
+/// The bank's `[limits]`: what every daemon serving peers has ([`PeerLimits`]), then the
+/// bank's own.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct Limits {
-    /// Connections served at once; further ones wait in the kernel's accept queue.
-    pub max_connections: usize,
-    /// Connections from one source (IPv4 address, IPv6 /64) at once; more are closed at
-    /// accept.
-    pub max_connections_per_ip: usize,
-    /// Largest frame body accepted, bytes (at most 1 MiB).
-    pub max_frame_bytes: usize,
-    /// A connection idle this long between requests is closed.
-    pub idle_timeout_secs: u64,
+    #[serde(flatten)]
+    pub net: PeerLimits<Bank>,
     /// A request not answered in this time gets a `timeout` refusal.
     pub request_timeout_secs: u64,
     /// Most coins handed in by one deposit or exchange.
@@ -73,12 +69,6 @@ pub struct Limits {
     pub max_coins_minted_per_request: usize,
     /// Largest single withdrawal, minor units.
     pub max_withdraw_amount: u64,
-    /// Nonce timestamps may differ from this bank's clock by this much, each way.
-    pub nonce_window_secs: u64,
-    /// Most nonces remembered in memory.
-    pub nonce_cache_capacity: usize,
-    /// Require the nonce's address to be the connection's peer address.
-    pub nonce_check_address: bool,
     /// Most requests committed in one database transaction, and most deposit
     /// acknowledgements signed with one signature (1 to [`MAX_COMMIT_BATCH`]).
     pub commit_batch: usize,
@@ -95,6 +85,25 @@ pub struct Limits {
     pub request_retention_secs: u64,
     /// Seconds between retries of deposits waiting for a peer bank's answer.
     pub clearing_retry_secs: u64,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: UnknownKeys,
+}
+
+/// The bank's defaults for the settings every daemon serving peers has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bank;
+
+impl PeerLimitDefaults for Bank {
+    const DEFAULT: PeerLimits<Bank> = PeerLimits {
+        max_connections: 4096,
+        max_connections_per_ip: 16,
+        max_frame_bytes: pmtp_proto::frame::DEFAULT_MAX_BODY,
+        idle_timeout_secs: 30,
+        nonce_window_secs: 30,
+        nonce_cache_capacity: 1_000_000,
+        nonce_check_address: true,
+        defaults: std::marker::PhantomData,
+    };
 }
 
 /// Largest `limits.commit_batch`. It also sizes acknowledgement batches, whose Merkle tree
@@ -123,17 +132,11 @@ impl Default for Config {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_connections: 4096,
-            max_connections_per_ip: 16,
-            max_frame_bytes: pmtp_proto::frame::DEFAULT_MAX_BODY,
-            idle_timeout_secs: 30,
+            net: PeerLimits::default(),
             request_timeout_secs: 10,
             max_coins_per_request: 1024,
             max_coins_minted_per_request: 64,
             max_withdraw_amount: 1 << 40,
-            nonce_window_secs: 30,
-            nonce_cache_capacity: 1_000_000,
-            nonce_check_address: true,
             commit_batch: 256,
             password_failures_free: 3,
             purge_interval_secs: 60,
@@ -141,6 +144,7 @@ impl Default for Limits {
             statement_max_entries: 1000,
             request_retention_secs: 7 * 86_400,
             clearing_retry_secs: 5,
+            unknown: UnknownKeys,
         }
     }
 }
@@ -161,17 +165,13 @@ impl Config {
         if self.max_denomination_exponent > pmtp_proto::denomination::MAX_EXPONENT {
             return bad("max_denomination_exponent must be at most 62".into());
         }
-        if self.limits.max_frame_bytes == 0 || self.limits.max_frame_bytes > pmtp_proto::frame::DEFAULT_MAX_BODY {
-            return bad("limits.max_frame_bytes must be 1 to 1048576".into());
-        }
-        if self.limits.max_connections == 0
-            || self.limits.commit_batch == 0
+        self.limits.net.validate()?;
+        if self.limits.commit_batch == 0
             || self.limits.max_coins_per_request == 0
             || self.limits.max_coins_minted_per_request == 0
         {
             return bad(
-                "limits.max_connections, commit_batch, max_coins_per_request and max_coins_minted_per_request must be positive"
-                    .into(),
+                "limits.commit_batch, max_coins_per_request and max_coins_minted_per_request must be positive".into()
             );
         }
         if self.limits.commit_batch > MAX_COMMIT_BATCH {
@@ -355,6 +355,22 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("example.config.toml");
         let c = Config::load(&path).unwrap();
         assert_eq!(c, Config::default(), "the example documents the defaults");
+    }
+
+    #[test]
+    fn limits_share_one_section_with_the_bank_defaults() {
+        let c: Config = toml::from_str("[limits]\nmax_connections = 7\ncommit_batch = 9\n").unwrap();
+        assert_eq!(c.limits.net.max_connections, 7, "a shared setting is read");
+        assert_eq!(c.limits.commit_batch, 9, "a bank setting beside it is read");
+        assert_eq!(c.limits.net.max_connections_per_ip, 16, "an unset shared setting takes the bank's default");
+        assert_eq!(c.limits.net.nonce_cache_capacity, 1_000_000);
+        let err = toml::from_str::<Config>("[limits]\nmax_conections = 7\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `max_conections`"), "{err}");
+        let c = Config {
+            limits: Limits { net: PeerLimits { max_frame_bytes: 0, ..PeerLimits::default() }, ..Limits::default() },
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("max_frame_bytes"));
     }
 
     #[test]

@@ -83,9 +83,7 @@ impl Bank {
         let bank_id = BankId::new(config.bank_id.clone()).map_err(|e| config::ConfigError::Invalid(e.to_string()))?;
         let public_addr =
             HostPort::new(config.public_addr.clone()).map_err(|e| config::ConfigError::Invalid(e.to_string()))?;
-        let l = &config.limits;
-        let nonces =
-            payme_node::config::nonce_checker(l.nonce_window_secs, l.nonce_cache_capacity, l.nonce_check_address);
+        let nonces = config.limits.net.nonce_checker();
         let mut peers = std::collections::HashMap::new();
         for p in &config.peers {
             let public = PublicIdentity::from_text(&p.public_key)
@@ -137,7 +135,7 @@ impl Bank {
 
     /// Until when a nonce must be remembered durably: after that the window refuses it.
     pub fn nonce_expiry(&self, nonce: &Nonce) -> u64 {
-        nonce.timestamp.saturating_add(self.config.limits.nonce_window_secs)
+        nonce.timestamp.saturating_add(self.config.limits.net.nonce_window_secs)
     }
 
     /// The address this bank's reply nonces name.

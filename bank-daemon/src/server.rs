@@ -10,7 +10,7 @@
 use crate::handlers::dispatch;
 use crate::Bank;
 use futures::{SinkExt, StreamExt};
-use payme_node::net::{accept_loop, ConnectionLimits};
+use payme_node::net::accept_loop;
 use pmtp_proto::codec::{CodecError, PmtpCodec};
 use pmtp_proto::frame::Frame;
 use pmtp_proto::ReasonCode;
@@ -60,7 +60,7 @@ pub async fn serve(bank: Arc<Bank>, listener: TcpListener, shutdown: impl Future
         });
     }
 
-    let max = ConnectionLimits { total: limits.max_connections, per_ip: limits.max_connections_per_ip };
+    let max = limits.net.connections();
     accept_loop(listener, max, &tracker, shutdown, |stream| {
         let (bank, token) = (bank.clone(), token.clone());
         async move { connection(bank, stream, token).await }
@@ -79,9 +79,9 @@ async fn connection(bank: Arc<Bank>, stream: TcpStream, token: CancellationToken
     };
     let _ = stream.set_nodelay(true);
     let limits = &bank.config.limits;
-    let idle = Duration::from_secs(limits.idle_timeout_secs.max(1));
+    let idle = Duration::from_secs(limits.net.idle_timeout_secs.max(1));
     let deadline = Duration::from_secs(limits.request_timeout_secs.max(1));
-    let mut framed = Framed::new(stream, PmtpCodec::new(limits.max_frame_bytes));
+    let mut framed = Framed::new(stream, PmtpCodec::new(limits.net.max_frame_bytes));
     loop {
         let next = tokio::select! {
             _ = token.cancelled() => return,

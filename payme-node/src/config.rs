@@ -44,11 +44,98 @@ pub fn load<T: DeserializeOwned>(
     Ok(config)
 }
 
-/// The replay checker a daemon builds from its `[limits]` nonce settings: the clock
-/// window each way, how many nonces are remembered, whether a nonce must name the
-/// connection's address.
-pub fn nonce_checker(window_secs: u64, capacity: usize, check_address: bool) -> NonceChecker {
-    NonceChecker::new(NonceConfig { window_secs, capacity, check_address })
+/// Chooses a daemon's defaults for the [`PeerLimits`] in its `[limits]` (a bank serves
+/// thousands of wallets; a wallet on a desktop a few shops).
+pub trait PeerLimitDefaults: Sized {
+    const DEFAULT: PeerLimits<Self>;
+}
+
+/// The `[limits]` settings every daemon that serves PMTP peers has: connection slots, frame
+/// size, idle time and the replay window. A daemon's own `Limits` flattens this in beside
+/// its own settings, so the config file keeps one `[limits]` section; `D` picks the
+/// defaults (see [`PeerLimitDefaults`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default, bound = "D: PeerLimitDefaults")]
+pub struct PeerLimits<D> {
+    /// Connections served at once; further ones wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Connections from one source (IPv4 address, IPv6 /64) at once, once half the slots
+    /// are in use; more are closed at accept.
+    pub max_connections_per_ip: usize,
+    /// Largest frame body accepted, bytes (at most 1 MiB).
+    pub max_frame_bytes: usize,
+    /// A connection idle this long between requests is closed.
+    pub idle_timeout_secs: u64,
+    /// Nonce timestamps may differ from this daemon's clock by this much, each way.
+    pub nonce_window_secs: u64,
+    /// Most nonces remembered in memory.
+    pub nonce_cache_capacity: usize,
+    /// Require a peer's nonce address to be its connection's address.
+    pub nonce_check_address: bool,
+    #[serde(skip)]
+    pub defaults: std::marker::PhantomData<D>,
+}
+
+impl<D: PeerLimitDefaults> Default for PeerLimits<D> {
+    fn default() -> Self {
+        D::DEFAULT
+    }
+}
+
+impl<D> PeerLimits<D> {
+    /// The accept loop's limits.
+    pub fn connections(&self) -> crate::net::ConnectionLimits {
+        crate::net::ConnectionLimits { total: self.max_connections, per_ip: self.max_connections_per_ip }
+    }
+
+    /// The replay checker these settings describe: the clock window each way, how many
+    /// nonces are remembered, whether a nonce must name the connection's address.
+    pub fn nonce_checker(&self) -> NonceChecker {
+        NonceChecker::new(NonceConfig {
+            window_secs: self.nonce_window_secs,
+            capacity: self.nonce_cache_capacity,
+            check_address: self.nonce_check_address,
+        })
+    }
+
+    /// Refuses settings no daemon can serve with.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_frame_bytes == 0 || self.max_frame_bytes > pmtp_proto::frame::DEFAULT_MAX_BODY {
+            return Err(ConfigError::Invalid("limits.max_frame_bytes must be 1 to 1048576".into()));
+        }
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_connections and max_connections_per_ip must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Refuses any key left over in a table whose struct flattens another in (serde's
+/// `deny_unknown_fields` does not work with `flatten`): put last in the struct as
+/// `#[serde(flatten, skip_serializing)] pub unknown: UnknownKeys`, it fails to parse the
+/// file on the first key no field took, naming it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnknownKeys;
+
+impl<'de> serde::Deserialize<'de> for UnknownKeys {
+    fn deserialize<De: serde::Deserializer<'de>>(d: De) -> Result<Self, De::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UnknownKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("no further keys")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UnknownKeys, A::Error> {
+                match map.next_key::<String>()? {
+                    Some(k) => Err(serde::de::Error::custom(format!("unknown field `{}`", k.escape_debug()))),
+                    None => Ok(UnknownKeys),
+                }
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 /// The TOML document of `value` as people read it: a `[section]` per nested struct, an

@@ -2,6 +2,7 @@
 //! environment variables and flags (applied in `main.rs`).
 
 pub use payme_node::config::ConfigError;
+use payme_node::config::{PeerLimitDefaults, PeerLimits, UnknownKeys};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -123,19 +124,13 @@ pub struct Merchant {
     pub max_concurrent_collects: usize,
 }
 
+/// The wallet's `[limits]`: what every daemon serving peers has ([`PeerLimits`]), then the
+/// wallet's own.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct Limits {
-    pub max_connections: usize,
-    /// Connections from one source (IPv4 address, IPv6 /64) at once: taking every slot
-    /// needs max_connections / max_connections_per_ip sources.
-    pub max_connections_per_ip: usize,
-    pub max_frame_bytes: usize,
-    pub idle_timeout_secs: u64,
-    pub nonce_window_secs: u64,
-    pub nonce_cache_capacity: usize,
-    /// Require a peer's nonce address to equal its connection address.
-    pub nonce_check_address: bool,
+    #[serde(flatten)]
+    pub net: PeerLimits<WalletDefaults>,
     /// Payment requests waiting for consent at once; more are refused as busy.
     pub max_pending_requests: usize,
     /// Payment requests waiting for consent from one source (an IPv4 address, an IPv6 /64)
@@ -149,6 +144,26 @@ pub struct Limits {
     pub refresh_before_secs: u64,
     /// Seconds between background rounds (refresh, retry of unresolved operations).
     pub maintenance_interval_secs: u64,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: UnknownKeys,
+}
+
+/// A desktop wallet's defaults for the settings every daemon serving peers has: fewer
+/// slots than a bank, a longer idle time for a person's slower round trips.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalletDefaults;
+
+impl PeerLimitDefaults for WalletDefaults {
+    const DEFAULT: PeerLimits<WalletDefaults> = PeerLimits {
+        max_connections: 1024,
+        max_connections_per_ip: 8,
+        max_frame_bytes: pmtp_proto::frame::DEFAULT_MAX_BODY,
+        idle_timeout_secs: 60,
+        nonce_window_secs: 30,
+        nonce_cache_capacity: 100_000,
+        nonce_check_address: true,
+        defaults: std::marker::PhantomData,
+    };
 }
 
 impl Limits {
@@ -195,18 +210,13 @@ impl Default for Merchant {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_connections: 1024,
-            max_connections_per_ip: 8,
-            max_frame_bytes: pmtp_proto::frame::DEFAULT_MAX_BODY,
-            idle_timeout_secs: 60,
-            nonce_window_secs: 30,
-            nonce_cache_capacity: 100_000,
-            nonce_check_address: true,
+            net: PeerLimits::default(),
             max_pending_requests: 32,
             max_pending_per_source: 4,
             control_idle_timeout_secs: 60,
             refresh_before_secs: 7 * 86_400,
             maintenance_interval_secs: 30,
+            unknown: UnknownKeys,
         }
     }
 }
@@ -240,10 +250,7 @@ impl Config {
         if self.http.max_body_bytes == 0 || self.http.timeout_secs == 0 || self.http.connect_timeout_secs == 0 {
             return Err(ConfigError::Invalid("http.max_body_bytes and the http timeouts must be above 0".into()));
         }
-        if self.limits.max_frame_bytes == 0 || self.limits.max_frame_bytes > pmtp_proto::frame::DEFAULT_MAX_BODY {
-            return Err(ConfigError::Invalid("limits.max_frame_bytes must be 1 to 1048576".into()));
-        }
-        Ok(())
+        self.limits.net.validate()
     }
 
     pub fn control_socket_path(&self, data_dir: &Path) -> PathBuf {
@@ -382,6 +389,17 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(toml::from_str::<Config>(&c.commented_toml().unwrap()).unwrap(), c);
+    }
+
+    #[test]
+    fn limits_share_one_section_with_the_wallet_defaults() {
+        let c: Config = toml::from_str("[limits]\nidle_timeout_secs = 5\nmax_pending_requests = 9\n").unwrap();
+        assert_eq!(c.limits.net.idle_timeout_secs, 5, "a shared setting is read");
+        assert_eq!(c.limits.max_pending_requests, 9, "a wallet setting beside it is read");
+        assert_eq!(c.limits.net.max_connections, 1024, "an unset shared setting takes the wallet's default");
+        assert_eq!(c.limits.net.max_connections_per_ip, 8);
+        let err = toml::from_str::<Config>("[limits]\ncommit_batch = 7\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `commit_batch`"), "a bank setting is not a wallet's: {err}");
     }
 
     #[test]

@@ -235,9 +235,7 @@ impl Wallet {
             let account = b.account.zip(b.account_name.clone()).map(|(a, n)| (AccountId(a), n));
             banks.insert(b.id.clone(), BankEntry { client, account });
         }
-        let l = &config.limits;
-        let nonces =
-            payme_node::config::nonce_checker(l.nonce_window_secs, l.nonce_cache_capacity, l.nonce_check_address);
+        let nonces = config.limits.net.nonce_checker();
         let public = identity.public();
         let collect_permits = Arc::new(tokio::sync::Semaphore::new(config.merchant.max_concurrent_collects.max(1)));
         Ok(Wallet {

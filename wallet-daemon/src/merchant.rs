@@ -263,7 +263,7 @@ async fn collect_inner(w: &Arc<Wallet>, req: &CollectRequest, order: store::Orde
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?.ip();
     let peer = stream.peer_addr().map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?.ip();
-    let mut conn = Framed::new(stream, PmtpCodec::new(w.config.limits.max_frame_bytes));
+    let mut conn = Framed::new(stream, PmtpCodec::new(w.config.limits.net.max_frame_bytes));
     let ask = Signed::sign(
         AskPayment {
             amount,

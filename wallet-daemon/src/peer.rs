@@ -5,7 +5,7 @@
 
 use crate::Wallet;
 use futures::{SinkExt, StreamExt};
-use payme_node::net::{accept_loop, ConnectionLimits};
+use payme_node::net::accept_loop;
 use pmtp_proto::codec::{CodecError, PmtpCodec};
 use pmtp_proto::message::Kind;
 use pmtp_proto::{AskPaymentRequest, Frame, Message, ReasonCode};
@@ -25,7 +25,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let l = &w.config.limits;
-    let max = ConnectionLimits { total: l.max_connections, per_ip: l.max_connections_per_ip };
+    let max = l.net.connections();
     accept_loop(listener, max, &tracker, shutdown, |stream| {
         let (w, token) = (w.clone(), token.clone());
         async move { connection(w, stream, token).await }
@@ -36,8 +36,8 @@ pub async fn serve(
 async fn connection(w: Arc<Wallet>, stream: TcpStream, token: CancellationToken) {
     let Ok(peer) = stream.peer_addr().map(|a| a.ip()) else { return };
     let _ = stream.set_nodelay(true);
-    let idle = Duration::from_secs(w.config.limits.idle_timeout_secs.max(1));
-    let mut conn = Framed::new(stream, PmtpCodec::new(w.config.limits.max_frame_bytes));
+    let idle = Duration::from_secs(w.config.limits.net.idle_timeout_secs.max(1));
+    let mut conn = Framed::new(stream, PmtpCodec::new(w.config.limits.net.max_frame_bytes));
     let next = tokio::select! {
         _ = token.cancelled() => return,
         n = tokio::time::timeout(idle, conn.next()) => n,
