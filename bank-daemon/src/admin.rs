@@ -109,6 +109,7 @@ pub fn open_bank(
     config: Config,
     passphrase: &str,
     clock: std::sync::Arc<dyn pmtp_client::clock::Clock>,
+    entropy: std::sync::Arc<dyn pmtp_client::entropy::Entropy>,
 ) -> Result<(std::sync::Arc<Bank>, crate::writer::WriterThread, std::fs::File), AdminError> {
     let lock = dir.lock()?;
     let identity = load_identity(dir, passphrase)?;
@@ -127,7 +128,7 @@ pub fn open_bank(
     let readers = crate::writer::Readers::new(Box::new(move || {
         SqliteStore::open_reader(&db).map(|s| Box::new(s) as Box<dyn Store>)
     }));
-    let bank = Bank::new(config, identity, writer, readers)?.with_clock(clock);
+    let bank = Bank::new(config, identity, writer, readers)?.with_clock(clock).with_entropy(entropy);
     Ok((std::sync::Arc::new(bank), thread, lock))
 }
 

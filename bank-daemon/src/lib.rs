@@ -29,6 +29,7 @@ pub mod writer;
 use handlers::Refuse;
 pub use payme_node::DataDir;
 use pmtp_client::clock::{Clock, SystemClock};
+use pmtp_client::entropy::{Entropy, EntropyRng, OsEntropy};
 use pmtp_proto::keys::{Identity, PublicIdentity, Signable, Signed};
 use pmtp_proto::text::{BankId, HostPort};
 use pmtp_proto::{AccountId, Nonce, NonceChecker, ReasonCode};
@@ -70,6 +71,9 @@ pub struct Bank {
     /// Where handlers, purges and clearing get the time: the system clock, or one a test
     /// moves ([`Bank::with_clock`]).
     pub clock: Arc<dyn Clock>,
+    /// Where serials, nonces and session keys get their randomness: the OS, or a seeded
+    /// source a test predicts ([`Bank::with_entropy`]).
+    pub entropy: Arc<dyn Entropy>,
 }
 
 impl Bank {
@@ -121,6 +125,7 @@ impl Bank {
             password_cache: dashmap::DashMap::new(),
             password_cache_key: pmtp_proto::rng::bytes(&mut pmtp_proto::rng::os()),
             clock: Arc::new(SystemClock),
+            entropy: Arc::new(OsEntropy),
         })
     }
 
@@ -131,6 +136,20 @@ impl Bank {
         }
         self.clock = clock;
         self
+    }
+
+    /// This bank, drawing its randomness from `entropy`, and so do its clients of peer banks.
+    pub fn with_entropy(mut self, entropy: Arc<dyn Entropy>) -> Self {
+        for p in self.peers.values_mut() {
+            p.client.entropy = entropy.clone();
+        }
+        self.entropy = entropy;
+        self
+    }
+
+    /// A generator over this bank's [`Entropy`].
+    pub fn rng(&self) -> EntropyRng<'_> {
+        pmtp_client::entropy::rng(&*self.entropy)
     }
 
     /// Until when a nonce must be remembered durably: after that the window refuses it.

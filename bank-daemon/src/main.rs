@@ -313,13 +313,19 @@ fn serve(dir: &DataDir, cfg: Config, passphrase: &str) -> anyhow::Result<()> {
         if cfg.public_addr.ends_with(":0") {
             cfg.public_addr = local.to_string();
         }
-        let (bank, writer_thread, _lock) =
-            admin::open_bank(dir, cfg, passphrase, std::sync::Arc::new(pmtp_client::clock::SystemClock))?;
+        let (bank, writer_thread, _lock) = admin::open_bank(
+            dir,
+            cfg,
+            passphrase,
+            std::sync::Arc::new(pmtp_client::clock::SystemClock),
+            std::sync::Arc::new(pmtp_client::entropy::OsEntropy),
+        )?;
         tracing::info!(addr = %local, bank = %bank.bank_id, "serving");
         // Tests and scripts read this line to learn the port when listening on port 0.
         println!("payme-bank listening on {local}");
         use std::io::Write;
         let _ = std::io::stdout().flush();
+        payme_node::notify::ready();
         bank_daemon::server::serve(bank, listener, shutdown).await;
         // The last Bank handle is gone once serve returns; the writer drains and stops.
         tokio::task::spawn_blocking(move || writer_thread.join()).await?;

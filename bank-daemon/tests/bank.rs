@@ -10,6 +10,7 @@ mod common;
 use common::*;
 use futures::{SinkExt, StreamExt};
 use pmtp_client::clock::{Clock, ManualClock};
+use pmtp_client::entropy::{Entropy, OsEntropy, SeededEntropy};
 use pmtp_client::{BankClient, ClientError};
 use pmtp_proto::codec::PmtpCodec;
 use pmtp_proto::keys::Signed;
@@ -237,12 +238,21 @@ struct InProcess {
 impl InProcess {
     /// Serves `bank`'s directory (whose binary the caller has stopped) on 127.0.0.1:0.
     async fn serve(bank: &TestBank, clock: std::sync::Arc<ManualClock>) -> InProcess {
+        Self::serve_with(bank, clock, std::sync::Arc::new(OsEntropy)).await
+    }
+
+    /// [`InProcess::serve`], the bank drawing its randomness from `entropy`.
+    async fn serve_with(
+        bank: &TestBank,
+        clock: std::sync::Arc<ManualClock>,
+        entropy: std::sync::Arc<dyn Entropy>,
+    ) -> InProcess {
         let dir = bank_daemon::data_dir(bank.data_dir());
         let mut cfg = bank_daemon::config::Config::load(&dir.config()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         cfg.public_addr = addr.clone();
-        let (b, writer, lock) = bank_daemon::admin::open_bank(&dir, cfg, PASSPHRASE, clock.clone()).unwrap();
+        let (b, writer, lock) = bank_daemon::admin::open_bank(&dir, cfg, PASSPHRASE, clock.clone(), entropy).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let served = tokio::spawn(bank_daemon::server::serve(b.clone(), listener, async move {
             let _ = stopped.await;
@@ -274,6 +284,37 @@ impl InProcess {
         let writer = self.writer.take().unwrap();
         tokio::task::spawn_blocking(move || writer.join()).await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bank_draws_serials_from_the_entropy_it_is_given() {
+    let mut bank = TestBank::start();
+    let alice = bank.holder(1, "alice", 100);
+    bank.stop();
+    let seed = [7; 32];
+    let served = InProcess::serve_with(
+        &bank,
+        std::sync::Arc::new(ManualClock::new(now())),
+        std::sync::Arc::new(SeededEntropy::new(seed)),
+    )
+    .await;
+    let w = served
+        .client()
+        .withdraw(&alice.identity, alice.account, "alice", PASSWORD, rid(), Amount::new(7), vec![])
+        .await
+        .unwrap();
+    served.stop().await;
+    // The first draws of a seeded bank are the serials of the first coins it mints.
+    let mine = SeededEntropy::new(seed);
+    let mut rng = pmtp_client::entropy::rng(&mine);
+    let expected: Vec<Serial> = (0..3).map(|_| Serial::random(&mut rng)).collect();
+    let mut got: Vec<Serial> = w.coins.iter().map(|c| c.body().serial).collect();
+    assert_eq!(got.len(), 3, "7 = 4 + 2 + 1");
+    got.sort();
+    let mut want = expected.clone();
+    want.sort();
+    assert_eq!(got, want);
+    bank.assert_audit();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,8 +15,10 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod entropy;
 
 use clock::{Clock, SystemClock};
+use entropy::{Entropy, OsEntropy};
 
 use futures::{SinkExt, StreamExt};
 use pmtp_proto::codec::PmtpCodec;
@@ -86,6 +88,8 @@ pub struct BankClient {
     pub bind_ip: Option<IpAddr>,
     /// Where nonce timestamps and coin expiry checks get the time.
     pub clock: Arc<dyn Clock>,
+    /// Where session keys and nonces get their randomness.
+    pub entropy: Arc<dyn Entropy>,
 }
 
 /// Connects to `addr` (`host:port`), from `bind_ip` when given.
@@ -116,6 +120,7 @@ impl BankClient {
             timeout: Duration::from_secs(15),
             bind_ip: None,
             clock: Arc::new(SystemClock),
+            entropy: Arc::new(OsEntropy),
         })
     }
 
@@ -133,7 +138,7 @@ impl BankClient {
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().map_err(|e| ClientError::Io(e.to_string()))?.ip();
         let request = build(local, self.clock.now())?;
-        let frame = Frame::seal_to(&mut rng::os(), &self.keys.x25519, &request)?;
+        let frame = Frame::seal_to(&mut entropy::rng(&*self.entropy), &self.keys.x25519, &request)?;
         let mut framed = Framed::new(stream, PmtpCodec::default());
         let exchange = async {
             framed.send(frame).await.map_err(|e| ClientError::Io(e.to_string()))?;
@@ -182,7 +187,7 @@ impl BankClient {
         let password = Password::new(password).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
         let resp = self
             .call::<WithdrawCoinsRequest, _>(|ip, now| {
-                let mut rng = rng::os();
+                let mut rng = entropy::rng(&*self.entropy);
                 let body = WithdrawCoins {
                     account,
                     name,
@@ -212,7 +217,7 @@ impl BankClient {
         let hash = coins_hash(coins.iter().map(|c| &c.0.body.serial));
         let resp = self
             .call::<DepositCoinsRequest, _>(|ip, now| {
-                let mut rng = rng::os();
+                let mut rng = entropy::rng(&*self.entropy);
                 let body = DepositCoins {
                     account,
                     name,
@@ -244,7 +249,7 @@ impl BankClient {
             Amount::checked_sum(coins.iter().map(|c| c.value())).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
         let resp = self
             .call::<ExchangeCoinsRequest, _>(|ip, now| {
-                let mut rng = rng::os();
+                let mut rng = entropy::rng(&*self.entropy);
                 Ok(ExchangeCoinsRequest {
                     request_id,
                     coins,
@@ -267,7 +272,7 @@ impl BankClient {
     ) -> Result<BankStatementResponse, ClientError> {
         let name = Name::new(name).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
         self.call::<BankStatementRequest, _>(|ip, now| {
-            let mut rng = rng::os();
+            let mut rng = entropy::rng(&*self.entropy);
             let body = BankStatement {
                 account,
                 name,

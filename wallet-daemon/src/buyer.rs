@@ -56,10 +56,10 @@ pub async fn on_ask_payment(w: Arc<Wallet>, frame: Frame, peer: IpAddr, conn: &m
             refusal: Refusal {
                 code: e.code,
                 text: reason_text(&e.text),
-                nonce: Nonce::new(&mut rng::os(), crate::conn_local_ip(conn.get_ref(), &w), w.now()),
+                nonce: Nonce::new(&mut w.rng(), crate::conn_local_ip(conn.get_ref(), &w), w.now()),
             },
         };
-        if let Ok(f) = Frame::seal_to(&mut rng::os(), &merchant.x25519, &refusal) {
+        if let Ok(f) = Frame::seal_to(&mut w.rng(), &merchant.x25519, &refusal) {
             let _ = conn.send(f).await;
         }
     }
@@ -436,15 +436,15 @@ async fn send_coins(
     coins: Vec<Coin>,
     conn: &mut Conn,
 ) -> Result<(), Outcome> {
-    let session_key = SessionKey::generate(&mut rng::os());
+    let session_key = SessionKey::generate(&mut w.rng());
     let hash = pmtp_proto::coin::coins_hash(coins.iter().map(|c| &c.0.body.serial));
     let pay = PayCoinsRequest {
         request_nonce: ask.body.nonce,
         coins,
         session_key: session_key.clone(),
-        nonce: Nonce::new(&mut rng::os(), crate::conn_local_ip(conn.get_ref(), w), w.now()),
+        nonce: Nonce::new(&mut w.rng(), crate::conn_local_ip(conn.get_ref(), w), w.now()),
     };
-    let frame = Frame::seal_to(&mut rng::os(), &merchant.x25519, &pay).map_err(|e| Outcome::Unknown(e.to_string()))?;
+    let frame = Frame::seal_to(&mut w.rng(), &merchant.x25519, &pay).map_err(|e| Outcome::Unknown(e.to_string()))?;
     conn.send(frame).await.map_err(|e| Outcome::Unknown(format!("sending coins failed: {e}")))?;
     let wait = Duration::from_secs(w.config.merchant.collect_timeout_secs.max(5) + 10);
     let reply = match tokio::time::timeout(wait, conn.next()).await {

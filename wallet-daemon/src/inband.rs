@@ -31,7 +31,7 @@ use crate::store::{self, CoinState, Direction, PaymentState};
 use crate::{checked_amount, ops, Wallet, WalletError};
 use pmtp_proto::http::{self, HttpError, Origin, Payment, SignedOffer};
 use pmtp_proto::keys::PeerKeys;
-use pmtp_proto::{rng, ReasonCode, Receipt, Serial, Signed};
+use pmtp_proto::{ReasonCode, Receipt, Serial, Signed};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -111,7 +111,7 @@ pub async fn pay_url(w: &Arc<Wallet>, url: &str, output: Option<PathBuf>) -> Res
     }
     let header = first.header(http::PAYMENT_REQUIRED).unwrap_or_default().to_owned();
     let offer: SignedOffer = http::decode(&header).map_err(offer_error)?;
-    let keys = http::check_offer(&offer, &origin, store::now()).map_err(offer_error)?;
+    let keys = http::check_offer(&offer, &origin, w.now()).map_err(offer_error)?;
     let amount = checked_amount(offer.body.amount.minor_units())?;
     let order = http::order_label(&offer.body.order);
 
@@ -159,8 +159,8 @@ pub async fn pay_url(w: &Arc<Wallet>, url: &str, output: Option<PathBuf>) -> Res
     let (payment, coins, claim) = buyer::reserve_for(w, &offer.body.accepted_banks, record).await?;
     // Sealed and stored before it leaves: a crash from here on finds it and sends it
     // again (or, unsealed, takes the coins back by exchange).
-    let sealed = Payment { offer: offer.clone(), coins, time: store::now() };
-    let stored = match http::seal_payment(&mut rng::os(), &keys, &sealed).and_then(|b| http::encode(&b)) {
+    let sealed = Payment { offer: offer.clone(), coins, time: w.now() };
+    let stored = match http::seal_payment(&mut w.rng(), &keys, &sealed).and_then(|b| http::encode(&b)) {
         Ok(value) => {
             let v = value.clone();
             w.db.call(move |c, _| {
@@ -234,7 +234,7 @@ async fn again(w: &Arc<Wallet>, url: &str, output: Option<&Path>) -> Result<Opti
     };
     let store::UrlPayment { id: payment, state, offer, receipt } = earlier;
     let Ok(offer) = http::decode::<SignedOffer>(&offer) else { return Ok(None) };
-    if offer.body.expires <= store::now() {
+    if offer.body.expires <= w.now() {
         return Ok(None);
     }
     let mut v = json!({"url": escaped(url), "origin": offer.body.origin.to_string(),

@@ -212,6 +212,9 @@ pub struct Wallet {
     /// Where the buyer, merchant and recovery logic (and this wallet's bank clients) get
     /// the time: the system clock, or one a test moves ([`Wallet::with_clock`]).
     pub clock: Arc<dyn pmtp_client::clock::Clock>,
+    /// Where nonces, session keys, request ids and orders get their randomness: the OS, or
+    /// a seeded source a test predicts ([`Wallet::with_entropy`]).
+    pub entropy: Arc<dyn pmtp_client::entropy::Entropy>,
     /// The HTTP client of payments in band, made on first use.
     pub fetcher: std::sync::OnceLock<fetch::Fetcher>,
 }
@@ -257,6 +260,7 @@ impl Wallet {
             collects: Default::default(),
             collect_permits,
             clock: Arc::new(pmtp_client::clock::SystemClock),
+            entropy: Arc::new(pmtp_client::entropy::OsEntropy),
             fetcher: std::sync::OnceLock::new(),
         })
     }
@@ -268,6 +272,20 @@ impl Wallet {
         }
         self.clock = clock;
         self
+    }
+
+    /// This wallet, drawing its randomness from `entropy`, and so do its bank clients.
+    pub fn with_entropy(mut self, entropy: Arc<dyn pmtp_client::entropy::Entropy>) -> Self {
+        for b in self.banks.values_mut() {
+            b.client.entropy = entropy.clone();
+        }
+        self.entropy = entropy;
+        self
+    }
+
+    /// A generator over this wallet's entropy.
+    pub fn rng(&self) -> pmtp_client::entropy::EntropyRng<'_> {
+        pmtp_client::entropy::rng(&*self.entropy)
     }
 
     /// The time by this wallet's clock (Unix seconds).
@@ -316,16 +334,19 @@ pub fn conn_local_ip(stream: &tokio::net::TcpStream, w: &Wallet) -> IpAddr {
 /// accepts connections and never answers cannot hold the wallet's start hostage.
 pub async fn run_daemon(dir: DataDir, cfg: config::Config, passphrase: &str) -> Result<(), DaemonError> {
     let shutdown = payme_node::shutdown::shutdown_signal()?;
-    serve(dir, cfg, passphrase, Arc::new(pmtp_client::clock::SystemClock), shutdown).await
+    let (clock, entropy) = (Arc::new(pmtp_client::clock::SystemClock), Arc::new(pmtp_client::entropy::OsEntropy));
+    serve(dir, cfg, passphrase, clock, entropy, shutdown).await
 }
 
-/// [`run_daemon`] with the clock and the shutdown future passed in: a test serves a wallet
-/// in its own process on port 0, moves its time, and stops it when it likes.
+/// [`run_daemon`] with the clock, the source of randomness and the shutdown future passed
+/// in: a test serves a wallet in its own process on port 0, moves its time, and stops it
+/// when it likes.
 pub async fn serve(
     dir: DataDir,
     cfg: config::Config,
     passphrase: &str,
     clock: Arc<dyn pmtp_client::clock::Clock>,
+    entropy: Arc<dyn pmtp_client::entropy::Entropy>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let lock = dir.lock()?;
@@ -346,7 +367,7 @@ pub async fn serve(
     let socket_path = cfg.control_socket_path(&dir.root);
     let control =
         control::bind(&socket_path).map_err(|source| DaemonError::Control { path: socket_path.clone(), source })?;
-    let w = std::sync::Arc::new(Wallet::new(cfg, dir, identity, db)?.with_clock(clock));
+    let w = std::sync::Arc::new(Wallet::new(cfg, dir, identity, db)?.with_clock(clock).with_entropy(entropy));
 
     let token = tokio_util::sync::CancellationToken::new();
     let tracker = w.tasks.clone();
@@ -391,6 +412,7 @@ pub async fn serve(
         };
         let _ = out.flush();
     }
+    payme_node::notify::ready();
     match listener {
         Some(listener) => peer::serve(w.clone(), listener, token.clone(), tracker.clone(), shutdown).await,
         None => shutdown.await,

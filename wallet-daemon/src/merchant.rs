@@ -110,7 +110,7 @@ pub fn accepted_banks(w: &Wallet) -> Vec<String> {
 /// buyer, amount and item, and a refusal otherwise. At most
 /// `merchant.max_concurrent_collects` orders are collected at once; more are `busy`.
 pub async fn collect(w: &Arc<Wallet>, req: CollectRequest) -> Collected {
-    let order = req.order.unwrap_or_else(|| rng::bytes(&mut rng::os()));
+    let order = req.order.unwrap_or_else(|| rng::bytes(&mut w.rng()));
     let req = CollectRequest { order: Some(order), ..req };
     let started = {
         let Ok(mut map) = w.collects.lock() else {
@@ -361,8 +361,8 @@ async fn collect_inner(w: &Arc<Wallet>, req: &CollectRequest, order: store::Orde
         refuse(w, &mut conn, &key, &e).await;
         return Ok(Collected::refused(&e));
     }
-    let resp = PayCoinsResponse { receipt, nonce: Nonce::new(&mut rng::os(), local, w.now()) };
-    if let Ok(f) = Frame::seal_session(&mut rng::os(), &key, &resp) {
+    let resp = PayCoinsResponse { receipt, nonce: Nonce::new(&mut w.rng(), local, w.now()) };
+    if let Ok(f) = Frame::seal_session(&mut w.rng(), &key, &resp) {
         // The money is ours once validated; a lost receipt is the buyer's to resolve.
         let _ = conn.send(f).await;
     }
@@ -485,7 +485,7 @@ pub(crate) async fn record(
     banks.dedup();
     let one_bank = if banks.len() == 1 { banks.pop() } else { None };
     let kind = validation_kind(w);
-    let request_id: [u8; 16] = rng::bytes(&mut rng::os());
+    let request_id: [u8; 16] = rng::bytes(&mut w.rng());
     let b = one_bank.clone();
     let (payments, operations) = (w.in_flight.clone(), w.ops_in_flight.clone());
     let recorded =
@@ -624,9 +624,9 @@ async fn refuse(
     let r = PayCoinsRefusal(Refusal {
         code: e.code,
         text: reason_text(&e.text),
-        nonce: Nonce::new(&mut rng::os(), crate::conn_local_ip(conn.get_ref(), w), w.now()),
+        nonce: Nonce::new(&mut w.rng(), crate::conn_local_ip(conn.get_ref(), w), w.now()),
     });
-    if let Ok(f) = Frame::seal_session(&mut rng::os(), key, &r) {
+    if let Ok(f) = Frame::seal_session(&mut w.rng(), key, &r) {
         let _ = conn.send(f).await;
     }
 }

@@ -53,7 +53,7 @@ pub async fn withdraw(w: &Arc<Wallet>, bank: &str, amount: Amount, password: &st
     if entry.account.is_none() {
         return Err(WalletError::new(ReasonCode::UNKNOWN_ACCOUNT, format!("no account at bank {bank} in the config")));
     }
-    let request_id: [u8; 16] = pmtp_proto::rng::bytes(&mut pmtp_proto::rng::os());
+    let request_id: [u8; 16] = pmtp_proto::rng::bytes(&mut w.rng());
     let (b, pw) = (bank.to_owned(), password.to_owned());
     let claims = w.ops_in_flight.clone();
     let (op_id, _claim) =
@@ -201,7 +201,7 @@ pub async fn begin_op(
             format!("no account at bank {bank} to deposit into"),
         ));
     }
-    let request_id: [u8; 16] = pmtp_proto::rng::bytes(&mut pmtp_proto::rng::os());
+    let request_id: [u8; 16] = pmtp_proto::rng::bytes(&mut w.rng());
     let b = bank.to_owned();
     let claims = w.ops_in_flight.clone();
     let from = from.state();

@@ -60,7 +60,7 @@ pub fn offer(w: &Wallet, req: &OfferRequest) -> Result<Offered, WalletError> {
             "this wallet has no bank account to deposit payments into",
         ));
     }
-    let order = req.order.unwrap_or_else(|| rng::bytes(&mut rng::os()));
+    let order = req.order.unwrap_or_else(|| rng::bytes(&mut w.rng()));
     let expires = w.now().saturating_add(w.config.merchant.order_lifetime_secs);
     let body = http::Offer {
         order,

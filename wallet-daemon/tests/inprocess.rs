@@ -90,3 +90,20 @@ async fn the_wallet_and_its_bank_clients_read_the_clock_they_are_given() {
     assert_eq!(available(&w).await, Amount::new(40));
     bank.assert_audit();
 }
+
+/// The wallet draws its randomness from the source it is given: with a seeded source, the
+/// request id of its first withdrawal is the first 16 bytes of that seed's stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wallet_draws_from_the_entropy_it_is_given() {
+    use pmtp_client::entropy::{rng, SeededEntropy};
+    let mut bank = TestBank::start();
+    let (_dir, w) = wallet(&bank, 100);
+    bank.stop();
+    let seed = [9; 32];
+    let w = Arc::new(Arc::into_inner(w).unwrap().with_entropy(Arc::new(SeededEntropy::new(seed))));
+    ops::withdraw(&w, "bank-a", Amount::new(40), PASSWORD).await.unwrap_err();
+    let ops = w.db.call(|c, _| store::started_ops(c)).await.unwrap();
+    let expected: [u8; 16] = pmtp_proto::rng::bytes(&mut rng(&SeededEntropy::new(seed)));
+    assert_eq!(ops.len(), 1);
+    assert_eq!(ops[0].request_id, expected);
+}

@@ -32,6 +32,6 @@ pub async fn handle(
         balance: balance.ok_or_else(|| Refuse::new(pmtp_proto::ReasonCode::UNKNOWN_ACCOUNT, "account closed"))?,
         entries,
         truncated,
-        nonce: Nonce::new(&mut pmtp_proto::rng::os(), bank.local_ip(peer), now),
+        nonce: Nonce::new(&mut bank.rng(), bank.local_ip(peer), now),
     })
 }

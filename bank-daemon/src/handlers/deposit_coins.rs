@@ -95,7 +95,7 @@ async fn acknowledge(
         .sign(ack)
         .await
         .map_err(|e| Refuse::new(ReasonCode::INTERNAL, format!("deposit done, acknowledgement not signed: {e}")))?;
-    Ok(DepositCoinsResponse { ack, nonce: Nonce::new(&mut pmtp_proto::rng::os(), bank.local_ip(peer), now) })
+    Ok(DepositCoinsResponse { ack, nonce: Nonce::new(&mut bank.rng(), bank.local_ip(peer), now) })
 }
 
 /// Splits a deposit's coins into this bank's and one peer's. Coins of a bank that is not a

@@ -93,7 +93,7 @@ pub async fn handle(
             decode_issued(&blob)?
         }
     };
-    Ok(ExchangeCoinsResponse { coins, nonce: Nonce::new(&mut pmtp_proto::rng::os(), bank.local_ip(peer), now) })
+    Ok(ExchangeCoinsResponse { coins, nonce: Nonce::new(&mut bank.rng(), bank.local_ip(peer), now) })
 }
 
 fn not_in_circulation(s: &pmtp_proto::Serial) -> Refuse {

@@ -133,14 +133,15 @@ where
         Ok(()) => work(bank.clone(), req.clone(), peer, now).await,
         Err(r) => Err(r),
     };
-    let reply_nonce = Nonce::new(&mut pmtp_proto::rng::os(), bank.local_ip(peer), now);
+    let reply_nonce = Nonce::new(&mut bank.rng(), bank.local_ip(peer), now);
     let key = req.session_key().clone();
+    let b = bank.clone();
     let sealed = cpu(move || match result {
-        Ok(resp) => Frame::seal_session(&mut pmtp_proto::rng::os(), &key, &resp),
+        Ok(resp) => Frame::seal_session(&mut b.rng(), &key, &resp),
         Err(r) => {
             tracing::info!(code = %r.code, reason = %r.text, request = %Q::ID, "refused");
             let refusal: Q::Refusal = Refusal { code: r.code, text: reason_text(&r.text), nonce: reply_nonce }.into();
-            Frame::seal_session(&mut pmtp_proto::rng::os(), &key, &refusal)
+            Frame::seal_session(&mut b.rng(), &key, &refusal)
         }
     })
     .await;
@@ -262,7 +263,7 @@ pub async fn mint(bank: &Arc<Bank>, plan: Vec<Denomination>, now: u64) -> Result
     let b = bank.clone();
     let expiry = now.saturating_add(bank.config.coin_lifetime_secs);
     cpu(move || {
-        let mut rng = pmtp_proto::rng::os();
+        let mut rng = b.rng();
         let key_id = b.identity.signing.verifying_key().key_id();
         let bodies = plan
             .iter()

@@ -117,11 +117,7 @@ pub async fn handle(
             (decode_issued(&blob)?, balance)
         }
     };
-    Ok(WithdrawCoinsResponse {
-        coins,
-        balance,
-        nonce: Nonce::new(&mut pmtp_proto::rng::os(), bank.local_ip(peer), now),
-    })
+    Ok(WithdrawCoinsResponse { coins, balance, nonce: Nonce::new(&mut bank.rng(), bank.local_ip(peer), now) })
 }
 
 fn insufficient(balance: Amount, amount: Amount) -> Refuse {
