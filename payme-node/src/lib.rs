@@ -25,6 +25,7 @@ pub mod datadir;
 pub mod keys;
 pub mod logging;
 pub mod net;
+pub mod notify;
 pub mod secret;
 pub mod shutdown;
 pub mod sqlite;

@@ -6,7 +6,8 @@ use std::future::Future;
 /// a signal sent right after that line is never missed) and returns the future that
 /// completes on either. SIGHUP (a closed terminal, `systemctl reload`, a log rotator) is
 /// caught too and never stops the daemon: it is logged, and settings still take a
-/// restart, which the log line says.
+/// restart, which the log line says. When it completes, a service manager is told the
+/// daemon is stopping.
 pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -22,5 +23,6 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
                 }
             }
         }
+        crate::notify::stopping();
     })
 }
