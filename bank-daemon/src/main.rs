@@ -17,6 +17,9 @@ struct Cli {
     /// The bank's data directory (keys, config.toml, database).
     #[arg(long, global = true, env = "PAYME_BANK_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Print results as JSON (for scripts); errors too.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,10 +48,7 @@ enum Command {
     #[command(subcommand)]
     Account(AccountCommand),
     /// Check minted - redeemed - expired = circulating, and that ledgers sum to balances.
-    Audit {
-        #[arg(long)]
-        json: bool,
-    },
+    Audit,
     /// Print this bank's public identity (give it to wallets).
     PublicKey,
     /// Copy the bank's database to FILE, also while `serve` runs (SQLite's online backup:
@@ -65,8 +65,6 @@ enum Command {
     Clearing {
         #[arg(long)]
         passphrase_file: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
     },
     /// Serve PMTP requests until SIGINT or SIGTERM.
     Serve {
@@ -118,10 +116,7 @@ enum AccountCommand {
         password_file: Option<PathBuf>,
     },
     /// List accounts.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    List,
     /// Record money paid in at the counter.
     Credit {
         id: u64,
@@ -141,17 +136,40 @@ enum AccountCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     payme_node::logging::init_tracing();
+    let json = cli.json;
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("payme-bank: {e:#}");
+            if json {
+                println!("{}", serde_json::json!({"ok": false, "error": format!("{e:#}")}));
+            } else {
+                eprintln!("payme-bank: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }
 }
 
+/// Prints a command's outcome: `human` for a person, `value` under --json.
+fn say(json: bool, human: impl std::fmt::Display, value: serde_json::Value) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{human}");
+    }
+}
+
+/// A sum of money as a JSON number (a string only past u64, which no real total reaches).
+fn money(v: impl TryInto<u64> + ToString + Copy) -> serde_json::Value {
+    match v.try_into() {
+        Ok(n) => serde_json::Value::from(n),
+        Err(_) => serde_json::Value::from(v.to_string()),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = bank_daemon::data_dir(cli.data_dir.unwrap_or_else(|| payme_node::config::default_data_dir("payme-bank")));
+    let json = cli.json;
     match cli.command {
         Command::Init { bank_id, public_addr, listen, rsa_bits, passphrase_file } => {
             let pass = read_secret(passphrase_file.as_deref(), "PAYME_BANK_PASSPHRASE", "New bank key passphrase: ")?;
@@ -160,10 +178,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let opts = InitOptions { bank_id, public_addr, listen, rsa_bits, kdf: payme_node::keys::kdf_params() };
             let public = admin::init(&dir, &pass, &opts)?;
-            println!("created bank {} in {}", public.name, dir.root.display());
-            println!("public key: {} (fingerprint {})", dir.public().display(), public.fingerprint());
+            let human = format!(
+                "created bank {} in {}\npublic key: {} (fingerprint {})",
+                public.name,
+                dir.root.display(),
+                dir.public().display(),
+                public.fingerprint()
+            );
+            let v = serde_json::json!({"bank": public.name.as_str(), "data_dir": dir.root.display().to_string(),
+                "public_key_file": dir.public().display().to_string(), "fingerprint": public.fingerprint().to_string()});
+            say(json, human, v);
         }
-        Command::Account(cmd) => account(&dir, cmd)?,
+        Command::Account(cmd) => account(&dir, cmd, json)?,
         Command::Peer(PeerCommand::Add { id, addr, public_key, account, account_name, local_account }) => {
             let text = std::fs::read_to_string(&public_key)
                 .with_context(|| format!("cannot read {}", public_key.display()))?;
@@ -179,9 +205,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cfg.peers.push(peer.clone());
             cfg.validate()?;
             pmtp_proto::keyfile::fs::append_atomic(&dir.config(), Config::peer_section(&peer)?.as_bytes())?;
-            println!("peer {} added; restart `payme-bank serve` to use it", peer.id);
+            let human = format!("peer {} added; restart `payme-bank serve` to use it", peer.id);
+            say(json, human, serde_json::json!({"peer": peer.id, "added": true}));
         }
-        Command::Clearing { passphrase_file, json } => {
+        Command::Clearing { passphrase_file } => {
             let cfg = Config::load(&dir.config())?;
             let pass = read_secret(passphrase_file.as_deref(), "PAYME_BANK_PASSPHRASE", "Bank key passphrase: ")?;
             let positions = admin::clearing(&dir, &cfg, &pass)?;
@@ -193,7 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         serde_json::json!({"peer": p.peer, "cleared_there": p.cleared_there.minor_units(),
                             "balance_there": p.balance_there.map(|b| b.minor_units()),
                             "peer_balance_here": p.peer_balance_here.minor_units(),
-                            "net": p.net().map(|n| n.to_string()), "agrees": p.agrees(), "error": p.error})
+                            "net": p.net().map(|n| i64::try_from(n).map(serde_json::Value::from).unwrap_or_else(|_| n.to_string().into())), "agrees": p.agrees(), "error": p.error})
                     })
                     .collect();
                 println!("{}", serde_json::json!({"agrees": agree, "peers": v}));
@@ -217,14 +244,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Backup { file } => {
             let report = admin::backup(&dir, &file)?;
-            println!(
+            let human = format!(
                 "bank database copied to {}; the copy checks: {} serials ({}) in circulation, audit holds",
                 file.display(),
                 report.circulation.count,
                 report.circulation.value
             );
+            let v = serde_json::json!({"file": file.display().to_string(), "circulating": report.circulation.value.minor_units(),
+                "circulating_coins": report.circulation.count, "audit_holds": true});
+            say(json, human, v);
         }
-        Command::Audit { json } => {
+        Command::Audit => {
             let report = admin::audit(&dir)?;
             if json {
                 let c = &report.counters;
@@ -237,7 +267,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "expired": c.expired_value.minor_units(), "expired_coins": c.expired_count,
                         "circulating": report.circulation.value.minor_units(), "circulating_coins": report.circulation.count,
                         "held_by_clearings": report.held.value.minor_units(), "held_coins": report.held.count,
-                        "total_balances": report.total_balances.to_string(),
+                        "total_balances": money(report.total_balances),
                         "ledger_mismatches": report.ledger_mismatches.len(),
                     })
                 );
@@ -251,7 +281,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::PublicKey => {
             let text =
                 std::fs::read_to_string(dir.public()).with_context(|| format!("no bank in {}", dir.root.display()))?;
-            print!("{text}");
+            say(json, text.trim_end(), serde_json::json!({"public_key": text.trim_end()}));
         }
         Command::Serve { listen, passphrase_file, config } => {
             let path = config.unwrap_or_else(|| dir.config());
@@ -266,14 +296,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn account(dir: &DataDir, cmd: AccountCommand) -> anyhow::Result<()> {
+fn account(dir: &DataDir, cmd: AccountCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
         AccountCommand::Open { name, public_key, password_file } => {
             let pw = read_secret(password_file.as_deref(), "PAYME_ACCOUNT_PASSWORD", "Account password: ")?;
             let id = admin::account_open(dir, &name, &public_key, &pw)?;
-            println!("{id}");
+            // The bare id, so `id=$(payme-bank account open ...)` works.
+            say(json, id, serde_json::json!({"account": id.0, "name": name}));
         }
-        AccountCommand::List { json } => {
+        AccountCommand::List => {
             let accounts = admin::account_list(dir)?;
             if json {
                 let v: Vec<_> = accounts
@@ -290,11 +321,13 @@ fn account(dir: &DataDir, cmd: AccountCommand) -> anyhow::Result<()> {
         }
         AccountCommand::Credit { id, amount, memo } => {
             let b = admin::account_adjust(dir, AccountId(id), amount, true, &memo)?;
-            println!("account {id} credited {amount}; balance {b}");
+            let v = serde_json::json!({"account": id, "credited": amount, "balance": b.minor_units()});
+            say(json, format!("account {id} credited {amount}; balance {b}"), v);
         }
         AccountCommand::Debit { id, amount, memo } => {
             let b = admin::account_adjust(dir, AccountId(id), amount, false, &memo)?;
-            println!("account {id} debited {amount}; balance {b}");
+            let v = serde_json::json!({"account": id, "debited": amount, "balance": b.minor_units()});
+            say(json, format!("account {id} debited {amount}; balance {b}"), v);
         }
     }
     Ok(())

@@ -10,6 +10,8 @@ use std::time::Duration;
 const HELP: &str = "\
 payme-cgi: sells items from any web server for payme coins (CGI/1.1, RFC 3875)
 
+Usage: payme-cgi [--help | --version]    (by hand; a web server runs it without arguments)
+
 A web server runs it for each request of a shop page; it reads the CGI environment and
 standard input and prints the response. It is not meant to be run by hand.
 

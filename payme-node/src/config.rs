@@ -30,7 +30,8 @@ pub enum ConfigError {
 /// Reads and parses a TOML file; the error names the file and what is wrong.
 pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid(format!("{}: {e}", path.display()));
-    let text = std::fs::read_to_string(path).map_err(|e| invalid(&e))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(&format_args!("{e}{}", crate::users::permission_hint(path, &e))))?;
     toml::from_str(&text).map_err(|e| invalid(&e))
 }
 

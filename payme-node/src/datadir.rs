@@ -16,7 +16,7 @@ pub struct DataDir {
 pub enum LockError {
     #[error("the data directory is in use by another payme-{program} ({})", .path.display())]
     InUse { program: &'static str, path: PathBuf },
-    #[error("cannot open {}: {source}", .path.display())]
+    #[error("cannot open {}: {source}{}", .path.display(), crate::users::permission_hint(.path, .source))]
     Open { path: PathBuf, source: std::io::Error },
 }
 

@@ -29,5 +29,6 @@ pub mod notify;
 pub mod secret;
 pub mod shutdown;
 pub mod sqlite;
+pub mod users;
 
 pub use datadir::DataDir;

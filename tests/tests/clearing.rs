@@ -29,7 +29,7 @@ fn positions(banks: &[TestBank]) -> (i128, bool) {
         let (ok, v) = b.clearing();
         agree &= ok && v["agrees"] == true;
         for p in v["peers"].as_array().unwrap() {
-            sum += p["net"].as_str().unwrap().parse::<i128>().unwrap();
+            sum += i128::from(p["net"].as_i64().unwrap());
         }
     }
     (sum, agree)
@@ -78,7 +78,7 @@ fn merchant_at_a_paid_with_coins_of_b() {
     let (ok, v) = a.clearing();
     assert!(ok, "{v}");
     let peer_b = v["peers"].as_array().unwrap().iter().find(|p| p["peer"] == "bank-b").unwrap().clone();
-    assert_eq!((peer_b["cleared_there"].as_u64(), peer_b["net"].as_str()), (Some(37), Some("37")), "B owes A 37: {v}");
+    assert_eq!((peer_b["cleared_there"].as_u64(), peer_b["net"].as_i64()), (Some(37), Some(37)), "B owes A 37: {v}");
     let (sum, agree) = positions(&banks);
     assert_eq!(sum, 0, "net positions across the banks sum to zero");
     assert!(agree);

@@ -18,7 +18,7 @@ use futures::{SinkExt, StreamExt};
 use pmtp_proto::{Amount, ReasonCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::net::{UnixListener, UnixStream};
@@ -118,10 +118,6 @@ pub fn parse_order(s: &str) -> Result<store::OrderId, WalletError> {
     hex::decode(s.trim()).ok().and_then(|b| <[u8; 16]>::try_from(b).ok()).ok_or_else(bad)
 }
 
-fn my_uid() -> Option<u32> {
-    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
-}
-
 /// Binds the control socket (replacing a stale one) with mode 0600.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if path.exists() {
@@ -158,7 +154,7 @@ impl AcceptBackoff {
 }
 
 pub async fn serve(w: Arc<Wallet>, listener: UnixListener, token: CancellationToken, tracker: TaskTracker) {
-    let me = my_uid();
+    let me = payme_node::users::current_uid();
     let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
@@ -182,6 +178,22 @@ pub async fn serve(w: Arc<Wallet>, listener: UnixListener, token: CancellationTo
         let uid = stream.peer_cred().ok().map(|c| c.uid());
         if me.is_none() || uid != me {
             tracing::warn!(?uid, "control connection from another user refused");
+            // One line saying why, then the connection closes: the person sees which
+            // user may use this wallet instead of a reset connection.
+            let owner = me.map(payme_node::users::user_name).unwrap_or_else(|| "its owner".into());
+            let caller = uid.map(payme_node::users::user_name).unwrap_or_else(|| "an unknown user".into());
+            let line = json!({"ok": false, "code": ReasonCode::UNEXPECTED_MESSAGE.0, "label": "wrong_user",
+                "error": format!("this wallet belongs to {owner} and only answers {owner}; you are {caller}: run the command as {owner}")});
+            tracker.spawn(async move {
+                // The request is read first (and not acted on), so the answer is not lost
+                // to a connection reset by unread data.
+                let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                    let _ = lines.next().await;
+                    lines.send(line.to_string()).await
+                })
+                .await;
+            });
             continue;
         }
         let (w, token) = (w.clone(), token.clone());
@@ -449,8 +461,10 @@ fn pinned_identity(w: &Wallet, merchant: &str) -> Option<pmtp_proto::PublicIdent
 /// Why a control call got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    #[error("the wallet daemon is not running ({}: {source}); start it with `payme-wallet serve`", .path.display())]
+    #[error("the wallet daemon is not running (no control socket at {}); start it with `payme-wallet serve`", .path.display())]
     NotRunning { path: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot use the wallet's control socket {}: {source}{}", .path.display(), payme_node::users::permission_hint(.path, .source))]
+    Denied { path: std::path::PathBuf, source: std::io::Error },
     #[error("the control connection failed: {0}")]
     Connection(#[from] tokio_util::codec::LinesCodecError),
     #[error("the wallet daemon closed the connection")]
@@ -464,9 +478,13 @@ pub const MAX_ANSWER: usize = 100 * 1024 * 1024;
 
 /// Client side: sends one request to the daemon's control socket and returns its result.
 pub async fn call(socket: &Path, req: &Request) -> Result<Result<Value, (u16, String, String)>, CallError> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|source| CallError::NotRunning { path: socket.to_owned(), source })?;
+    let stream = UnixStream::connect(socket).await.map_err(|source| {
+        let path = socket.to_owned();
+        match source.kind() {
+            std::io::ErrorKind::PermissionDenied => CallError::Denied { path, source },
+            _ => CallError::NotRunning { path, source },
+        }
+    })?;
     // A `pay_url` answer may carry a body of up to `http.max_body_bytes` (64 MiB by
     // default) in base64.
     let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_ANSWER));

@@ -194,15 +194,35 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     payme_node::logging::init_tracing();
+    let json = cli.json;
     match run(cli) {
         Ok(code) => code,
         // The reader went away (`payme-wallet history | head -1`): not an error of ours.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "payme-wallet: {e:#}");
+            // Under --json every answer is JSON, a local failure too (on stdout, as the
+            // daemon's refusals are).
+            if json {
+                let v = serde_json::json!({"ok": false, "code": null, "label": "error", "error": format!("{e:#}")});
+                let _ = writeln!(std::io::stdout(), "{v}");
+            } else {
+                let _ = writeln!(std::io::stderr(), "payme-wallet: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints the outcome of a command run here (not by the daemon): `human` for a person,
+/// `value` under --json.
+fn say(json: bool, human: impl std::fmt::Display, value: Value) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{value}")?;
+    } else {
+        writeln!(out, "{human}")?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -224,8 +244,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut receipt_url: Option<String> = None;
     let req = match cli.command {
         Command::Init { name, listen, rsa_bits, passphrase_file } => {
-            init(&dir, &name, listen, rsa_bits, passphrase_file)?;
-            return Ok(ExitCode::SUCCESS);
+            let public = init(&dir, &name, listen, rsa_bits, passphrase_file)?;
+            let human = format!(
+                "created wallet {name} in {}\npublic key: {} (fingerprint {})",
+                dir.root.display(),
+                dir.public().display(),
+                public.fingerprint()
+            );
+            let v = serde_json::json!({"name": name, "data_dir": dir.root.display().to_string(),
+                "public_key_file": dir.public().display().to_string(), "fingerprint": public.fingerprint().to_string()});
+            return say(json, human, v);
         }
         Command::Bank(BankCommand::Add { id, addr, public_key, account, account_name }) => {
             let text = std::fs::read_to_string(&public_key)
@@ -235,27 +263,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cfg.banks.push(b.clone());
             cfg.validate()?;
             keyfile::fs::append_atomic(&dir.config(), Config::bank_section(&b)?.as_bytes())?;
-            writeln!(std::io::stdout().lock(), "bank {} added; restart `payme-wallet serve` to use it", b.id)?;
-            return Ok(ExitCode::SUCCESS);
+            let human = format!("bank {} added; restart `payme-wallet serve` to use it", b.id);
+            return say(json, human, serde_json::json!({"bank": b.id, "added": true}));
         }
         Command::Backup { file } => {
             let size = payme_node::sqlite::backup(&dir.database(), &file)?;
-            writeln!(
-                std::io::stdout().lock(),
+            let human = format!(
                 "wallet database copied to {} ({size} bytes); keep wallet.key and config.toml from {} with it",
                 file.display(),
                 dir.root.display()
-            )?;
-            return Ok(ExitCode::SUCCESS);
+            );
+            return say(json, human, serde_json::json!({"file": file.display().to_string(), "bytes": size}));
         }
         Command::PublicKey => {
-            write!(
-                std::io::stdout().lock(),
-                "{}",
-                std::fs::read_to_string(dir.public())
-                    .with_context(|| format!("no wallet in {}", dir.root.display()))?
-            )?;
-            return Ok(ExitCode::SUCCESS);
+            let text = std::fs::read_to_string(dir.public())
+                .with_context(|| format!("no wallet in {}", dir.root.display()))?;
+            return say(json, text.trim_end(), serde_json::json!({"public_key": text.trim_end()}));
         }
         Command::Serve { listen, no_listen, passphrase_file } => {
             let mut cfg = load_config(&dir)?;
@@ -483,7 +506,56 @@ fn print_human(out: &mut impl Write, req: &Request, v: &Value) -> std::io::Resul
             // An outcome this client does not know is shown as it came, never as a refusal.
             _ => writeln!(out, "{}", serde_json::to_string_pretty(v).unwrap_or_default())?,
         },
-        _ => writeln!(out, "{}", serde_json::to_string_pretty(v).unwrap_or_default())?,
+        Request::Withdraw { .. } => writeln!(
+            out,
+            "withdrew {} from bank {}; the account holds {}",
+            v["amount"],
+            text(&v["bank"]),
+            v["account_balance"]
+        )?,
+        Request::Deposit { .. } => writeln!(out, "deposited {} at bank {}", v["amount"], text(&v["bank"]))?,
+        Request::Exchange { .. } => {
+            writeln!(out, "exchanged {} at bank {} for fresh coins", v["amount"], text(&v["bank"]))?
+        }
+        Request::Statement { .. } => {
+            writeln!(out, "account {} at bank {}: balance {}", v["account"], text(&v["bank"]), v["balance"])?;
+            for e in v["entries"].as_array().into_iter().flatten() {
+                let sign = if e["credit"] == true { '+' } else { '-' };
+                writeln!(
+                    out,
+                    "  #{} {} {}{} -> {}  {} {}",
+                    e["id"],
+                    e["time"],
+                    sign,
+                    e["amount"],
+                    e["balance_after"],
+                    text(&e["kind"]),
+                    text(&e["memo"])
+                )?;
+            }
+            if v["truncated"] == true {
+                writeln!(out, "  (more entries: use --since)")?;
+            }
+        }
+        Request::Approve { id } => writeln!(out, "request #{id} approved: paying")?,
+        Request::Refuse { id } => writeln!(out, "request #{id} refused")?,
+        Request::Merchants => {
+            let list = v.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                writeln!(out, "no merchants pinned")?;
+            }
+            for m in list {
+                writeln!(out, "{}  key {}", text(&m["name"]), text(&m["fingerprint"]))?;
+            }
+        }
+        Request::Forget { name } => match v["forgotten"].as_u64() {
+            Some(0) | None => writeln!(out, "no merchant {} was pinned", pmtp_proto::text::escape_control(name))?,
+            Some(_) => {
+                writeln!(out, "forgot {}: its next key is pinned afresh", pmtp_proto::text::escape_control(name))?
+            }
+        },
+        // Requests this command line does not send (the shop's CGI sends them).
+        _ => writeln!(out, "{v}")?,
     }
     Ok(())
 }
@@ -494,7 +566,7 @@ fn init(
     listen: SocketAddr,
     bits: usize,
     passphrase_file: Option<PathBuf>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<PublicIdentity> {
     if dir.key().exists() {
         bail!("{} already holds a wallet key; refusing to overwrite it", dir.root.display());
     }
@@ -518,10 +590,7 @@ fn init(
         keyfile::fs::write_atomic(&dir.config(), cfg.commented_toml()?.as_bytes(), 0o600)?;
     }
     wallet_daemon::store::Db::open(&dir.database(), wallet_daemon::store::Vault::new(&identity))?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "created wallet {name} in {}", dir.root.display())?;
-    writeln!(out, "public key: {} (fingerprint {})", dir.public().display(), public.fingerprint())?;
-    Ok(())
+    Ok(public)
 }
 
 fn serve(dir: DataDir, cfg: Config, passphrase: &str) -> anyhow::Result<()> {
