@@ -227,6 +227,29 @@ pub fn account_open(
     Ok(id)
 }
 
+/// Sets account `id`'s password (the holder forgot it, or it leaked) and lifts a lock from
+/// wrong passwords. Takes effect at once, also while `serve` runs.
+pub fn account_password(dir: &DataDir, id: AccountId, password: &str) -> Result<(), AdminError> {
+    if password.len() < 8 {
+        return Err(refused("the account password must be at least 8 characters"));
+    }
+    let hash = hash_password(password)?;
+    let mut store = open_store(dir)?;
+    let mut tx = store.begin()?;
+    tx.set_password_hash(id, &hash)?;
+    tx.set_login_failures(id, 0, 0)?;
+    tx.audit_event(now(), "account_password", &format!("account {id}"))?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// How many deposits wait for peer `peer`'s answer.
+pub fn pending_clearings_with(dir: &DataDir, peer: &str) -> Result<usize, AdminError> {
+    let mut store = open_store(dir)?;
+    let mut tx = store.begin_read()?;
+    Ok(tx.pending_clearings(i64::MAX as usize)?.iter().filter(|c| c.peer == peer).count())
+}
+
 pub fn account_list(dir: &DataDir) -> Result<Vec<crate::store::AccountRow>, AdminError> {
     let mut store = open_store(dir)?;
     let mut tx = store.begin_read()?;

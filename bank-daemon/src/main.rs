@@ -100,6 +100,29 @@ enum PeerCommand {
         #[arg(long)]
         local_account: Option<u64>,
     },
+    /// Change a peer's address, key or accounts in config.toml (restart `serve` to use it).
+    Set {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        addr: Option<String>,
+        /// File with the peer's new public identity.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        #[arg(long)]
+        account: Option<u64>,
+        #[arg(long)]
+        account_name: Option<String>,
+        #[arg(long)]
+        local_account: Option<u64>,
+    },
+    /// Remove a peer from config.toml; refused while deposits wait for its answer.
+    Remove {
+        #[arg(long)]
+        id: String,
+    },
+    /// The peers in config.toml.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -117,6 +140,14 @@ enum AccountCommand {
     },
     /// List accounts.
     List,
+    /// Set an account's password (and lift a lock from wrong passwords); works while
+    /// `serve` runs.
+    Password {
+        id: u64,
+        /// Read the new password from this file (else PAYME_ACCOUNT_PASSWORD, else a prompt).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
     /// Record money paid in at the counter.
     Credit {
         id: u64,
@@ -208,6 +239,84 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let human = format!("peer {} added; restart `payme-bank serve` to use it", peer.id);
             say(json, human, serde_json::json!({"peer": peer.id, "added": true}));
         }
+        Command::Peer(PeerCommand::Set { id, addr, public_key, account, account_name, local_account }) => {
+            let mut cfg = Config::load(&dir.config())?;
+            let Some(p) = cfg.peers.iter_mut().find(|p| p.id == id) else { anyhow::bail!(no_peer(&cfg, &id)) };
+            if let Some(a) = addr {
+                p.addr = a;
+            }
+            if let Some(f) = public_key {
+                let text = std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?;
+                p.public_key = text.trim().to_owned();
+            }
+            if let Some(a) = account {
+                p.account = a;
+            }
+            if let Some(n) = account_name {
+                p.account_name = n;
+            }
+            if local_account.is_some() {
+                p.local_account = local_account;
+            }
+            let p = p.clone();
+            cfg.validate()?;
+            payme_node::config::rewrite_entry(&dir.config(), &cfg, "peer", &id, Some(&p))?;
+            let human = format!("peer {} changed; restart `payme-bank serve` to use it", p.id);
+            say(json, human, serde_json::json!({"peer": p.id, "changed": true}));
+        }
+        Command::Peer(PeerCommand::Remove { id }) => {
+            let mut cfg = Config::load(&dir.config())?;
+            if !cfg.peers.iter().any(|p| p.id == id) {
+                anyhow::bail!(no_peer(&cfg, &id));
+            }
+            let waiting = admin::pending_clearings_with(&dir, &id)?;
+            if waiting > 0 {
+                anyhow::bail!(
+                    "{waiting} deposits still wait for peer {}'s answer; remove it once `payme-bank clearing` shows none pending",
+                    pmtp_proto::text::escape_control(&id)
+                );
+            }
+            cfg.peers.retain(|p| p.id != id);
+            cfg.validate()?;
+            payme_node::config::rewrite_entry(
+                &dir.config(),
+                &cfg,
+                "peer",
+                &id,
+                None::<&bank_daemon::config::PeerBank>,
+            )?;
+            let human = format!(
+                "peer {} removed; restart `payme-bank serve` to apply it",
+                pmtp_proto::text::escape_control(&id)
+            );
+            say(json, human, serde_json::json!({"peer": id, "removed": true}));
+        }
+        Command::Peer(PeerCommand::List) => {
+            let cfg = Config::load(&dir.config())?;
+            let lines: Vec<String> = cfg
+                .peers
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}  {}  our account there {} ({})",
+                        pmtp_proto::text::escape_control(&p.id),
+                        pmtp_proto::text::escape_control(&p.addr),
+                        p.account,
+                        pmtp_proto::text::escape_control(&p.account_name)
+                    )
+                })
+                .collect();
+            let human = if lines.is_empty() { "no peers".to_owned() } else { lines.join("\n") };
+            let v: Vec<_> = cfg
+                .peers
+                .iter()
+                .map(|p| {
+                    serde_json::json!({"id": p.id, "addr": p.addr, "account": p.account,
+                    "account_name": p.account_name, "local_account": p.local_account})
+                })
+                .collect();
+            say(json, human, serde_json::Value::Array(v));
+        }
         Command::Clearing { passphrase_file } => {
             let cfg = Config::load(&dir.config())?;
             let pass = read_secret(passphrase_file.as_deref(), "PAYME_BANK_PASSPHRASE", "Bank key passphrase: ")?;
@@ -296,6 +405,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// "no peer X" and the peers there are.
+fn no_peer(cfg: &Config, id: &str) -> String {
+    let ids: Vec<String> = cfg.peers.iter().map(|p| pmtp_proto::text::escape_control(&p.id)).collect();
+    format!("no peer {} in config.toml (the peers: {})", pmtp_proto::text::escape_control(id), ids.join(", "))
+}
+
 fn account(dir: &DataDir, cmd: AccountCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
         AccountCommand::Open { name, public_key, password_file } => {
@@ -318,6 +433,11 @@ fn account(dir: &DataDir, cmd: AccountCommand, json: bool) -> anyhow::Result<()>
                     println!("{:>8}  {:>14}  {}", a.id, a.balance, pmtp_proto::text::escape_control(&a.name));
                 }
             }
+        }
+        AccountCommand::Password { id, password_file } => {
+            let pw = read_secret(password_file.as_deref(), "PAYME_ACCOUNT_PASSWORD", "New account password: ")?;
+            admin::account_password(dir, AccountId(id), &pw)?;
+            say(json, format!("account {id}: password set"), serde_json::json!({"account": id, "password_set": true}));
         }
         AccountCommand::Credit { id, amount, memo } => {
             let b = admin::account_adjust(dir, AccountId(id), amount, true, &memo)?;

@@ -228,6 +228,70 @@ pub fn array_section<T: Serialize>(name: &str, item: &T) -> Result<String, Confi
     Ok(format!("\n{doc}"))
 }
 
+/// What an edit of one `[[array]]` entry (a wallet's bank, a bank's peer) found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Edited {
+    Done,
+    /// No entry with that id.
+    NotFound,
+}
+
+/// Replaces (with `Some(item)`) or removes (`None`) the `[[array]]` entry of the config
+/// file `text` whose `id` is `id`, keeping every other line and comment as it was; returns
+/// the new text. `check` parses and validates the result before anyone writes it.
+pub fn edit_array_entry<T: Serialize>(
+    text: &str,
+    array: &str,
+    id: &str,
+    item: Option<&T>,
+) -> Result<(String, Edited), ConfigError> {
+    let mut doc: DocumentMut = text.parse().map_err(|e| ConfigError::Invalid(format!("{e}")))?;
+    let Some(aot) = doc.get_mut(array).and_then(Item::as_array_of_tables_mut) else {
+        return Ok((text.to_owned(), Edited::NotFound));
+    };
+    let Some(index) = aot.iter().position(|t| t.get("id").and_then(Item::as_str) == Some(id)) else {
+        return Ok((text.to_owned(), Edited::NotFound));
+    };
+    match item {
+        None => {
+            aot.remove(index);
+            if aot.is_empty() {
+                doc.remove(array);
+            }
+        }
+        Some(item) => {
+            let mut fresh = document(item)?.as_table().clone();
+            let old = aot.get_mut(index).ok_or_else(|| ConfigError::Invalid("entry vanished".into()))?;
+            fresh.decor_mut().clone_from(old.decor());
+            *old = fresh;
+        }
+    }
+    Ok((doc.to_string(), Edited::Done))
+}
+
+/// Writes the config file at `path` with its `[[array]]` entry `id` replaced by `item` (or
+/// removed), keeping every other line and comment, once the edited file reads back as
+/// `wanted` (the whole config with the change made, which the caller has validated).
+/// Written whole (temporary file, rename) with mode 0600, or not at all.
+pub fn rewrite_entry<C, T>(path: &Path, wanted: &C, array: &str, id: &str, item: Option<&T>) -> Result<(), ConfigError>
+where
+    C: DeserializeOwned + PartialEq,
+    T: Serialize,
+{
+    let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid(format!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(&format_args!("{e}{}", crate::users::permission_hint(path, &e))))?;
+    let (text, found) = edit_array_entry(&text, array, id, item)?;
+    let back: C =
+        toml::from_str(&text).map_err(|e| invalid(&format_args!("the edited file does not read back: {e}")))?;
+    if found != Edited::Done || back != *wanted {
+        return Err(invalid(&format_args!(
+            "the edit of [[{array}]] {id:?} does not say what was asked; nothing written"
+        )));
+    }
+    pmtp_proto::keyfile::fs::write_atomic(path, text.as_bytes(), 0o600).map_err(|e| ConfigError::Write(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +301,28 @@ mod tests {
     struct Inner {
         n: u64,
         s: String,
+    }
+
+    #[test]
+    fn one_array_entry_is_replaced_or_removed_and_the_rest_kept() {
+        let text = "# top comment\nname = \"x\"\n\n[[item]]\nn = 1\ns = \"a\"\nid = \"one\"\n\n# the second\n[[item]]\nid = \"two\"\nn = 2\ns = \"b\"\n";
+        #[derive(Serialize)]
+        struct Item {
+            id: &'static str,
+            n: u64,
+        }
+        let (out, found) = edit_array_entry(text, "item", "two", Some(&Item { id: "two", n: 7 })).unwrap();
+        assert_eq!(found, Edited::Done);
+        assert!(out.contains("# top comment") && out.contains("# the second"), "{out}");
+        assert!(out.contains("id = \"two\"\nn = 7\n") && !out.contains("s = \"b\""), "{out}");
+        assert!(out.contains("n = 1\ns = \"a\"\nid = \"one\""), "the other entry is untouched: {out}");
+        let (out, found) = edit_array_entry::<Item>(&out, "item", "one", None).unwrap();
+        assert_eq!(found, Edited::Done);
+        assert!(!out.contains("\"one\"") && out.contains("\"two\""), "{out}");
+        let (same, found) = edit_array_entry::<Item>(&out, "item", "three", None).unwrap();
+        assert_eq!((same.as_str(), found), (out.as_str(), Edited::NotFound));
+        let (out, _) = edit_array_entry::<Item>(&out, "item", "two", None).unwrap();
+        assert!(!out.contains("[[item]]"), "{out}");
     }
 
     #[derive(Serialize, Deserialize, Debug, PartialEq, Default)]

@@ -162,6 +162,32 @@ enum BankCommand {
         #[arg(long)]
         account_name: Option<String>,
     },
+    /// Change a bank's address, key or account in config.toml (restart `serve` to use it).
+    Set {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        addr: Option<String>,
+        /// File with the bank's new public identity.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        #[arg(long)]
+        account: Option<u64>,
+        #[arg(long)]
+        account_name: Option<String>,
+    },
+    /// Remove a bank from config.toml; refused while the wallet holds its coins (deposit
+    /// or spend them first), unless --force.
+    Remove {
+        #[arg(long)]
+        id: String,
+        /// Remove it even though coins of this bank are held (they stay in the database,
+        /// unusable until the bank is added again).
+        #[arg(long)]
+        force: bool,
+    },
+    /// The banks in config.toml.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -229,6 +255,21 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == ErrorKind::BrokenPipe))
 }
 
+/// "no bank X" and the banks there are.
+fn no_bank(cfg: &Config, id: &str) -> String {
+    let ids: Vec<String> = cfg.banks.iter().map(|b| pmtp_proto::text::escape_control(&b.id)).collect();
+    format!("no bank {} in config.toml (the banks: {})", pmtp_proto::text::escape_control(id), ids.join(", "))
+}
+
+/// Coins of `bank` the wallet holds (from its database, read-only; the coins themselves
+/// stay sealed, so no passphrase is needed).
+fn held_of_bank(dir: &DataDir, bank: &str) -> anyhow::Result<(u64, Amount)> {
+    let path = dir.database();
+    let conn = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(wallet_daemon::store::held_of_bank(&conn, bank)?)
+}
+
 fn load_config(dir: &DataDir) -> anyhow::Result<Config> {
     if !dir.config().exists() {
         bail!("no wallet in {} (run `payme-wallet init --name NAME` first)", dir.root.display());
@@ -260,11 +301,96 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot read {}", public_key.display()))?;
             let b = BankConfig { id, addr, public_key: text.trim().to_owned(), account, account_name };
             let mut cfg = load_config(&dir)?;
+            if cfg.banks.iter().any(|x| x.id == b.id) {
+                bail!(
+                    "bank {} is already in {}; change it with `payme-wallet bank set --id {0} ...` or remove it with `payme-wallet bank remove --id {0}`",
+                    pmtp_proto::text::escape_control(&b.id),
+                    dir.config().display()
+                );
+            }
             cfg.banks.push(b.clone());
             cfg.validate()?;
             keyfile::fs::append_atomic(&dir.config(), Config::bank_section(&b)?.as_bytes())?;
             let human = format!("bank {} added; restart `payme-wallet serve` to use it", b.id);
             return say(json, human, serde_json::json!({"bank": b.id, "added": true}));
+        }
+        Command::Bank(BankCommand::Set { id, addr, public_key, account, account_name }) => {
+            let mut cfg = load_config(&dir)?;
+            let Some(b) = cfg.banks.iter_mut().find(|b| b.id == id) else { bail!(no_bank(&cfg, &id)) };
+            if let Some(a) = addr {
+                b.addr = a;
+            }
+            if let Some(p) = public_key {
+                let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+                b.public_key = text.trim().to_owned();
+            }
+            if account.is_some() {
+                b.account = account;
+            }
+            if account_name.is_some() {
+                b.account_name = account_name;
+            }
+            let b = b.clone();
+            cfg.validate()?;
+            payme_node::config::rewrite_entry(&dir.config(), &cfg, "bank", &id, Some(&b))?;
+            let human = format!("bank {} changed; restart `payme-wallet serve` to use it", b.id);
+            return say(json, human, serde_json::json!({"bank": b.id, "changed": true}));
+        }
+        Command::Bank(BankCommand::Remove { id, force }) => {
+            let mut cfg = load_config(&dir)?;
+            if !cfg.banks.iter().any(|b| b.id == id) {
+                bail!(no_bank(&cfg, &id));
+            }
+            let (count, value) = held_of_bank(&dir, &id)?;
+            if count > 0 && !force {
+                bail!(
+                    "this wallet holds {count} coins of bank {} (value {value}); deposit or spend them first (`payme-wallet deposit --all --bank {0}`), or add --force",
+                    pmtp_proto::text::escape_control(&id)
+                );
+            }
+            cfg.banks.retain(|b| b.id != id);
+            if cfg.merchant.deposit_bank.as_deref() == Some(id.as_str()) {
+                bail!(
+                    "bank {} is merchant.deposit_bank in config.toml; change that first",
+                    pmtp_proto::text::escape_control(&id)
+                );
+            }
+            cfg.validate()?;
+            payme_node::config::rewrite_entry(&dir.config(), &cfg, "bank", &id, None::<&BankConfig>)?;
+            let human = format!(
+                "bank {} removed; restart `payme-wallet serve` to apply it",
+                pmtp_proto::text::escape_control(&id)
+            );
+            return say(json, human, serde_json::json!({"bank": id, "removed": true, "coins_left": count}));
+        }
+        Command::Bank(BankCommand::List) => {
+            let cfg = load_config(&dir)?;
+            let human: Vec<String> = cfg
+                .banks
+                .iter()
+                .map(|b| {
+                    let account = match (&b.account, &b.account_name) {
+                        (Some(a), Some(n)) => format!("account {a} ({})", pmtp_proto::text::escape_control(n)),
+                        _ => "no account".into(),
+                    };
+                    format!(
+                        "{}  {}  {account}",
+                        pmtp_proto::text::escape_control(&b.id),
+                        pmtp_proto::text::escape_control(&b.addr)
+                    )
+                })
+                .collect();
+            let human = if human.is_empty() {
+                "no banks (add one with `payme-wallet bank add`)".into()
+            } else {
+                human.join("\n")
+            };
+            let v: Vec<Value> = cfg
+                .banks
+                .iter()
+                .map(|b| serde_json::json!({"id": b.id, "addr": b.addr, "account": b.account, "account_name": b.account_name}))
+                .collect();
+            return say(json, human, Value::Array(v));
         }
         Command::Backup { file } => {
             let size = payme_node::sqlite::backup(&dir.database(), &file)?;

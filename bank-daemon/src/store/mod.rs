@@ -182,6 +182,8 @@ pub trait Tx {
     fn accounts(&mut self) -> Result<Vec<AccountRow>, StoreError>;
     fn set_balance(&mut self, id: AccountId, balance: Amount) -> Result<(), StoreError>;
     fn set_login_failures(&mut self, id: AccountId, failed_attempts: u32, locked_until: u64) -> Result<(), StoreError>;
+    /// Replaces an account's password hash (Argon2id PHC string).
+    fn set_password_hash(&mut self, id: AccountId, password_hash: &str) -> Result<(), StoreError>;
     #[allow(clippy::too_many_arguments)]
     fn add_ledger_entry(
         &mut self,

@@ -333,6 +333,14 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
+    fn set_password_hash(&mut self, id: AccountId, password_hash: &str) -> Result<(), StoreError> {
+        let mut st = self.tx.prepare_cached("UPDATE accounts SET password_hash = ?2 WHERE id = ?1").map_err(db)?;
+        if st.execute(params![i(id.0)?, password_hash]).map_err(db)? == 0 {
+            return Err(StoreError::NoAccount(id));
+        }
+        Ok(())
+    }
+
     fn add_ledger_entry(
         &mut self,
         account: AccountId,

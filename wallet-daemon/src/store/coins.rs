@@ -417,6 +417,21 @@ pub fn total(conn: &Connection, vault: &Vault, state: CoinState) -> Result<Amoun
         .map_err(|e| DbError::Other(e.to_string()))
 }
 
+/// Coins of `bank` this wallet still holds or may get back (every state but spent), and
+/// their value: what removing that bank from the config would strand.
+pub fn held_of_bank(conn: &Connection, bank: &str) -> Result<(u64, Amount), DbError> {
+    let mut st = conn.prepare_cached("SELECT value FROM coins WHERE bank_id = ?1 AND state != ?2")?;
+    let values = st
+        .query_map(params![bank, CoinState::Spent.as_str()], |r| r.get::<_, i64>(0))?
+        .collect::<Result<Vec<i64>, _>>()?;
+    let amounts = values
+        .into_iter()
+        .map(|v| u64::try_from(v).map(Amount::new).map_err(|_| DbError::Corrupt(format!("coin value {v}"))))
+        .collect::<Result<Vec<Amount>, DbError>>()?;
+    let total = Amount::checked_sum(amounts.iter().copied()).map_err(|e| DbError::Other(e.to_string()))?;
+    Ok((amounts.len() as u64, total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
