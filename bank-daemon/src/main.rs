@@ -51,6 +51,12 @@ enum Command {
     Audit,
     /// Print this bank's public identity (give it to wallets).
     PublicKey,
+    /// Wait until `serve` accepts connections at its listen address (after `serve &`);
+    /// exits 1 if it does not within SECS.
+    Wait {
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        timeout: u64,
+    },
     /// Copy the bank's database to FILE, also while `serve` runs (SQLite's online backup:
     /// one consistent snapshot), and check the copy (integrity and audit).
     Backup {
@@ -385,6 +391,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if !report.holds() {
                 return Ok(ExitCode::from(3));
+            }
+        }
+        Command::Wait { timeout } => {
+            let cfg = Config::load(&dir.config())?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+            loop {
+                match std::net::TcpStream::connect_timeout(&cfg.listen, std::time::Duration::from_secs(1)) {
+                    Ok(_) => {
+                        let human = format!("the bank is serving at {}", cfg.listen);
+                        say(json, human, serde_json::json!({"serving": true, "listen": cfg.listen.to_string()}));
+                        break;
+                    }
+                    Err(e) if std::time::Instant::now() >= deadline => {
+                        anyhow::bail!("the bank does not answer at {} after {timeout} s: {e}", cfg.listen)
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+                }
             }
         }
         Command::PublicKey => {

@@ -55,7 +55,24 @@ impl DataDir {
             .open(&path)
             .map_err(|source| LockError::Open { path: path.clone(), source })?;
         f.try_lock().map_err(|_| LockError::InUse { program: self.stem, path })?;
+        // Who holds it, for clients that wait for a daemon still starting (see `holder`).
+        {
+            use std::io::Write;
+            let _ = f.set_len(0);
+            let _ = (&f).write_all(format!("{}\n", std::process::id()).as_bytes());
+        }
         Ok(f)
+    }
+
+    /// The process that took the serve lock, if it is still alive: a daemon serving this
+    /// directory, or starting to. Read without taking the lock (which would race a
+    /// starting daemon).
+    pub fn holder(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.lock_file()).ok()?;
+        let pid: u32 = text.trim().parse().ok()?;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        let name = exe.file_name()?.to_string_lossy().into_owned();
+        name.starts_with(&format!("payme-{}", self.stem)).then_some(pid)
     }
 }
 

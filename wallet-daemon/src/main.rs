@@ -51,6 +51,12 @@ enum Command {
     Bank(BankCommand),
     /// Print this wallet's public identity (for a bank account).
     PublicKey,
+    /// Wait until the wallet daemon answers (after `serve &`); exits 1 if it does not
+    /// within SECS.
+    Wait {
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        timeout: u64,
+    },
     /// Copy the wallet's database to FILE, also while `serve` runs (one consistent
     /// snapshot). With wallet.key, config.toml and your passphrase it restores the wallet;
     /// the coins in it stay encrypted under the wallet's key.
@@ -104,7 +110,11 @@ enum Command {
         since: Option<u64>,
     },
     /// Payment requests waiting for your answer.
-    Pending,
+    Pending {
+        /// Wait up to SECS for a request to arrive when none is waiting yet.
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
+    },
     /// Pay a pending request.
     Approve { id: u64 },
     /// Decline a pending request.
@@ -270,6 +280,22 @@ fn held_of_bank(dir: &DataDir, bank: &str) -> anyhow::Result<(u64, Amount)> {
     Ok(wallet_daemon::store::held_of_bank(&conn, bank)?)
 }
 
+/// A `serve` that has just been started holds the data directory's lock before its
+/// control socket exists: wait for the socket (at most 10 s) rather than say the wallet is
+/// not running. Returns at once when no daemon holds the lock.
+async fn await_starting_daemon(dir: &DataDir, socket: &std::path::Path) {
+    for _ in 0..100 {
+        if socket.exists() {
+            return;
+        }
+        if dir.holder().is_none() {
+            // Nobody serves this directory: the caller reports it.
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 fn load_config(dir: &DataDir) -> anyhow::Result<Config> {
     if !dir.config().exists() {
         bail!("no wallet in {} (run `payme-wallet init --name NAME` first)", dir.root.display());
@@ -283,6 +309,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     );
     let json = cli.json;
     let mut receipt_url: Option<String> = None;
+    let mut pending_wait: Option<u64> = None;
     let req = match cli.command {
         Command::Init { name, listen, rsa_bits, passphrase_file } => {
             let public = init(&dir, &name, listen, rsa_bits, passphrase_file)?;
@@ -392,6 +419,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .collect();
             return say(json, human, Value::Array(v));
         }
+        Command::Wait { timeout } => {
+            let cfg = load_config(&dir)?;
+            let socket = cfg.control_socket_path(&dir.root);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+            loop {
+                match rt.block_on(control::call(&socket, &Request::Identity)) {
+                    Ok(Ok(v)) => {
+                        let human = format!("the wallet {} is serving", text(&v["name"]));
+                        return say(json, human, serde_json::json!({"serving": true, "name": v["name"]}));
+                    }
+                    Ok(Err((_, _, e))) => bail!("the wallet daemon answered: {e}"),
+                    Err(e) if std::time::Instant::now() >= deadline => {
+                        bail!("the wallet daemon did not answer within {timeout} s: {e}")
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+                }
+            }
+        }
         Command::Backup { file } => {
             let size = payme_node::sqlite::backup(&dir.database(), &file)?;
             let human = format!(
@@ -431,7 +477,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Exchange { bank } => Request::Exchange { bank },
         Command::Statement { bank, since } => Request::Statement { bank, since },
-        Command::Pending => Request::Pending,
+        Command::Pending { wait } => {
+            pending_wait = wait;
+            Request::Pending
+        }
         Command::Approve { id } => Request::Approve { id },
         Command::Refuse { id } => Request::Refuse { id },
         Command::History => Request::History,
@@ -459,7 +508,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cfg = load_config(&dir)?;
     let socket = cfg.control_socket_path(&dir.root);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let answer = rt.block_on(control::call(&socket, &req))?;
+    rt.block_on(await_starting_daemon(&dir, &socket));
+    let mut answer = rt.block_on(control::call(&socket, &req))?;
+    // `pending --wait`: ask again (every 100 ms, for at most SECS) until a request waits.
+    if let Some(secs) = pending_wait {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while matches!(&answer, Ok(Value::Array(a)) if a.is_empty()) && std::time::Instant::now() < deadline {
+            rt.block_on(async { tokio::time::sleep(std::time::Duration::from_millis(100)).await });
+            answer = rt.block_on(control::call(&socket, &req))?;
+        }
+    }
     let mut out = std::io::stdout().lock();
     match answer {
         Ok(mut v) => {
