@@ -103,6 +103,67 @@ pub fn load_identity(dir: &DataDir, passphrase: &str) -> Result<Identity, AdminE
     keyfile::open_identity(&bytes, passphrase.as_bytes()).map_err(|e| refused(format!("{}: {e}", dir.key().display())))
 }
 
+/// The file of keys this bank has replaced: one public identity per line, oldest first.
+pub fn retired_file(dir: &DataDir) -> std::path::PathBuf {
+    dir.root.join("retired.pub")
+}
+
+/// The signing keys this bank has replaced (none if it never rotated).
+pub fn retired_keys(dir: &DataDir) -> Result<Vec<pmtp_proto::keys::VerifyingKey>, AdminError> {
+    let path = retired_file(dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(AdminError::Io { path, source }),
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            PublicIdentity::from_text(l.trim())
+                .and_then(|p| p.parse())
+                .map(|k| k.verifying)
+                .map_err(|e| refused(format!("{}: {e}", path.display())))
+        })
+        .collect()
+}
+
+/// Replaces the bank's signing key: new coins, acknowledgements and statements are signed
+/// with a fresh key from now on, while coins under the old one stay good until they expire
+/// (its public identity moves to `retired.pub`). The X25519 key stays, so wallets keep
+/// reaching the bank; they need the new `bank.pub` to check what it signs. Run while the
+/// bank is stopped (it takes the serve lock). Returns the old key's id, the new one's, and the
+/// new public identity.
+pub fn rotate_key(
+    dir: &DataDir,
+    passphrase: &str,
+    rsa_bits: usize,
+    kdf: KdfParams,
+) -> Result<(pmtp_proto::keys::KeyId, pmtp_proto::keys::KeyId, PublicIdentity), AdminError> {
+    let _lock = dir.lock()?;
+    let old = load_identity(dir, passphrase)?;
+    let fresh = payme_node::keys::new_identity(old.name.clone(), rsa_bits)?;
+    let (old_public, old_id) = (old.public(), old.signing.verifying_key().key_id());
+    if fresh.signing.verifying_key().key_id() == old_id {
+        return Err(refused("the new key is the old one (a test key pool reused?); nothing changed"));
+    }
+    let new = Identity { name: old.name.clone(), signing: fresh.signing, x25519: old.x25519.clone() };
+    // The retired key first: if the next steps fail, the bank still accepts every coin.
+    let path = retired_file(dir);
+    let mut retired = std::fs::read_to_string(&path).unwrap_or_default();
+    retired.push_str(&format!("{}\n", old_public.to_text()));
+    keyfile::fs::write_atomic(&path, retired.as_bytes(), 0o644)?;
+    let sealed = keyfile::seal_identity(&mut pmtp_proto::rng::os(), &new, passphrase.as_bytes(), kdf)?;
+    keyfile::fs::write_atomic(&dir.key(), &sealed, 0o600)?;
+    let public = new.public();
+    keyfile::fs::write_atomic(&dir.public(), format!("{}\n", public.to_text()).as_bytes(), 0o644)?;
+    let mut store = open_store(dir)?;
+    let mut tx = store.begin()?;
+    let what = format!("key {old_id} retired; key {} signs from now on", new.signing.verifying_key().key_id());
+    tx.audit_event(now(), "key_rotate", &what)?;
+    tx.commit()?;
+    Ok((old_id, new.signing.verifying_key().key_id(), public))
+}
+
 /// Opens the data directory for serving: lock, config, key, store, writer, readers.
 pub fn open_bank(
     dir: &DataDir,
@@ -128,7 +189,8 @@ pub fn open_bank(
     let readers = crate::writer::Readers::new(Box::new(move || {
         SqliteStore::open_reader(&db).map(|s| Box::new(s) as Box<dyn Store>)
     }));
-    let bank = Bank::new(config, identity, writer, readers)?.with_clock(clock).with_entropy(entropy);
+    let mut bank = Bank::new(config, identity, writer, readers)?.with_clock(clock).with_entropy(entropy);
+    bank.retired = retired_keys(dir)?;
     Ok((std::sync::Arc::new(bank), thread, lock))
 }
 

@@ -50,6 +50,10 @@ pub struct PeerBank {
     /// The peer's account at this bank, if it has one (for `payme-bank clearing`).
     #[serde(default)]
     pub local_account: Option<u64>,
+    /// Public keys the peer has replaced (`peer set --public-key` moves the old one here):
+    /// its coins minted under them are accepted until they expire.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_public_keys: Vec<String>,
 }
 
 /// The bank's `[limits]`: what every daemon serving peers has ([`PeerLimits`]), then the
@@ -344,6 +348,7 @@ mod tests {
             account: 7,
             account_name: nasty.into(),
             local_account: Some(3),
+            retired_public_keys: vec![nasty.into()],
         };
         let text = Config::default().commented_toml().unwrap() + &Config::peer_section(&p).unwrap();
         let back: Config = toml::from_str(&text).unwrap();

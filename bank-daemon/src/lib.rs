@@ -48,6 +48,9 @@ pub fn data_dir(root: impl Into<PathBuf>) -> DataDir {
 pub struct Bank {
     pub config: config::Config,
     pub identity: Identity,
+    /// Signing keys this bank has replaced (`payme-bank key rotate`): coins minted under
+    /// them are accepted until they expire. New coins and every answer use `identity`.
+    pub retired: Vec<pmtp_proto::keys::VerifyingKey>,
     pub bank_id: BankId,
     pub public_addr: HostPort,
     pub nonces: Mutex<NonceChecker>,
@@ -93,6 +96,7 @@ impl Bank {
             let public = PublicIdentity::from_text(&p.public_key)
                 .map_err(|e| config::ConfigError::Invalid(format!("peer {}: {e}", p.id)))?;
             let client = pmtp_client::BankClient::new(p.addr.clone(), &public)
+                .and_then(|c| c.with_retired(&p.retired_public_keys))
                 .map_err(|e| config::ConfigError::Invalid(format!("peer {}: {e}", p.id)))?;
             peers.insert(
                 p.id.clone(),
@@ -117,6 +121,7 @@ impl Bank {
             clearing_in_flight: Mutex::new(std::collections::HashSet::new()),
             config,
             identity,
+            retired: Vec::new(),
             bank_id,
             public_addr,
             nonces: Mutex::new(nonces),
@@ -145,6 +150,11 @@ impl Bank {
         }
         self.entropy = entropy;
         self
+    }
+
+    /// The keys a coin of this bank may be signed with: the current one, then the retired.
+    pub fn coin_keys(&self) -> impl Iterator<Item = &pmtp_proto::keys::VerifyingKey> {
+        std::iter::once(self.identity.signing.verifying_key()).chain(&self.retired)
     }
 
     /// A generator over this bank's [`Entropy`].

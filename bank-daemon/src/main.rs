@@ -51,6 +51,9 @@ enum Command {
     Audit,
     /// Print this bank's public identity (give it to wallets).
     PublicKey,
+    /// The bank's signing key.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Wait until `serve` accepts connections at its listen address (after `serve &`);
     /// exits 1 if it does not within SECS.
     Wait {
@@ -129,6 +132,19 @@ enum PeerCommand {
     },
     /// The peers in config.toml.
     List,
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Sign new coins with a fresh key, while coins under the current one stay good until
+    /// they expire (run while the bank is stopped; give wallets and peers the new bank.pub).
+    Rotate {
+        #[arg(long, default_value_t = 2048)]
+        rsa_bits: usize,
+        /// Read the key passphrase from this file (else PAYME_BANK_PASSPHRASE, else a prompt).
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -237,6 +253,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 account,
                 account_name,
                 local_account,
+                retired_public_keys: Vec::new(),
             };
             let mut cfg = Config::load(&dir.config())?;
             cfg.peers.push(peer.clone());
@@ -253,7 +270,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if let Some(f) = public_key {
                 let text = std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?;
-                p.public_key = text.trim().to_owned();
+                let old = std::mem::replace(&mut p.public_key, text.trim().to_owned());
+                // The peer replaced its key: coins under the old one stay good until they expire.
+                if old != p.public_key && !p.retired_public_keys.contains(&old) {
+                    p.retired_public_keys.push(old);
+                }
             }
             if let Some(a) = account {
                 p.account = a;
@@ -409,6 +430,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
                 }
             }
+        }
+        Command::Key(KeyCommand::Rotate { rsa_bits, passphrase_file }) => {
+            let pass = read_secret(passphrase_file.as_deref(), "PAYME_BANK_PASSPHRASE", "Bank key passphrase: ")?;
+            let (old, new_id, new) = admin::rotate_key(&dir, &pass, rsa_bits, payme_node::keys::kdf_params())?;
+            let human = format!(
+                "new signing key {} (fingerprint {}) in {}; the old key {} stays valid for its coins until they expire\n\
+                 give wallets and peer banks the new {} (payme-wallet bank set --public-key, payme-bank peer set --public-key)",
+                new_id,
+                new.fingerprint(),
+                dir.key().display(),
+                old,
+                dir.public().display()
+            );
+            let v = serde_json::json!({"new_key_id": new_id.to_string(), "retired_key_id": old.to_string(),
+                "fingerprint": new.fingerprint().to_string(), "public_key_file": dir.public().display().to_string()});
+            say(json, human, v);
         }
         Command::PublicKey => {
             let text =

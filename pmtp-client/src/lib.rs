@@ -22,7 +22,7 @@ use entropy::{Entropy, OsEntropy};
 
 use futures::{SinkExt, StreamExt};
 use pmtp_proto::codec::PmtpCodec;
-use pmtp_proto::coin::coins_hash;
+use pmtp_proto::coin::{coins_hash, CoinError};
 use pmtp_proto::keys::{Identity, PeerKeys, Signed};
 use pmtp_proto::message::Request;
 use pmtp_proto::refusal::PlainRefusal;
@@ -90,6 +90,9 @@ pub struct BankClient {
     pub clock: Arc<dyn Clock>,
     /// Where session keys and nonces get their randomness.
     pub entropy: Arc<dyn Entropy>,
+    /// Keys the bank has replaced: its coins minted under them stay good until they expire
+    /// (see [`BankClient::verify_coin`]). Its answers are signed with `keys` only.
+    pub retired: Vec<pmtp_proto::keys::VerifyingKey>,
 }
 
 /// Connects to `addr` (`host:port`), from `bind_ip` when given.
@@ -121,6 +124,7 @@ impl BankClient {
             bind_ip: None,
             clock: Arc::new(SystemClock),
             entropy: Arc::new(OsEntropy),
+            retired: Vec::new(),
         })
     }
 
@@ -156,14 +160,44 @@ impl BankClient {
         }
     }
 
-    /// Checks coins from this bank: signed by it, unexpired, summing to `expected`.
+    /// Adds the keys this bank has replaced (its earlier public identities, as text), so its
+    /// coins minted under them still verify until they expire.
+    pub fn with_retired(mut self, identities: &[String]) -> Result<Self, ClientError> {
+        for text in identities {
+            let bad = |e: &dyn std::fmt::Display| {
+                ClientError::BadAnswer(format!("retired key of {}: {e}", self.bank_id.escaped()))
+            };
+            let keys = PublicIdentity::from_text(text).and_then(|p| p.parse()).map_err(|e| bad(&e))?;
+            if keys.name.as_str() != self.bank_id.as_str() {
+                return Err(bad(&format_args!("it is a key of {}", keys.name.escaped())));
+            }
+            self.retired.push(keys.verifying);
+        }
+        Ok(self)
+    }
+
+    /// Checks a coin of this bank handed over by someone (a buyer, a depositor): signed by
+    /// its current key or a retired one, unexpired.
+    pub fn verify_coin(&self, coin: &Coin, now: u64) -> Result<VerifiedCoin, CoinError> {
+        coin.verify_among(&self.bank_id, std::iter::once(&self.keys.verifying).chain(&self.retired), now)
+    }
+
+    /// Checks coins this bank just minted for us: signed by its current key, unexpired,
+    /// summing to `expected`.
     pub fn check_coins(&self, coins: &[Coin], expected: Amount) -> Result<(), ClientError> {
         let now = self.clock.now();
         let mut total = Amount::ZERO;
         for c in coins {
-            let v = c
-                .verify(&self.bank_id, &self.keys.verifying, now)
-                .map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+            let v = c.verify(&self.bank_id, &self.keys.verifying, now).map_err(|e| match e {
+                CoinError::UnknownKey { key_id, .. } => ClientError::BadAnswer(format!(
+                    "bank {} signed new coins with key {key_id}, which is not the key in this config: \
+                     it may have replaced its key; get its new public key and run `payme-wallet bank set \
+                     --id {} --public-key FILE`",
+                    self.bank_id.escaped(),
+                    self.bank_id.escaped()
+                )),
+                e => ClientError::BadAnswer(e.to_string()),
+            })?;
             total = total.checked_add(v.value()).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
         }
         if total != expected {

@@ -193,6 +193,26 @@ impl Coin {
         }
         Ok(VerifiedCoin(self.clone()))
     }
+
+    /// [`Coin::verify`] against whichever of `keys` the coin names: the bank's current key,
+    /// or one it retired whose coins are still in circulation (until they expire).
+    pub fn verify_among<'k>(
+        &self,
+        bank: &BankId,
+        keys: impl IntoIterator<Item = &'k VerifyingKey>,
+        now: u64,
+    ) -> Result<VerifiedCoin, CoinError> {
+        let b = &self.0.body;
+        match keys.into_iter().find(|k| k.key_id() == b.key_id) {
+            Some(key) => self.verify(bank, key, now),
+            None if &b.bank_id != bank => Err(CoinError::ForeignBank {
+                serial: b.serial,
+                minted_by: b.bank_id.escaped(),
+                expected: bank.escaped(),
+            }),
+            None => Err(CoinError::UnknownKey { serial: b.serial, key_id: b.key_id }),
+        }
+    }
 }
 
 /// Batch roots whose signature was checked, per key: coins minted together (one

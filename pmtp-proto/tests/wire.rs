@@ -141,6 +141,15 @@ fn tampered_signatures_and_coins_are_refused() {
     assert!(matches!(coin.verify(&"bank-b".try_into().unwrap(), key, NOW), Err(coin::CoinError::ForeignBank { .. })));
     let other = p.buyer.signing.verifying_key();
     assert!(matches!(coin.verify(&bank_id, other, NOW), Err(coin::CoinError::UnknownKey { .. })));
+    // Among several keys (a bank's current and retired ones) the coin's own is used, and
+    // a coin whose key is none of them is refused as such.
+    assert!(coin.verify_among(&bank_id, [other, key], NOW).is_ok(), "found among several");
+    assert!(matches!(coin.verify_among(&bank_id, [other], NOW), Err(coin::CoinError::UnknownKey { .. })));
+    assert!(matches!(
+        coin.verify_among(&"bank-b".try_into().unwrap(), [other], NOW),
+        Err(coin::CoinError::ForeignBank { .. })
+    ));
+    assert!(matches!(forged.verify_among(&bank_id, [other, key], NOW), Err(coin::CoinError::BadSignature { .. })));
     // A signature over a coin is not a signature over anything else (domain separation).
     assert_ne!(coin::CoinBody::DOMAIN, Receipt::DOMAIN);
     let mut sig = coin.0.signature.clone();

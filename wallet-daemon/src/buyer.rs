@@ -510,6 +510,7 @@ mod tests {
             public_key: bank.to_text(),
             account: None,
             account_name: None,
+            retired_public_keys: Vec::new(),
         });
         let db = store::Db::open(&dir.join("wallet.db"), store::Vault::new(&parties.buyer)).unwrap();
         let mut rng = TestRng(5);

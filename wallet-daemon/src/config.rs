@@ -72,6 +72,10 @@ pub struct BankConfig {
     /// The name on that account.
     #[serde(default)]
     pub account_name: Option<String>,
+    /// Public keys the bank has replaced (`bank set --public-key` moves the old one here):
+    /// coins minted under them are accepted until they expire.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_public_keys: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -421,6 +425,7 @@ mod tests {
             public_key: public,
             account: Some(7),
             account_name: Some("a".into()),
+            retired_public_keys: Vec::new(),
         };
         let text = Config::default().commented_toml().unwrap() + &Config::bank_section(&b).unwrap();
         let c: Config = toml::from_str(&text).unwrap();
@@ -442,6 +447,7 @@ mod tests {
             public_key: nasty.into(),
             account: Some(1),
             account_name: Some(nasty.into()),
+            retired_public_keys: vec![nasty.into()],
         };
         let without = BankConfig { account: None, account_name: None, ..b.clone() };
         let text = Config::default().commented_toml().unwrap()

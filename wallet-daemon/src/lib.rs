@@ -227,7 +227,9 @@ impl Wallet {
         for b in &config.banks {
             let public = PublicIdentity::from_text(&b.public_key)
                 .map_err(|e| WalletError::new(ReasonCode::INTERNAL, format!("bank {}: {e}", b.id)))?;
-            let mut client = BankClient::new(b.addr.clone(), &public).map_err(WalletError::from)?;
+            let mut client = BankClient::new(b.addr.clone(), &public)
+                .and_then(|c| c.with_retired(&b.retired_public_keys))
+                .map_err(WalletError::from)?;
             client.bind_ip = bind_ip;
             if client.bank_id.as_str() != b.id {
                 return Err(WalletError::new(

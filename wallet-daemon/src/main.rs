@@ -326,7 +326,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bank(BankCommand::Add { id, addr, public_key, account, account_name }) => {
             let text = std::fs::read_to_string(&public_key)
                 .with_context(|| format!("cannot read {}", public_key.display()))?;
-            let b = BankConfig { id, addr, public_key: text.trim().to_owned(), account, account_name };
+            let b = BankConfig {
+                id,
+                addr,
+                public_key: text.trim().to_owned(),
+                account,
+                account_name,
+                retired_public_keys: Vec::new(),
+            };
             let mut cfg = load_config(&dir)?;
             if cfg.banks.iter().any(|x| x.id == b.id) {
                 bail!(
@@ -349,7 +356,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if let Some(p) = public_key {
                 let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
-                b.public_key = text.trim().to_owned();
+                let old = std::mem::replace(&mut b.public_key, text.trim().to_owned());
+                // The bank replaced its key: coins under the old one stay good until they expire.
+                if old != b.public_key && !b.retired_public_keys.contains(&old) {
+                    b.retired_public_keys.push(old);
+                }
             }
             if account.is_some() {
                 b.account = account;

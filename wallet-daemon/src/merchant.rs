@@ -426,8 +426,7 @@ pub(crate) fn check_coins(w: &Wallet, coins: &[Coin], amount: Amount, accepted: 
             ));
         }
         let entry = w.bank(bank)?;
-        c.verify(&entry.client.bank_id, &entry.client.keys.verifying, now)
-            .map_err(|e| WalletError::new(ReasonCode::from(&e), e.to_string()))?;
+        entry.client.verify_coin(c, now).map_err(|e| WalletError::new(ReasonCode::from(&e), e.to_string()))?;
         total = total.checked_add(c.value()).map_err(|_| WalletError::new(ReasonCode::AMOUNT_MISMATCH, "overflow"))?;
     }
     if total != amount {

@@ -24,6 +24,7 @@ fn wallet(bank: &TestBank, funds: u64) -> (tempfile::TempDir, Arc<Wallet>) {
             public_key: bank.public.to_text(),
             account: Some(holder.account.0),
             account_name: Some("alice".into()),
+            retired_public_keys: Vec::new(),
         }],
         ..Config::default()
     };

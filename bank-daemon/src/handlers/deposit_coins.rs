@@ -156,7 +156,7 @@ async fn verify_foreign(bank: &Arc<Bank>, peer: &str, coins: Vec<Coin>, now: u64
     let p = bank.peers.get(peer).cloned().ok_or_else(|| Refuse::new(ReasonCode::COIN_FOREIGN_BANK, "unknown peer"))?;
     super::cpu(move || {
         for c in &coins {
-            c.verify(&p.client.bank_id, &p.client.keys.verifying, now)?;
+            p.client.verify_coin(c, now)?;
         }
         Ok::<_, Refuse>(coins)
     })

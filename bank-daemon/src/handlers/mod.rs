@@ -197,7 +197,7 @@ pub async fn verify_coins(bank: &Arc<Bank>, coins: Vec<Coin>, now: u64) -> Resul
     cpu(move || {
         use rayon::prelude::*;
         let verified: Result<Vec<_>, _> =
-            coins.par_iter().map(|c| c.verify(&b.bank_id, b.identity.signing.verifying_key(), now)).collect();
+            coins.par_iter().map(|c| c.verify_among(&b.bank_id, b.coin_keys(), now)).collect();
         let verified = verified?;
         let total = Amount::checked_sum(verified.iter().map(|c| c.value()))
             .map_err(|_| Refuse::new(ReasonCode::INVALID_AMOUNT, "coin total overflows"))?;
