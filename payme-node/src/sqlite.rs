@@ -80,6 +80,7 @@ impl From<rusqlite::Error> for OpenError {
 /// transaction survives power loss; NORMAL could un-spend a coin), foreign keys on, a
 /// 10 s busy timeout. Bank and wallet open their databases this way.
 pub fn open_durable(path: &Path) -> Result<Connection, DbError> {
+    create_private(path)?;
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -109,6 +110,18 @@ pub fn apply_migrations(conn: &mut Connection, migrations: &[(i64, &str)]) -> Re
     Ok(tx.commit()?)
 }
 
+/// Creates the database file `path` with mode 0600 if it does not exist yet, before SQLite
+/// opens it: SQLite gives its -wal and -shm files the database file's mode, so money data
+/// is never readable by other users, whatever the umask or the directory's mode.
+fn create_private(path: &Path) -> Result<(), DbError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(DbError::new(DbErrorKind::Io, format!("cannot create {}: {e}", path.display()))),
+    }
+}
+
 /// Copies the database at `db` to a new file `to` while daemons keep using it (SQLite's
 /// online backup: one consistent snapshot, whatever commits meanwhile), then makes the
 /// copy durable (fsync, rename into place, fsync of the directory). Refuses to replace an
@@ -128,6 +141,7 @@ pub fn backup(db: &Path, to: &Path) -> Result<u64, DbError> {
     let copied = (|| {
         let src = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         src.busy_timeout(std::time::Duration::from_secs(10))?;
+        create_private(&tmp)?;
         let mut dst = Connection::open(&tmp)?;
         // All pages in one step: one read snapshot of the source, so the copy is one
         // consistent state even while the daemon commits.
@@ -169,8 +183,15 @@ mod tests {
         let db = dir.path().join("a.db");
         let conn = open_durable(&db).unwrap();
         conn.execute_batch("CREATE TABLE t (v INTEGER); INSERT INTO t VALUES (42);").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        for f in [db.clone(), dir.path().join("a.db-wal"), dir.path().join("a.db-shm")] {
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} is its owner's only: {mode:o}", f.display());
+        }
         let copy = dir.path().join("copy.db");
         assert!(backup(&db, &copy).unwrap() > 0);
+        let mode = std::fs::metadata(&copy).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the copy is readable by its owner only: {mode:o}");
         let back = Connection::open(&copy).unwrap();
         assert_eq!(back.query_row("SELECT v FROM t", [], |r| r.get::<_, i64>(0)).unwrap(), 42);
         assert_eq!(backup(&db, &copy).unwrap_err().kind, DbErrorKind::Io, "never overwrites");
