@@ -59,7 +59,7 @@ fn the_readme_walkthrough_runs_top_to_bottom() {
     // Whatever happens, nothing the walk-through started outlives the test.
     let script = format!(
         "set -euo pipefail\n\
-         trap 'kill $(jobs -p) 2>/dev/null; kill \"$(cat {h}/payme-try/lighttpd.pid 2>/dev/null)\" 2>/dev/null; true' EXIT\n\
+         trap 'set +e; kill $(jobs -p) 2>/dev/null; p=$(cat {h}/payme-try/lighttpd.pid 2>/dev/null); [ -n \"$p\" ] && kill \"$p\" 2>/dev/null; true' EXIT\n\
          {walk}",
         h = home.path().display()
     );
