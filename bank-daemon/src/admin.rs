@@ -149,7 +149,11 @@ pub fn rotate_key(
     let new = Identity { name: old.name.clone(), signing: fresh.signing, x25519: old.x25519.clone() };
     // The retired key first: if the next steps fail, the bank still accepts every coin.
     let path = retired_file(dir);
-    let mut retired = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut retired = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => return Err(AdminError::Io { path, source }),
+    };
     retired.push_str(&format!("{}\n", old_public.to_text()));
     keyfile::fs::write_atomic(&path, retired.as_bytes(), 0o644)?;
     let sealed = keyfile::seal_identity(&mut pmtp_proto::rng::os(), &new, passphrase.as_bytes(), kdf)?;
@@ -189,6 +193,13 @@ pub fn open_bank(
     let readers = crate::writer::Readers::new(Box::new(move || {
         SqliteStore::open_reader(&db).map(|s| Box::new(s) as Box<dyn Store>)
     }));
+    // bank.pub must be the key the bank signs with (a rotation cut short by a crash may
+    // have left the old one): wallets and peers are given this file.
+    let public = format!("{}\n", identity.public().to_text());
+    if std::fs::read_to_string(dir.public()).ok().as_deref() != Some(public.as_str()) {
+        tracing::warn!(path = %dir.public().display(), "bank.pub did not match the bank's key; rewritten");
+        keyfile::fs::write_atomic(&dir.public(), public.as_bytes(), 0o644)?;
+    }
     let mut bank = Bank::new(config, identity, writer, readers)?.with_clock(clock).with_entropy(entropy);
     bank.retired = retired_keys(dir)?;
     Ok((std::sync::Arc::new(bank), thread, lock))

@@ -76,8 +76,8 @@ pub async fn deposit(
         .map_err(|_| Refuse::new(ReasonCode::INVALID_AMOUNT, "overflow"))?;
     let foreign_amount = Amount::checked_sum(foreign.iter().map(|c| c.value()))
         .map_err(|_| Refuse::new(ReasonCode::INVALID_AMOUNT, "overflow"))?;
-    let mut serials: Vec<_> = local.iter().map(|c| c.serial()).collect();
-    serials.sort_unstable();
+    let mut serials: Vec<_> = local.iter().map(|c| crate::handlers::row_of(c.coin())).collect();
+    serials.sort_unstable_by_key(|r| r.serial);
     let row = ClearingRow {
         request_id,
         peer_request_id: peer_request_id(bank, &request_id, account),
@@ -116,16 +116,13 @@ pub async fn deposit(
                 });
             }
             let mut removed: Vec<SerialRow> = Vec::with_capacity(serials.len());
-            for s in &serials {
-                match tx.remove_serial(s)? {
-                    Some(r) => removed.push(r),
-                    None => {
-                        return Err(Refuse::new(
-                            ReasonCode::COIN_NOT_IN_CIRCULATION,
-                            format!("coin {s} is not in circulation (already spent); nothing was deposited"),
-                        ))
-                    }
-                }
+            for r in &serials {
+                removed.push(crate::handlers::spend_coin(tx, r, |s| {
+                    Refuse::new(
+                        ReasonCode::COIN_NOT_IN_CIRCULATION,
+                        format!("coin {s} is not in circulation (already spent); nothing was deposited"),
+                    )
+                })?);
             }
             let mut row = row;
             row.local_serials = bincode::serialize(&removed.iter().map(serial_tuple).collect::<Vec<_>>())

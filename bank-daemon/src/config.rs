@@ -184,6 +184,14 @@ impl Config {
         if self.coin_lifetime_secs == 0 {
             return bad("coin_lifetime_secs must be positive".into());
         }
+        let mut ids: Vec<_> = self.peers.iter().map(|p| &p.id).collect();
+        ids.sort();
+        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return bad(format!("peer {} appears twice; change it with `payme-bank peer set`", w[0]));
+        }
+        if self.limits.net.max_connections == 0 {
+            return bad("limits.max_connections must be positive".into());
+        }
         for p in &self.peers {
             let id = pmtp_proto::keys::PublicIdentity::from_text(&p.public_key)
                 .map_err(|e| ConfigError::Invalid(format!("peer {}: public_key: {e}", p.id)))?;

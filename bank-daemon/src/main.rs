@@ -292,6 +292,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             say(json, human, serde_json::json!({"peer": p.id, "changed": true}));
         }
         Command::Peer(PeerCommand::Remove { id }) => {
+            // Not while serving: the running bank could take that peer's coins after the
+            // check below, and their deposits would then wait for a peer it no longer knows.
+            let _lock = match dir.lock() {
+                Err(payme_node::datadir::LockError::InUse { .. }) => {
+                    anyhow::bail!("stop `payme-bank serve` first: a running bank may be clearing with this peer")
+                }
+                other => other?,
+            };
             let mut cfg = Config::load(&dir.config())?;
             if !cfg.peers.iter().any(|p| p.id == id) {
                 anyhow::bail!(no_peer(&cfg, &id));

@@ -104,11 +104,6 @@ impl<D> PeerLimits<D> {
         if self.max_frame_bytes == 0 || self.max_frame_bytes > pmtp_proto::frame::DEFAULT_MAX_BODY {
             return Err(ConfigError::Invalid("limits.max_frame_bytes must be 1 to 1048576".into()));
         }
-        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
-            return Err(ConfigError::Invalid(
-                "limits.max_connections and max_connections_per_ip must be positive".into(),
-            ));
-        }
         Ok(())
     }
 }

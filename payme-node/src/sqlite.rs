@@ -114,12 +114,32 @@ pub fn apply_migrations(conn: &mut Connection, migrations: &[(i64, &str)]) -> Re
 /// opens it: SQLite gives its -wal and -shm files the database file's mode, so money data
 /// is never readable by other users, whatever the umask or the directory's mode.
 fn create_private(path: &Path) -> Result<(), DbError> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let failed = |e: std::io::Error| DbError::new(DbErrorKind::Io, format!("cannot create {}: {e}", path.display()));
     match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(DbError::new(DbErrorKind::Io, format!("cannot create {}: {e}", path.display()))),
+        // A database made before files were created private: made so now.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match std::fs::metadata(path) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(failed)
+            }
+            _ => Ok(()),
+        },
+        Err(e) => Err(failed(e)),
     }
+}
+
+/// Creates `path` with mode 0600, failing if anything is there already (a file, or a
+/// symbolic link someone planted: O_EXCL does not follow it).
+fn create_exclusive(path: &Path) -> Result<(), DbError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(|e| DbError::new(DbErrorKind::Io, format!("cannot create {}: {e}", path.display())))
 }
 
 /// Copies the database at `db` to a new file `to` while daemons keep using it (SQLite's
@@ -141,7 +161,7 @@ pub fn backup(db: &Path, to: &Path) -> Result<u64, DbError> {
     let copied = (|| {
         let src = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         src.busy_timeout(std::time::Duration::from_secs(10))?;
-        create_private(&tmp)?;
+        create_exclusive(&tmp)?;
         let mut dst = Connection::open(&tmp)?;
         // All pages in one step: one read snapshot of the source, so the copy is one
         // consistent state even while the daemon commits.

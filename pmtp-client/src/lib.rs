@@ -182,13 +182,15 @@ impl BankClient {
         coin.verify_among(&self.bank_id, std::iter::once(&self.keys.verifying).chain(&self.retired), now)
     }
 
-    /// Checks coins this bank just minted for us: signed by its current key, unexpired,
-    /// summing to `expected`.
+    /// Checks coins this bank minted for us: signed by its current key (or, for a retried
+    /// request, a key it has since retired), unexpired, summing to `expected`.
     pub fn check_coins(&self, coins: &[Coin], expected: Amount) -> Result<(), ClientError> {
         let now = self.clock.now();
         let mut total = Amount::ZERO;
         for c in coins {
-            let v = c.verify(&self.bank_id, &self.keys.verifying, now).map_err(|e| match e {
+            // The retired keys too: a retry by request id returns the coins minted for the
+            // first attempt, which may predate a rotation.
+            let v = self.verify_coin(c, now).map_err(|e| match e {
                 CoinError::UnknownKey { key_id, .. } => ClientError::BadAnswer(format!(
                     "bank {} signed new coins with key {key_id}, which is not the key in this config: \
                      it may have replaced its key; get its new public key and run `payme-wallet bank set \

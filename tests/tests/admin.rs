@@ -96,7 +96,7 @@ fn a_bank_sets_an_account_password_and_lifts_its_lock() {
 
 #[test]
 fn a_bank_changes_lists_and_removes_a_peer() {
-    let a = TestBank::start_with("bank-a", |c| c);
+    let mut a = TestBank::start_with("bank-a", |c| c);
     let b = TestBank::start_with("bank-b", |c| c);
     let b_pub = b.dir.path().join("bank.pub");
     let add = payme_bank(
@@ -133,6 +133,10 @@ fn a_bank_changes_lists_and_removes_a_peer() {
     );
     assert!(!o.status.success() && out(&o).contains("its public key is for bank"), "{}", out(&o));
     assert_eq!(std::fs::read_to_string(a.dir.path().join("config.toml")).unwrap(), before);
+    // Not while the bank serves (it may be clearing with that peer).
+    let o = payme_bank(a.dir.path(), &["peer", "remove", "--id", "bank-b"]);
+    assert!(!o.status.success() && out(&o).contains("stop `payme-bank serve` first"), "{}", out(&o));
+    a.stop();
     let o = payme_bank(a.dir.path(), &["peer", "remove", "--id", "bank-b"]);
     assert!(o.status.success(), "{}", out(&o));
     assert!(!std::fs::read_to_string(a.dir.path().join("config.toml")).unwrap().lines().any(|l| l == "[[peer]]"));

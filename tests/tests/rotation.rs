@@ -81,3 +81,51 @@ fn coins_of_the_old_and_the_new_key_circulate_together() {
     assert_eq!((balance("carol"), balance("shop")), (650, 350), "{accounts:?}");
     bank.assert_audit();
 }
+
+/// A leaked key (here: the retired one, read from the bank's old key file) can sign any
+/// body; the bank still pays out only what it minted under each serial. A coin whose signed
+/// value or expiry differs from the stored row is refused and nothing is credited.
+#[test]
+fn a_coin_re_signed_with_another_value_is_refused() {
+    let mut bank = TestBank::start();
+    let alice = bank.holder(1, "alice", 100);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rid = || pmtp_proto::rng::bytes(&mut pmtp_proto::rng::os());
+    let password = payme_tests::bank_harness::PASSWORD;
+    let w = rt
+        .block_on(bank.client().withdraw(
+            &alice.identity,
+            alice.account,
+            "alice",
+            password,
+            rid(),
+            pmtp_proto::Amount::new(1),
+            vec![],
+        ))
+        .unwrap();
+    // The old key, as someone who stole bank.key and its passphrase would have it.
+    let old_key = bank_daemon::admin::load_identity(
+        &bank_daemon::data_dir(bank.dir.path().to_path_buf()),
+        payme_tests::bank_harness::PASSPHRASE,
+    )
+    .unwrap();
+    bank.stop();
+    let o = payme_bank(bank.dir.path(), &["key", "rotate"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    bank.restart_same_port();
+    let mut body = w.coins[0].body().clone();
+    body.value = pmtp_proto::Denomination::try_from(1024).unwrap();
+    let forged = pmtp_proto::Coin::mint(body, &old_key.signing).unwrap();
+    let e =
+        rt.block_on(bank.client().deposit(&alice.identity, alice.account, "alice", rid(), vec![forged])).unwrap_err();
+    assert_eq!(e.code(), Some(pmtp_proto::ReasonCode::COIN_BAD_SIGNATURE), "{e}");
+    // The genuine coin still deposits, once: 1, not 1024 (the acknowledgement is signed
+    // with the new key, so the client needs the new bank.pub).
+    let text = std::fs::read_to_string(bank.dir.path().join("bank.pub")).unwrap();
+    let public = pmtp_proto::keys::PublicIdentity::from_text(text.trim()).unwrap();
+    let client = pmtp_client::BankClient::new(bank.addr.clone(), &public).unwrap();
+    rt.block_on(client.deposit(&alice.identity, alice.account, "alice", rid(), w.coins.clone())).unwrap();
+    let balance = bank.accounts().iter().find(|a| a.1 == "alice").unwrap().2;
+    assert_eq!(balance, 100);
+    bank.assert_audit();
+}

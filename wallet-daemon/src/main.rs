@@ -271,13 +271,14 @@ fn no_bank(cfg: &Config, id: &str) -> String {
     format!("no bank {} in config.toml (the banks: {})", pmtp_proto::text::escape_control(id), ids.join(", "))
 }
 
-/// Coins of `bank` the wallet holds (from its database, read-only; the coins themselves
-/// stay sealed, so no passphrase is needed).
-fn held_of_bank(dir: &DataDir, bank: &str) -> anyhow::Result<(u64, Amount)> {
+/// Coins of `bank` the wallet holds, and its unfinished operations there (from its
+/// database, read-only; the coins themselves stay sealed, so no passphrase is needed).
+fn held_of_bank(dir: &DataDir, bank: &str) -> anyhow::Result<(u64, Amount, u64)> {
     let path = dir.database();
     let conn = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(wallet_daemon::store::held_of_bank(&conn, bank)?)
+    let (count, value) = wallet_daemon::store::held_of_bank(&conn, bank)?;
+    Ok((count, value, wallet_daemon::store::unfinished_ops_of_bank(&conn, bank)?))
 }
 
 /// A `serve` that has just been started holds the data directory's lock before its
@@ -379,7 +380,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !cfg.banks.iter().any(|b| b.id == id) {
                 bail!(no_bank(&cfg, &id));
             }
-            let (count, value) = held_of_bank(&dir, &id)?;
+            let (count, value, unfinished) = held_of_bank(&dir, &id)?;
+            if unfinished > 0 {
+                bail!(
+                    "{unfinished} withdrawals, exchanges or deposits at bank {} are not finished (the bank may have acted on them); start `payme-wallet serve` until they are, then remove it",
+                    pmtp_proto::text::escape_control(&id)
+                );
+            }
             if count > 0 && !force {
                 bail!(
                     "this wallet holds {count} coins of bank {} (value {value}); deposit or spend them first (`payme-wallet deposit --all --bank {0}`), or add --force",

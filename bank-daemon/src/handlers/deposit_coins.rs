@@ -34,9 +34,9 @@ pub async fn handle(
         return acknowledge(&bank, row, peer, now).await;
     }
     let (coins, total) = verify_coins(&bank, local, now).await?;
-    let mut serials: Vec<_> = coins.iter().map(|c| c.serial()).collect();
-    serials.sort_unstable();
-    let hash = coins_hash(serials.iter());
+    let mut rows: Vec<_> = coins.iter().map(|c| super::row_of(c.coin())).collect();
+    rows.sort_unstable_by_key(|r| r.serial);
+    let hash = coins_hash(rows.iter().map(|r| &r.serial));
     let (id, request_id, nonce_random) = (account_id, body.request_id, body.nonce.random);
     let nonce_expiry = bank.nonce_expiry(&body.nonce);
     let row = bank
@@ -49,13 +49,13 @@ pub async fn handle(
                 }
                 return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another deposit"));
             }
-            for s in &serials {
-                if tx.remove_serial(s)?.is_none() {
-                    return Err(Refuse::new(
+            for r in &rows {
+                super::spend_coin(tx, r, |s| {
+                    Refuse::new(
                         ReasonCode::COIN_NOT_IN_CIRCULATION,
                         format!("coin {s} is not in circulation (already spent); nothing was deposited"),
-                    ));
-                }
+                    )
+                })?;
             }
             let acct = tx.account(id)?.ok_or_else(|| Refuse::new(ReasonCode::UNKNOWN_ACCOUNT, "account closed"))?;
             let balance = acct
@@ -64,7 +64,7 @@ pub async fn handle(
                 .map_err(|_| Refuse::new(ReasonCode::INVALID_AMOUNT, "balance would overflow"))?;
             tx.set_balance(id, balance)?;
             tx.add_ledger_entry(id, now, EntryKind::Deposit, total, balance, "coins deposited")?;
-            tx.add_counters(&CounterDelta { redeemed: (total, serials.len() as u64), ..Default::default() })?;
+            tx.add_counters(&CounterDelta { redeemed: (total, rows.len() as u64), ..Default::default() })?;
             let row = DepositRow { request_id, account: id, amount: total, coins_hash: hash, balance, time: now };
             tx.insert_deposit(&row)?;
             Ok(row)

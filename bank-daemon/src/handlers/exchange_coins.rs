@@ -25,8 +25,9 @@ pub async fn handle(
     }
     let (coins, total) = verify_coins(&bank, req.coins.clone(), now).await?;
     let plan = plan_denominations(&bank, total, &req.denominations)?;
-    let mut old: Vec<_> = coins.iter().map(|c| c.serial()).collect();
-    old.sort_unstable();
+    let mut old_rows: Vec<_> = coins.iter().map(|c| super::row_of(c.coin())).collect();
+    old_rows.sort_unstable_by_key(|r| r.serial);
+    let old: Vec<_> = old_rows.iter().map(|r| r.serial).collect();
     let (nonce_random, request_id) = (req.nonce.random, req.request_id);
     let input_hash = pmtp_proto::coin::coins_hash(old.iter());
     // Before any signing: a retry gets its coins back, and coins already spent are
@@ -68,10 +69,8 @@ pub async fn handle(
                 // The record read before signing is gone (retention ran in between).
                 return Err(Refuse::new(ReasonCode::INTERNAL, "the bank lost track of this retry; try again"));
             }
-            for s in &old {
-                if tx.remove_serial(s)?.is_none() {
-                    return Err(not_in_circulation(s));
-                }
+            for r in &old_rows {
+                super::spend_coin(tx, r, not_in_circulation)?;
             }
             for r in &new_rows {
                 if !tx.insert_serial(r)? {

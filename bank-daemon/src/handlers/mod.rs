@@ -206,6 +206,34 @@ pub async fn verify_coins(bank: &Arc<Bank>, coins: Vec<Coin>, now: u64) -> Resul
     .await?
 }
 
+/// The serial row a coin stands for: what the bank stored when it minted it.
+pub fn row_of(c: &Coin) -> crate::store::SerialRow {
+    crate::store::SerialRow { serial: c.serial(), value: c.value(), expiry: c.body().expiry, key_id: c.body().key_id }
+}
+
+/// Takes `coin`'s serial out of circulation inside `tx`, checking that the stored row is
+/// the coin: value, expiry and key as this bank minted them. A signed body that says
+/// otherwise was not minted so by this bank (a forgery under a key that leaked, which a
+/// retired key may have) and is refused; the caller's transaction is then rolled back.
+/// `none` is the refusal for a serial not in circulation (already spent).
+pub fn spend_coin(
+    tx: &mut dyn crate::store::Tx,
+    coin: &crate::store::SerialRow,
+    none: impl FnOnce(&Serial) -> Refuse,
+) -> Result<crate::store::SerialRow, Refuse> {
+    match tx.remove_serial(&coin.serial)? {
+        None => Err(none(&coin.serial)),
+        Some(stored) if stored != *coin => {
+            tracing::warn!(serial = %coin.serial, "a coin whose signed body differs from the minted row was refused");
+            Err(Refuse::new(
+                ReasonCode::COIN_BAD_SIGNATURE,
+                format!("coin {} is not the coin this bank minted under that serial", coin.serial),
+            ))
+        }
+        Some(stored) => Ok(stored),
+    }
+}
+
 /// The coin values to mint for `amount`: those asked for (checked), or the fewest coins.
 pub fn plan_denominations(bank: &Bank, amount: Amount, asked: &[Denomination]) -> Result<Vec<Denomination>, Refuse> {
     let max_exp = bank.config.max_denomination_exponent;

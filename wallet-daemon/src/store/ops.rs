@@ -179,6 +179,17 @@ pub fn coin_has_started_op(conn: &Connection, serial: &Serial) -> Result<bool, D
     Ok(n > 0)
 }
 
+/// Operations (withdrawals, exchanges, deposits) at `bank` whose outcome is not known yet:
+/// the bank may have acted on them, so the wallet must be able to reach it again.
+pub fn unfinished_ops_of_bank(conn: &Connection, bank: &str) -> Result<u64, DbError> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM ops WHERE bank_id = ?1 AND state = ?2",
+        params![bank, OpState::Started.as_str()],
+        |r| r.get(0),
+    )?;
+    u64::try_from(n).map_err(|_| DbError::Corrupt("negative count".into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
