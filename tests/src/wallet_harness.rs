@@ -167,6 +167,8 @@ impl TestWallet {
         assert!(out.status.success(), "bank add: {}", String::from_utf8_lossy(&out.stderr));
         let cfg_path = dir.path().join("config.toml");
         let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+        // The wallet window on a port of its own: test wallets run side by side.
+        let cfg = cfg.replace("listen = \"127.0.0.1:8002\"", "listen = \"127.0.0.1:0\"");
         // Rewritten in place: the file keeps its owner and mode.
         std::fs::write(&cfg_path, edit(cfg)).unwrap();
         TestWallet {

@@ -341,14 +341,30 @@ impl HttpResponse {
 /// One HTTP/1.0 request as a browser sends it (read to the end, at most 90 s), from
 /// `bind` when given.
 pub fn http(addr: &str, method: &str, path: &str, form: Option<&str>, bind: Option<IpAddr>) -> HttpResponse {
-    let mut s = match bind {
+    let s = match bind {
         Some(ip) => connect_from(ip, addr),
         None => TcpStream::connect(addr).unwrap(),
     };
+    // A browser's request: the shop answers an item page with 200 (a program gets 402).
+    let head = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\nAccept: text/html\r\n");
+    exchange(s, head, form)
+}
+
+/// One HTTP/1.1 request with exactly the headers given, Host included (for servers that
+/// check them), read to the end.
+pub fn http_exact(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], form: Option<&str>) -> HttpResponse {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    exchange(TcpStream::connect(addr).unwrap(), head, form)
+}
+
+/// Sends the request `head` (its header lines) with `form` as its body, and reads the
+/// answer to the end (at most 90 s).
+fn exchange(mut s: TcpStream, mut req: String, form: Option<&str>) -> HttpResponse {
     s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
     let body = form.unwrap_or("");
-    // A browser's request: the shop answers an item page with 200 (a program gets 402).
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\nAccept: text/html\r\n");
     if form.is_some() {
         req.push_str(&format!("Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n", body.len()));
     }
