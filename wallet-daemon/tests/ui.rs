@@ -29,24 +29,10 @@ impl Answer {
     }
 }
 
-/// The window of `w`: its address and a fresh one-time login link's path.
-fn login_link(w: &TestWallet) -> (String, String) {
-    let url = w.ok(&["ui"])["url"].as_str().unwrap().to_owned();
-    let rest = url.strip_prefix("http://").unwrap();
-    let (addr, path) = rest.split_once('/').unwrap();
-    (addr.to_owned(), format!("/{path}"))
-}
-
 /// Logs in: (address, cookie header value, CSRF token).
 fn logged_in(w: &TestWallet) -> (String, String, String) {
-    let (addr, path) = login_link(w);
-    let a = http(&addr, "GET", &path, &[("Host", &addr)], "");
-    assert_eq!(a.status, 303, "{}", a.body);
-    let cookie = a.header("set-cookie").unwrap().split(';').next().unwrap().to_owned();
-    let page = http(&addr, "GET", "/", &[("Host", &addr), ("Cookie", &cookie)], "");
-    assert_eq!(page.status, 200, "{}", page.body);
-    let csrf = page.body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
-    (addr, cookie, csrf)
+    let s = w.window_session();
+    (s.addr, s.cookie, s.csrf)
 }
 
 /// Starts `collect` from `buyer` in a thread (it blocks until the buyer answers).
@@ -72,7 +58,7 @@ fn pending_ids(w: &TestWallet) -> Vec<u64> {
 fn the_login_link_works_once_and_sets_a_strict_http_only_cookie() {
     let bank = TestBank::start();
     let w = TestWallet::create("alice", "127.0.0.2", &bank, None, |c| c).with_log().started();
-    let (addr, path) = login_link(&w);
+    let (addr, path) = w.window_link();
     let token = path.rsplit_once('=').unwrap().1.to_owned();
     let a = http(&addr, "GET", &path, &[("Host", &addr)], "");
     assert_eq!(a.status, 303);

@@ -4,7 +4,7 @@
 //! Pages: the payment requests waiting for an answer (refreshed every few seconds by a
 //! meta refresh, so no script is needed) with Approve and Refuse; the balance; the history
 //! with receipts; withdraw, deposit and exchange; pinned merchants (forget); the spending
-//! policy.
+//! policy; and the pay page a shop's item page links to ("Pay with payme", [`pay`]).
 //!
 //! Every action goes through the control socket's own handler
 //! ([`crate::control::handle`]): the window is one more client of the same logic, with no
@@ -13,6 +13,7 @@
 //! Content-Security-Policy says so (`default-src 'none'`, the stylesheet from this origin).
 
 pub mod pages;
+pub mod pay;
 pub mod session;
 
 use crate::control::Request as Ctl;
@@ -55,6 +56,7 @@ pub fn router(w: Arc<Wallet>) -> Router {
         .route("/merchants", get(merchants))
         .route("/forget", post(forget))
         .route("/policy", get(policy))
+        .route("/pay", get(pay::review).post(pay::pay))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM))
         .layer(axum::middleware::from_fn_with_state(w.clone(), guard))

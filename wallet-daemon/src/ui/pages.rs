@@ -363,6 +363,69 @@ pub fn policy(w: &Wallet, s: &Session) -> Response {
     html_response(StatusCode::OK, layout("Spending policy", Some(s), None, body))
 }
 
+/// Whether the wallet knows the shop's key for its origin.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    Known,
+    New,
+    Changed,
+}
+
+/// A shop's offer as the pay page shows it (texts escaped of control characters already).
+pub struct Terms<'a> {
+    pub url: &'a str,
+    pub offer: &'a str,
+    pub origin: &'a str,
+    pub merchant: &'a str,
+    pub fingerprint: &'a str,
+    pub description: &'a str,
+    pub order: &'a str,
+    pub amount: u64,
+    pub standing: Standing,
+}
+
+/// The pay page: the shop's offer, with Approve and Cancel.
+pub fn pay(w: &Wallet, s: &Session, t: &Terms) -> Response {
+    let body = html! {
+        section.card.new[t.standing != Standing::Known] #offer {
+            p { strong.merchant { (t.merchant) } " asks for " span.amount { (money(w, t.amount)) } }
+            p.description { (t.description) }
+            @match t.standing {
+                Standing::New => p.new-shop { "A shop you have never paid: approving remembers its key for " (t.origin) "." },
+                Standing::Changed => p.outcome.error { "This shop's key is not the one your wallet remembers for " (t.origin) ". The wallet will refuse to pay it. If the shop really changed its key, forget it under Shops first." },
+                Standing::Known => p { "A shop you have paid before, with the same key." },
+            }
+            table {
+                tr { th { "Shop" } td.origin { (t.origin) } }
+                tr { th { "Item" } td { (t.url) } }
+                tr { th { "Order" } td.order { (t.order) } }
+                tr { th { "Shop's key" } td.fingerprint { (t.fingerprint) } }
+            }
+            p { "Check that the shop's page shows the same order and key." }
+            form method="post" action="/pay" {
+                (csrf(s))
+                input type="hidden" name="url" value=(t.url);
+                input type="hidden" name="offer" value=(t.offer);
+                button.approve #approve type="submit" { "Approve and pay" }
+                a href=(t.url) rel="noreferrer" #cancel { "Cancel" }
+            }
+        }
+    };
+    html_response(StatusCode::OK, layout("Pay a shop", Some(s), None, body))
+}
+
+/// A purchase that did not happen, in plain words, with the way back to the shop.
+pub fn pay_failed(w: &Wallet, s: &Session, why: &str, url: Option<&str>) -> Response {
+    let _ = w;
+    let back = url.filter(|u| u.starts_with("http://") || u.starts_with("https://"));
+    let body = html! {
+        p.outcome.error #why { (why) }
+        @if let Some(u) = back { p { a href=(u) rel="noreferrer" { "Back to the shop" } } }
+        p { a href="/" { "Your wallet" } }
+    };
+    html_response(StatusCode::OK, layout("Not paid", Some(s), None, body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
