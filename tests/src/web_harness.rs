@@ -338,6 +338,32 @@ impl HttpResponse {
     }
 }
 
+/// The item [`paper_shop`] sells: text, so a browser shows it.
+pub const PAPER: &str = "The PayMe paper, paid for.";
+
+/// A shop (payme-cgi under lighttpd) selling `paper` for 37 minor units from `merchant`'s
+/// wallet, its "Pay with payme" links leading to `wallet_ui`, with `extra` settings.
+pub fn paper_shop(
+    merchant: &crate::wallet_harness::TestWallet,
+    wallet_ui: &str,
+    extra: &str,
+) -> (tempfile::TempDir, WebServer) {
+    let dir = shop_dir();
+    let cfg = dir.path().join("cgi.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "control_socket = \"{sock}\"\nshop_name = \"Bob's <Books>\"\ntimeout_secs = 60\nwallet_ui = \"{wallet_ui}\"\n{extra}\n\n\
+             [[item]]\nid = \"paper\"\nprice = 37\ndescription = \"The PayMe paper\"\n\
+             content_type = \"text/plain; charset=utf-8\"\nbody = \"{PAPER}\"\n",
+            sock = merchant.dir.path().join("control.sock").display(),
+        ),
+    )
+    .unwrap();
+    let web = WebServer::start(Kind::Lighttpd, &cgi_bin(), &cfg);
+    (dir, web)
+}
+
 /// One HTTP/1.0 request as a browser sends it (read to the end, at most 90 s), from
 /// `bind` when given.
 pub fn http(addr: &str, method: &str, path: &str, form: Option<&str>, bind: Option<IpAddr>) -> HttpResponse {

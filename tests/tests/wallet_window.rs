@@ -8,29 +8,7 @@
 
 use payme_tests::bank_harness::TestBank;
 use payme_tests::wallet_harness::TestWallet;
-use payme_tests::web_harness::{self, http, http_exact, Kind, WebServer};
-
-/// The item sold: text, so a browser shows it.
-pub const ITEM: &str = "The PayMe paper, paid for.";
-
-/// A shop selling `paper` (37 minor units) from `merchant`'s wallet, its "Pay with payme"
-/// links leading to `wallet_ui`.
-fn shop(merchant: &TestWallet, wallet_ui: &str) -> (tempfile::TempDir, WebServer) {
-    let dir = web_harness::shop_dir();
-    let cfg = dir.path().join("cgi.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "control_socket = \"{sock}\"\nshop_name = \"Bob's <Books>\"\ntimeout_secs = 60\nwallet_ui = \"{wallet_ui}\"\n\n\
-             [[item]]\nid = \"paper\"\nprice = 37\ndescription = \"The PayMe paper\"\n\
-             content_type = \"text/plain; charset=utf-8\"\nbody = \"{ITEM}\"\n",
-            sock = merchant.dir.path().join("control.sock").display(),
-        ),
-    )
-    .unwrap();
-    let web = WebServer::start(Kind::Lighttpd, &web_harness::cgi_bin(), &cfg);
-    (dir, web)
-}
+use payme_tests::web_harness::{http, http_exact, paper_shop, PAPER as ITEM};
 
 /// The href of the element with id `id` in `html`, unescaped.
 fn href_of(html: &str, id: &str) -> String {
@@ -58,7 +36,7 @@ fn pay_with_payme_from_the_shops_page_through_the_wallet_window() {
     let merchant = TestWallet::start("bob's books", "127.0.0.3", &bank, Some(0), |c| c);
     buyer.ok(&["withdraw", "300"]);
     let window = buyer.window_session();
-    let (_dir, web) = shop(&merchant, &format!("http://{}", window.addr));
+    let (_dir, web) = paper_shop(&merchant, &format!("http://{}", window.addr), "");
 
     // The shop's page links to the wallet window with its offer.
     let page = http(&web.addr, "GET", "/cgi-bin/payme-cgi/paper", None, None);

@@ -96,7 +96,9 @@ async fn guard(State(w): State<Arc<Wallet>>, req: axum::extract::Request, next: 
     set(h, header::CONTENT_SECURITY_POLICY, CSP);
     set(h, header::X_FRAME_OPTIONS, "DENY");
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    set(h, header::REFERRER_POLICY, "no-referrer");
+    // Not "no-referrer": with it a browser sends `Origin: null` on the window's own forms.
+    // Links to shops get no referrer (the policy, and rel=noreferrer).
+    set(h, header::REFERRER_POLICY, "same-origin");
     set(h, header::CACHE_CONTROL, "no-store");
     answer
 }
