@@ -21,8 +21,31 @@ use std::time::Duration;
 /// The longest a test waits for an element or a page.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-fn on_path(name: &str) -> Option<PathBuf> {
+/// Where `name` is on the PATH.
+pub fn on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+}
+
+/// The paths of the programs `tools` names (program, Debian package), or `None` after a
+/// loud SKIP line when one is missing outside CI; under CI (`CI=true`) a missing program
+/// fails the test, since CI installs what the tests need.
+pub fn installed_or_skip(test: &str, tools: &[(&str, &str)]) -> Option<Vec<PathBuf>> {
+    let found: Vec<Option<PathBuf>> = tools.iter().map(|(bin, _)| on_path(bin)).collect();
+    if found.iter().all(Option::is_some) {
+        return Some(found.into_iter().flatten().collect());
+    }
+    let packages: Vec<&str> = tools.iter().map(|(_, p)| *p).collect();
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    assert!(!ci, "{test}: needs {} (apt-get install {})", packages.join(", "), packages.join(" "));
+    // Straight to stderr, past the test harness's capture of eprintln!.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!!!!! SKIP {test}: {} not installed (apt-get install {}); this test did NOT run !!!!!!!!\n",
+        packages.join(", "),
+        packages.join(" ")
+    );
+    None
 }
 
 /// A running chromedriver and one browser session.
@@ -36,18 +59,8 @@ impl Chrome {
     /// Starts chromedriver and a headless Chromium; `None` (after a loud SKIP line) where
     /// they are not installed outside CI. Panics under CI when they are missing.
     pub async fn start(test: &str) -> Option<Chrome> {
-        let (Some(chromium), Some(driver)) = (on_path("chromium"), on_path("chromedriver")) else {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-            assert!(!ci, "{test}: chromium and chromedriver are missing (apt-get install chromium chromium-driver)");
-            // Straight to stderr, past the test harness's capture of eprintln!.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n!!!!!!!! SKIP {test}: chromium and chromedriver are not installed \
-                 (apt-get install chromium chromium-driver); this browser test did NOT run !!!!!!!!\n"
-            );
-            return None;
-        };
+        let tools = installed_or_skip(test, &[("chromium", "chromium"), ("chromedriver", "chromium-driver")])?;
+        let (chromium, driver) = (&tools[0], &tools[1]);
         let mut child = Command::new(driver)
             .arg("--port=0")
             .stdout(Stdio::piped())

@@ -17,7 +17,8 @@
 //!   merchant and ops, which never call it.
 //! - [`peer`]: the PMTP listener for other wallets.
 //! - [`control`]: the local control socket (JSON lines) and its client.
-//! - [`ui`]: the wallet window, a web UI on a loopback port of its own.
+//! - [`ui`]: the wallet window, a web UI on a loopback port of its own; [`notify`]: a
+//!   desktop notification when a payment request waits.
 //!
 //! Banks are reached through `pmtp-client`; the data directory, accept loop, signals,
 //! logs, secrets and SQLite opening are the shared `payme-node`. The wallet links nothing
@@ -31,6 +32,7 @@ pub mod control;
 pub mod fetch;
 pub mod inband;
 pub mod merchant;
+pub mod notify;
 pub mod ops;
 pub mod peer;
 pub mod recovery;
