@@ -135,11 +135,19 @@ impl Chrome {
         }
     }
 
-    /// Writes a screenshot of the page to docs/screenshots/`name`.png.
+    /// Takes a screenshot of the page: written to docs/screenshots/`name`.png when
+    /// `PAYME_SCREENSHOTS=1` (how the committed ones are made:
+    /// `PAYME_SCREENSHOTS=1 cargo test -p payme-tests --all-features --test browser`), else
+    /// to the system's temporary directory, so an ordinary test run leaves the work tree as
+    /// it was.
     pub async fn screenshot(&self, name: &str) {
         let png = self.client.screenshot().await.expect("a screenshot");
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
-        std::fs::create_dir_all(&dir).expect("docs/screenshots");
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        let dir = match std::env::var("PAYME_SCREENSHOTS").is_ok_and(|v| v == "1") {
+            true => Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots"),
+            false => std::env::temp_dir().join("payme-screenshots"),
+        };
+        std::fs::create_dir_all(&dir).expect("the screenshots' directory");
         std::fs::write(dir.join(format!("{name}.png")), png).expect("the screenshot written");
     }
 

@@ -1,6 +1,7 @@
 //! A buyer in a real browser (headless Chromium through chromedriver): the shop's pages
 //! from payme-cgi under lighttpd, and the buyer's wallet window, with a real bank and real
-//! wallets. The browser tests take the screenshots in docs/screenshots/.
+//! wallets. The browser tests take the screenshots in docs/screenshots/ (with
+//! `PAYME_SCREENSHOTS=1`; see [`Chrome::screenshot`]).
 //!
 //! Without Chromium and chromedriver these tests fail under CI and say SKIP loudly
 //! elsewhere ([`payme_tests::browser_harness`]).
