@@ -178,3 +178,49 @@ fn the_window_is_off_when_configured_so() {
     assert!(!ok, "{v}");
     assert!(v.to_string().contains("off"), "{v}");
 }
+
+#[test]
+fn payme_wallet_ui_hands_the_browser_a_login_link_that_works() {
+    let bank = TestBank::start();
+    let w = TestWallet::start("alice", "127.0.0.2", &bank, None, |c| c);
+    // A "browser" that writes down the address it was given.
+    let dir = tempfile::tempdir().unwrap();
+    let (script, given) = (dir.path().join("browser"), dir.path().join("given"));
+    std::fs::write(&script, format!("#!/bin/sh\necho \"$1\" > {}.tmp && mv {0}.tmp {0}\n", given.display())).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new(payme_tests::wallet_harness::bin())
+        .arg("--data-dir")
+        .arg(w.dir.path())
+        .arg("ui")
+        .env("BROWSER", &script)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("opening in your browser") && !said.contains("token="),
+        "the link goes to the browser only: {said}"
+    );
+    let mut url = String::new();
+    for _ in 0..200 {
+        url = std::fs::read_to_string(&given).unwrap_or_default().trim().to_owned();
+        if !url.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let rest = url.strip_prefix("http://").unwrap_or_else(|| panic!("no link given to the browser: {url:?}"));
+    let (addr, path) = rest.split_once('/').unwrap();
+    let r = http(addr, "GET", &format!("/{path}"), &[("Host", addr)], "");
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(r.header("set-cookie").is_some());
+    // --print: the link on the terminal instead.
+    let out = std::process::Command::new(payme_tests::wallet_harness::bin())
+        .arg("--data-dir")
+        .arg(w.dir.path())
+        .args(["ui", "--print"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(&format!("http://{addr}/login?token=")), "{said}");
+}
