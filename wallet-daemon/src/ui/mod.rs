@@ -214,7 +214,7 @@ async fn answer(State(w): State<Arc<Wallet>>, headers: HeaderMap, body: Bytes) -
     match ctl(&w, req).await {
         Ok(_) => see_other("/"),
         // Gone meanwhile (answered elsewhere, or timed out): the list says what is left.
-        Err(e) => pages::outcome(&w, &s, "Request", Err(e)),
+        Err(e) => pages::answer_failed(&s, &e),
     }
 }
 
@@ -301,7 +301,7 @@ async fn exchange(State(w): State<Arc<Wallet>>, headers: HeaderMap, body: Bytes)
 
 async fn merchants(State(w): State<Arc<Wallet>>, headers: HeaderMap) -> Response {
     let Some(s) = session_of(&w, &headers) else { return login_needed() };
-    pages::merchants(&w, &s, ctl(&w, Ctl::Merchants).await, None)
+    pages::merchants(&s, ctl(&w, Ctl::Merchants).await, None)
 }
 
 async fn forget(State(w): State<Arc<Wallet>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -311,7 +311,7 @@ async fn forget(State(w): State<Arc<Wallet>>, headers: HeaderMap, body: Bytes) -
     };
     let name = form.get("name").cloned().unwrap_or_default();
     let outcome = ctl(&w, Ctl::Forget { name }).await.map_err(|e| e.text);
-    pages::merchants(&w, &s, ctl(&w, Ctl::Merchants).await, Some(outcome))
+    pages::merchants(&s, ctl(&w, Ctl::Merchants).await, Some(outcome))
 }
 
 async fn policy(State(w): State<Arc<Wallet>>, headers: HeaderMap) -> Response {

@@ -86,23 +86,19 @@ pub fn refusal(status: StatusCode, text: &str) -> Response {
     html_response(status, layout(title, None, None, html! { p { (text) } }))
 }
 
-/// The outcome of an action, as a page (when no page of its own shows it).
-pub fn outcome(w: &Wallet, s: &Session, title: &str, r: Result<Value, WalletError>) -> Response {
-    let _ = w;
-    let body = match r {
-        Ok(_) => html! { p.outcome { "Done." } p { a href="/" { "Back" } } },
-        Err(e) => html! { p.outcome.error { (e.text) } p { a href="/" { "Back to the requests" } } },
-    };
-    html_response(StatusCode::OK, layout(title, Some(s), None, body))
+/// A request that could not be answered (answered meanwhile elsewhere, or timed out).
+pub fn answer_failed(s: &Session, e: &WalletError) -> Response {
+    let body = html! { p.outcome.error { (e.text) } p { a href="/" { "Back to the requests" } } };
+    html_response(StatusCode::OK, layout("Request", Some(s), None, body))
 }
 
 fn error_block(e: &WalletError) -> Markup {
     html! { p.outcome.error { "The wallet could not answer: " (e.text) } }
 }
 
-fn outcome_block(o: &Result<Value, String>) -> Markup {
+fn outcome_block(w: &Wallet, o: &Result<Value, String>) -> Markup {
     match o {
-        Ok(v) => html! { p.outcome { "Done" @if let Some(a) = v["amount"].as_u64() { ": " (a) " minor units" } "." } },
+        Ok(v) => html! { p.outcome { "Done" @if let Some(a) = v["amount"].as_u64() { ": " (money(w, a)) } "." } },
         Err(e) => html! { p.outcome.error { (e) } },
     }
 }
@@ -256,7 +252,7 @@ pub fn money_page(
         }
     };
     let body = html! {
-        @if let Some(o) = &done { (outcome_block(o)) }
+        @if let Some(o) = &done { (outcome_block(w, o)) }
         @match &balance {
             Ok(b) => {
                 p { "Available: " strong #available { (money(w, b["total_available"].as_u64().unwrap_or(0))) } }
@@ -307,13 +303,7 @@ pub fn money_page(
 }
 
 /// Shops whose keys this wallet remembers.
-pub fn merchants(
-    w: &Wallet,
-    s: &Session,
-    m: Result<Value, WalletError>,
-    done: Option<Result<Value, String>>,
-) -> Response {
-    let _ = w;
+pub fn merchants(s: &Session, m: Result<Value, WalletError>, done: Option<Result<Value, String>>) -> Response {
     let list = m.as_ref().ok().and_then(|v| v.as_array()).cloned().unwrap_or_default();
     let body = html! {
         @if let Some(o) = &done {
@@ -415,8 +405,7 @@ pub fn pay(w: &Wallet, s: &Session, t: &Terms) -> Response {
 }
 
 /// A purchase that did not happen, in plain words, with the way back to the shop.
-pub fn pay_failed(w: &Wallet, s: &Session, why: &str, url: Option<&str>) -> Response {
-    let _ = w;
+pub fn pay_failed(s: &Session, why: &str, url: Option<&str>) -> Response {
     let back = url.filter(|u| u.starts_with("http://") || u.starts_with("https://"));
     let body = html! {
         p.outcome.error #why { (why) }

@@ -101,7 +101,7 @@ pub async fn review(State(w): State<Arc<Wallet>>, headers: HeaderMap, Query(q): 
     };
     let c = match check(&w, url, offer) {
         Ok(c) => c,
-        Err(e) => return pages::pay_failed(&w, &s, &e, Some(url)),
+        Err(e) => return pages::pay_failed(&s, &e, Some(url)),
     };
     let pinned = {
         let key = c.origin.as_str().to_owned();
@@ -111,7 +111,7 @@ pub async fn review(State(w): State<Arc<Wallet>>, headers: HeaderMap, Query(q): 
         Ok(Some(fp)) if fp == c.keys.fingerprint.to_string() => pages::Standing::Known,
         Ok(Some(_)) => pages::Standing::Changed,
         Ok(None) => pages::Standing::New,
-        Err(e) => return pages::pay_failed(&w, &s, &format!("The wallet's database failed: {e}"), Some(url)),
+        Err(e) => return pages::pay_failed(&s, &format!("The wallet's database failed: {e}"), Some(url)),
     };
     let terms = pages::Terms {
         url: &c.url,
@@ -138,21 +138,21 @@ pub async fn pay(State(w): State<Arc<Wallet>>, headers: HeaderMap, body: Bytes) 
     };
     let c = match check(&w, url, offer) {
         Ok(c) => c,
-        Err(e) => return pages::pay_failed(&w, &s, &e, Some(url)),
+        Err(e) => return pages::pay_failed(&s, &e, Some(url)),
     };
     tracing::info!(origin = %c.origin, amount = %c.offer.body.amount, "paying in band, approved in the wallet window");
     let paid = crate::inband::pay_url_approved(&w, &c.url, None, Some(offer)).await;
     let payment = match paid {
         Ok(v) => v["payment"].as_i64(),
-        Err(e) => return pages::pay_failed(&w, &s, &e.text, Some(url)),
+        Err(e) => return pages::pay_failed(&s, &e.text, Some(url)),
     };
     // Free (no offer): the item itself is at its address.
     let Some(id) = payment else { return super::see_other(&c.url) };
     match super::ctl(&w, crate::control::Request::Receipt { id }).await {
         Ok(r) => match r["receipt"].as_str() {
             Some(receipt) => super::see_other(&pages::reopen_link(&c.url, receipt)),
-            None => pages::pay_failed(&w, &s, "Paid, but the receipt is missing; see the history.", Some(url)),
+            None => pages::pay_failed(&s, "Paid, but the receipt is missing; see the history.", Some(url)),
         },
-        Err(e) => pages::pay_failed(&w, &s, &e.text, Some(url)),
+        Err(e) => pages::pay_failed(&s, &e.text, Some(url)),
     }
 }
