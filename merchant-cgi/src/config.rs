@@ -11,6 +11,10 @@
 //! origin = "https://shop.example" # named in in-band offers (HTTP 402); recommended:
 //!                               # else from the CGI variables (SERVER_NAME may be the
 //!                               # client's Host header)
+//! currency = "€"                # prices read "€2.50"; a code reads "2.50 EUR"
+//! currency_digits = 2           # decimal digits of the minor unit (2: prices are cents)
+//! wallet_ui = "http://127.0.0.1:8002" # the buyer's wallet window: "Pay with payme"
+//!                               # links to its pay page; "" for no such link
 //!
 //! [[item]]
 //! id = "paper"
@@ -54,6 +58,16 @@ pub struct Config {
     /// the request's Host header; set it in production.
     #[serde(default)]
     pub origin: Option<String>,
+    /// How prices read: the currency's symbol ("€", written before the number) or code
+    /// ("EUR", written after it), and the decimal digits of its minor unit.
+    #[serde(default = "default_currency")]
+    pub currency: String,
+    #[serde(default = "default_digits")]
+    pub currency_digits: u8,
+    /// The buyer's wallet window (`payme-wallet ui`), where the item page's "Pay with
+    /// payme" link leads, with the shop's offer; empty: no such link.
+    #[serde(default = "default_wallet_ui")]
+    pub wallet_ui: String,
     #[serde(rename = "item", default)]
     pub items: Vec<Item>,
 }
@@ -76,6 +90,17 @@ fn default_shop() -> String {
 }
 fn default_port() -> u16 {
     8001
+}
+fn default_currency() -> String {
+    "EUR".into()
+}
+fn default_digits() -> u8 {
+    2
+}
+/// Where a buyer's wallet window listens unless they moved it (the wallet's `ui.listen`).
+pub const DEFAULT_WALLET_UI: &str = "http://127.0.0.1:8002";
+fn default_wallet_ui() -> String {
+    DEFAULT_WALLET_UI.into()
 }
 /// The default wait: the wallet's default consent window (45 s) and collect deadline
 /// (55 s), plus room for the bank.
@@ -105,6 +130,12 @@ impl Config {
                 )));
             }
         }
+        if !c.wallet_ui.is_empty() && crate::origin_of_url(&c.wallet_ui).is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "wallet_ui {:?}: give the wallet window's address, as \"{DEFAULT_WALLET_UI}\", or \"\"",
+                c.wallet_ui
+            )));
+        }
         for i in &c.items {
             if i.file.is_some() == i.body.is_some() {
                 return Err(ConfigError::Invalid(format!("item {:?}: give exactly one of file and body", i.id)));
@@ -122,12 +153,25 @@ impl Config {
         Ok(c)
     }
 
+    /// `minor` units as a buyer reads a price: "€0.37", "0.37 EUR".
+    pub fn price(&self, minor: u64) -> String {
+        pmtp_proto::Amount::new(minor).in_units(self.currency_digits, &self.currency)
+    }
+
     pub fn item(&self, id: &str) -> Option<&Item> {
         self.items.iter().find(|i| i.id == id)
     }
 }
 
 impl Item {
+    /// Whether the item can be read now (its file opens), before a page promises it.
+    pub fn readable(&self) -> bool {
+        match &self.file {
+            Some(f) => std::fs::File::open(f).is_ok(),
+            None => true,
+        }
+    }
+
     /// The item's bytes, read when it is sold.
     pub fn content(&self) -> std::io::Result<Vec<u8>> {
         match (&self.file, &self.body) {

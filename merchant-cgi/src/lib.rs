@@ -213,9 +213,18 @@ pub fn log(line: &str) {
     eprintln!("payme-cgi: {escaped}");
 }
 
+/// The look of every page: one readable column, on a phone too.
+const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:40em;margin:0 auto;padding:1em;line-height:1.45;color:#1b1b1b}\
+.price{font-size:1.5em;font-weight:bold}.order,.fingerprint{font-family:monospace;word-break:break-all}\
+button,.pay{display:inline-block;font-size:1.05em;padding:.5em 1.2em;border-radius:4px;border:1px solid #555;background:#20394f;color:#fff;text-decoration:none}\
+button:disabled{background:#888}.receipt{border:1px solid #ccc;border-radius:6px;padding:.5em 1em}\
+.countdown{font-weight:bold}input{font-size:1em}";
+
 fn page(status: u16, reason: &'static str, title: &str, body_html: &str) -> Response {
     let html = format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title></head>\n<body>\n<h1>{t}</h1>\n{body_html}\n</body></html>\n",
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{t}</title><style>{STYLE}</style></head>\n<body>\n<h1>{t}</h1>\n{body_html}\n</body></html>\n",
         t = html_escape(title)
     );
     Response {
@@ -227,6 +236,11 @@ fn page(status: u16, reason: &'static str, title: &str, body_html: &str) -> Resp
         ],
         body: html.into_bytes(),
     }
+}
+
+/// The way back to an item's page, for every page that did not deliver it.
+fn back_to(action: &str, what: &str) -> String {
+    format!("<p><a href=\"{}\">{}</a></p>", html_escape(action), html_escape(what))
 }
 
 fn item_url(req: &Request, id: &str) -> String {
@@ -321,10 +335,6 @@ pub fn handle(req: &Request, stdin: &mut dyn Read, config: &Config, wallet: &dyn
     }
 }
 
-fn price(p: u64) -> String {
-    format!("{p}")
-}
-
 /// The form that takes a receipt back: for a buyer whose page gave up before their
 /// wallet paid, or who lost the item.
 fn receipt_form(action: &str) -> String {
@@ -342,7 +352,7 @@ fn show(req: &Request, config: &Config, wallet: &dyn Collector) -> Response {
                 "<li><a href=\"{}\">{}</a>: {}</li>\n",
                 html_escape(&item_url(req, &i.id)),
                 html_escape(&i.description),
-                price(i.price)
+                html_escape(&config.price(i.price))
             ));
         }
         list.push_str("</ul>");
@@ -392,23 +402,39 @@ fn show(req: &Request, config: &Config, wallet: &dyn Collector) -> Response {
         None => return no_origin(),
     };
     let action = item_url(req, &item.id);
-    let pay_line = match &origin {
-        Some(o) => format!(
-            "<p>Or pay from a shell: <code>payme-wallet pay {}</code></p>\n",
-            html_escape(&format!("{o}{}", req.resource))
-        ),
+    let url = origin.as_ref().map(|o| format!("{o}{}", req.resource));
+    let pay_line = match &url {
+        Some(u) => format!("<p>Or pay from a shell: <code>payme-wallet pay {}</code></p>\n", html_escape(u)),
         None => String::new(),
     };
+    // In band from the browser: the buyer's wallet window shows this offer, and once the
+    // buyer approves there, their wallet pays the shop itself and comes back here.
+    let pay_link = match (&url, &offer) {
+        (Some(u), Some(o)) if !config.wallet_ui.is_empty() => format!(
+            "<p><a class=\"pay\" id=\"pay-with-payme\" href=\"{}\">Pay with payme</a></p>\n\
+             <p>Opens your payme wallet's window to approve; your wallet pays the shop itself and brings you back to the item.</p>\n\
+             <p>Or let the shop ask your wallet (it must accept connections from this shop):</p>\n",
+            html_escape(&wallet_pay_link(&config.wallet_ui, u, o))
+        ),
+        _ => String::new(),
+    };
     let body = format!(
-        "<p>{desc}</p>\n<p>Price: {price}</p>\n<p>Order <strong class=\"order\">{short}</strong>, from {shop_name} (key fingerprint <code class=\"fingerprint\">{fp}</code>).</p>\n<form method=\"post\" action=\"{action}\">\n<input type=\"hidden\" name=\"order\" value=\"{order}\">\n{address_field}<p><button type=\"submit\">Buy with payme</button></p>\n</form>\n<p>Your payme wallet will ask you to approve the payment: check that it names order {short} and this shop's address.</p>\n{pay_line}<p>Paid already? Your receipt (<code>payme-wallet receipt ID</code>) gets the item again:</p>\n{claim}",
+        "<p>{desc}</p>\n<p>Price: <span class=\"price\">{price}</span></p>\n\
+         <p>Order <strong class=\"order\">{short}</strong>, from {shop_name} (key fingerprint <code class=\"fingerprint\">{fp}</code>).</p>\n\
+         {pay_link}<form class=\"buy\" method=\"post\" action=\"{action}\">\n<input type=\"hidden\" name=\"order\" value=\"{order}\">\n\
+         {address_field}<p><button type=\"submit\" id=\"buy\">Buy with payme</button></p>\n\
+         <p class=\"countdown\" id=\"waiting\" hidden></p>\n</form>\n\
+         <p>Your payme wallet will ask you to approve the payment: check that it names order {short} and this shop's address.</p>\n\
+         {pay_line}<p>Paid already? Your receipt (<code>payme-wallet receipt ID</code>) gets the item again:</p>\n{claim}\n{waiting}",
         desc = html_escape(&item.description),
-        price = price(item.price),
+        price = html_escape(&config.price(item.price)),
         short = html_escape(&order.short()),
         shop_name = html_escape(&shop.name),
         fp = html_escape(&shop.fingerprint),
         action = html_escape(&action),
         order = html_escape(&order.hex()),
         claim = receipt_form(&action),
+        waiting = waiting_script(config.timeout_secs),
     );
     let mut r = if req.browser {
         page(200, "OK", &item.description, &body)
@@ -419,6 +445,27 @@ fn show(req: &Request, config: &Config, wallet: &dyn Collector) -> Response {
         r.headers.push((PAYMENT_REQUIRED.into(), o));
     }
     r
+}
+
+/// The buyer's wallet window's pay page for `url` and its `offer` (`PAYMENT-REQUIRED`).
+pub fn wallet_pay_link(wallet_ui: &str, url: &str, offer: &str) -> String {
+    let query =
+        form_urlencoded::Serializer::new(String::new()).append_pair("url", url).append_pair("offer", offer).finish();
+    format!("{}/pay?{query}", wallet_ui.trim_end_matches('/'))
+}
+
+/// While the shop asks the buyer's wallet (the POST is answered only once the wallet has
+/// paid or refused), the Buy button is disabled and a countdown shows the time left.
+/// Without JavaScript the page works the same, with the browser's own loading sign.
+fn waiting_script(secs: u64) -> String {
+    format!(
+        "<script>\n(function () {{\n  var form = document.querySelector('form.buy');\n  if (!form) return;\n  \
+         form.addEventListener('submit', function () {{\n    var button = document.getElementById('buy');\n    \
+         var out = document.getElementById('waiting');\n    button.disabled = true;\n    button.textContent = 'Waiting for your wallet';\n    \
+         out.hidden = false;\n    var left = {secs};\n    (function tick() {{\n      \
+         out.textContent = 'Approve the payment in your payme wallet: ' + left + ' s left.';\n      \
+         if (left-- > 0) setTimeout(tick, 1000);\n    }})();\n  }});\n}})();\n</script>"
+    )
 }
 
 /// Response header of a 402: the merchant's signed offer (as pmtp-proto's `http`).
@@ -474,8 +521,13 @@ fn settle(req: &Request, id: &str, payment: &str, config: &Config, wallet: &dyn 
     let Some(item) = config.item(id) else { return no_item(id) };
     let refused = |code: u16, label: &str| {
         let (status, reason) = refusal_status(code);
-        let mut r =
-            page(status, reason, "Payment not accepted", &format!("<p>{}</p>", html_escape(settle_refusal_text(code))));
+        let back = back_to(&item_url(req, &item.id), "Back to the item");
+        let mut r = page(
+            status,
+            reason,
+            "Payment not accepted",
+            &format!("<p>{}</p>\n{back}", html_escape(settle_refusal_text(code))),
+        );
         let plain =
             !label.is_empty() && label.len() <= 40 && label.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
         let label = if plain { label } else { "refused" };
@@ -610,7 +662,12 @@ fn buy(
     let action = item_url(req, &item.id);
     let order_line = format!("<p>Order <strong class=\"order\">{}</strong>.</p>", html_escape(&order.short()));
     match wallet.collect(&purchase) {
-        Outcome::Paid { payment } => deliver(item, order, Some(payment)),
+        // A browser gets the receipt and a link to the item (which the receipt re-opens
+        // until the order expires); a program gets the item itself.
+        Outcome::Paid { payment, receipt } if req.browser && is_header_token(&receipt) && item.readable() => {
+            delivered(item, order, payment, &receipt, &action, config)
+        }
+        Outcome::Paid { payment, .. } => deliver(item, order, Some(payment)),
         Outcome::Refused { label, reason } => {
             log(&format!("order {} from {buyer}: not paid: {label}: {reason}", order.short()));
             page(
@@ -632,14 +689,49 @@ fn buy(
                 "Payment Required",
                 "Payment not confirmed yet",
                 &format!(
-                    "{order_line}\n<p>Your wallet has not paid yet, and this page stopped waiting. If your wallet still pays order {short} (you approve it late, or it completes), its receipt gets you the item until the order expires: run <code>payme-wallet history</code> to find the payment for order {short}, then <code>payme-wallet receipt ID</code>, and paste the receipt here:</p>\n{}",
+                    "{order_line}\n<p>Your wallet has not paid yet, and this page stopped waiting. If your wallet still pays order {short} (you approve it late, or it completes), its receipt gets you the item until the order expires: run <code>payme-wallet history</code> to find the payment for order {short}, then <code>payme-wallet receipt ID</code>, and paste the receipt here:</p>\n{}\n{}",
                     receipt_form(&action),
+                    back_to(&action, "Back to the item"),
                     short = html_escape(&order.short()),
                 ),
             )
         }
         Outcome::WalletDown(e) => wallet_down(&e),
     }
+}
+
+/// The page a browser gets once it has paid: the receipt, and the link that opens the item
+/// (its address with the receipt, good until the order expires).
+fn delivered(
+    item: &config::Item,
+    order: OrderId,
+    payment: i64,
+    receipt: &str,
+    action: &str,
+    config: &Config,
+) -> Response {
+    let sep = if action.contains('?') { '&' } else { '?' };
+    let open = format!("{action}{sep}receipt={receipt}");
+    let mut r = page(
+        200,
+        "OK",
+        "Paid: thank you",
+        &format!(
+            "<p>{desc}</p>\n<p><a class=\"pay\" id=\"open-item\" href=\"{open}\">Open the item</a></p>\n\
+             <div class=\"receipt\"><h2>Receipt</h2>\n<p>Payment number <strong id=\"payment\">{payment}</strong><br>\n\
+             Amount <strong class=\"price\">{price}</strong><br>\nOrder <strong class=\"order\">{short}</strong><br>\n\
+             From {shop}</p></div>\n\
+             <p>Keep this page's link to the item: it opens the item again until the order expires. Your wallet keeps the receipt too (<code>payme-wallet history</code>).</p>",
+            desc = html_escape(&item.description),
+            open = html_escape(&open),
+            price = html_escape(&config.price(item.price)),
+            short = html_escape(&order.short()),
+            shop = html_escape(&config.shop_name),
+        ),
+    );
+    r.headers.push(("X-Payme-Order".into(), order.hex()));
+    r.headers.push(("X-Payme-Payment".into(), payment.to_string()));
+    r
 }
 
 /// The item's bytes, paid now (`payment`) or re-opened by a receipt.
@@ -792,7 +884,7 @@ mod tests {
     }
 
     fn paid() -> Recorder {
-        with(Outcome::Paid { payment: 9 })
+        with(Outcome::Paid { payment: 9, receipt: "ab12".into() })
     }
 
     fn config_with(extra: &str) -> Config {
@@ -1075,7 +1167,17 @@ mod tests {
         assert_eq!(r.status, 200);
         assert!(r.headers.contains(&("Content-Type".into(), "text/html; charset=utf-8".into())));
         let page = html(&r);
-        assert!(page.contains("<form method=\"post\" action=\"/cgi-bin/payme-cgi/paper\">"), "{page}");
+        assert!(page.contains("<form class=\"buy\" method=\"post\" action=\"/cgi-bin/payme-cgi/paper\">"), "{page}");
+        assert!(page.contains("<span class=\"price\">0.37 EUR</span>"), "the price in the currency: {page}");
+        assert!(page.contains("name=\"viewport\""), "readable on a phone: {page}");
+        assert!(page.contains("id=\"waiting\" hidden"), "the countdown shows only while waiting: {page}");
+        let link = page.split("id=\"pay-with-payme\" href=\"").nth(1).unwrap().split('"').next().unwrap();
+        let link = link.replace("&amp;", "&");
+        let (base, query) = link.split_once('?').unwrap();
+        assert_eq!(base, "http://127.0.0.1:8002/pay", "the buyer's wallet window");
+        let q = parse_form(query);
+        assert_eq!(q["url"], "http://shop.example:8080/cgi-bin/payme-cgi/paper");
+        assert_eq!(Some(q["offer"].as_str()), header(&r, PAYMENT_REQUIRED), "the link carries the page's offer");
         assert!(page.contains("The &lt;PayMe&gt; paper"), "escaped: {page}");
         assert!(page.contains("SHA256:ab&lt;cd&gt;"), "the shop key's fingerprint, escaped: {page}");
         let hidden = page.split("name=\"order\" value=\"").nth(1).unwrap();
@@ -1090,9 +1192,28 @@ mod tests {
     }
 
     #[test]
-    fn post_collects_the_pages_order_from_remote_addr() {
+    fn a_browser_that_paid_gets_the_receipt_and_a_link_to_the_item() {
         let w = paid();
         let r = post("/paper", &format!("order={ORDER}"), &config(), &w);
+        assert_eq!(r.status, 200);
+        let page = html(&r);
+        assert!(page.contains("<strong id=\"payment\">9</strong>"), "the payment number: {page}");
+        assert!(page.contains("<strong class=\"price\">0.37 EUR</strong>"), "the amount: {page}");
+        assert!(page.contains("href=\"/cgi-bin/payme-cgi/paper?receipt=ab12\""), "the link that re-opens: {page}");
+        assert!(page.contains("Bob&#39;s &lt;Books&gt;"), "the shop, escaped: {page}");
+        let mut euro = config();
+        euro.currency = "€".into();
+        assert!(html(&post("/paper", &format!("order={ORDER}"), &euro, &w)).contains("€0.37"));
+    }
+
+    #[test]
+    fn post_collects_the_pages_order_from_remote_addr() {
+        let w = paid();
+        let mut rq = req("POST", "/paper");
+        rq.browser = false;
+        let form = format!("order={ORDER}");
+        rq.content_length = Some(form.len());
+        let r = handle(&rq, &mut form.as_bytes(), &config(), &w);
         assert_eq!((r.status, r.body.as_slice()), (200, &b"%PDF-bytes"[..]));
         assert!(r.headers.contains(&("Content-Type".into(), "application/pdf".into())));
         assert!(r.headers.contains(&("X-Payme-Order".into(), ORDER.into())));

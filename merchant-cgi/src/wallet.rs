@@ -29,15 +29,12 @@ pub struct Purchase {
 /// The outcome of a collection attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Paid {
-        payment: i64,
-    },
+    /// Paid: the merchant wallet's payment number, and the receipt (hex) that re-opens the
+    /// item.
+    Paid { payment: i64, receipt: String },
     /// The buyer's side: refused, no money, their wallet unreachable, timed out. `reason`
     /// is for the shop's log only (it may quote the buyer's wallet or the OS).
-    Refused {
-        label: String,
-        reason: String,
-    },
+    Refused { label: String, reason: String },
     /// This program stopped waiting; the merchant's wallet goes on, and may still be paid
     /// (the buyer's receipt then re-opens the item).
     GaveUp,
@@ -175,7 +172,10 @@ impl Collector for WalletSocket<'_> {
         }
         let r = &v["result"];
         match r["outcome"].as_str() {
-            Some("paid") => Outcome::Paid { payment: r["payment"].as_i64().unwrap_or(0) },
+            Some("paid") => Outcome::Paid {
+                payment: r["payment"].as_i64().unwrap_or(0),
+                receipt: r["receipt"].as_str().unwrap_or("").to_owned(),
+            },
             _ => Outcome::Refused {
                 label: r["label"].as_str().unwrap_or("refused").to_owned(),
                 reason: r["reason"].as_str().unwrap_or("the payment was refused").to_owned(),

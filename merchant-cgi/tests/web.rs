@@ -74,6 +74,13 @@ fn post(web: &WebServer, from: IpAddr, item: &str, form: String) -> std::thread:
     std::thread::spawn(move || http(&addr, "POST", &path, Some(&form), Some(from)))
 }
 
+/// Follows the "Open the item" link of the page a browser gets once it has paid.
+fn open_item(web: &WebServer, delivered: &web_harness::HttpResponse, from: IpAddr) -> web_harness::HttpResponse {
+    let text = delivered.text();
+    let href = text.split("id=\"open-item\" href=\"").nth(1).expect("a link to the item").split('"').next().unwrap();
+    http(&web.addr, "GET", &href.replace("&amp;", "&"), None, Some(from))
+}
+
 /// Opens `item`'s page and buys it from `buyer`'s wallet (its port in the form), answering
 /// the prompt with `answer` when given. Returns (the page's order, the response).
 fn buy(web: &WebServer, buyer: &TestWallet, item: &str, answer: Option<&str>) -> (String, web_harness::HttpResponse) {
@@ -124,8 +131,14 @@ fn shop_under(kind: Kind) {
     buyer.ok(&["approve", &p["id"].to_string()]);
     let r = job.join().unwrap();
     assert_eq!(web.status_of(&r), 200, "{}", r.text());
-    assert_eq!(r.header("Content-Type"), Some("application/octet-stream"));
+    // The browser gets its receipt (payment number, amount) and the link to the item.
+    assert_eq!(r.header("Content-Type"), Some("text/html; charset=utf-8"));
     assert_eq!(r.header("X-Payme-Order"), Some(order.as_str()));
+    assert!(r.text().contains("<strong class=\"price\">0.37 EUR</strong>"), "{}", r.text());
+    assert!(r.text().contains("id=\"payment\""), "{}", r.text());
+    let r = open_item(&web, &r, ip(&buyer));
+    assert_eq!(web.status_of(&r), 200, "{}", r.text());
+    assert_eq!(r.header("Content-Type"), Some("application/octet-stream"));
     assert_eq!(r.body, item_bytes(), "the item's exact bytes");
     assert_eq!(buyer.available(), 263);
     // Known merchant under the limit: no question asked.
@@ -290,7 +303,7 @@ fn late_approval_and_double_submission(kind: Kind) {
     buyer.ok(&["approve", &p["id"].to_string()]);
     for r in [first.join().unwrap(), second.join().unwrap()] {
         assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(r.body, item_bytes());
+        assert_eq!(open_item(&web, &r, ip(&buyer)).body, item_bytes());
     }
     buyer.wait_done(2);
     assert_eq!(buyer.available(), 226, "paid once");

@@ -50,6 +50,30 @@ impl Amount {
     }
 }
 
+impl Amount {
+    /// The amount as a person reads it: `digits` decimal digits of minor unit (2: cents),
+    /// and `currency` written before the number when it is a symbol ("€0.37") or after it
+    /// when it is a word or code ("0.37 EUR"); an empty `currency` gives the number alone.
+    pub fn in_units(self, digits: u8, currency: &str) -> String {
+        // 10^19 is the largest power of ten a u64 holds.
+        let digits = u32::from(digits.min(19));
+        let scale = 10u64.pow(digits);
+        let (whole, frac) = (self.0 / scale, self.0 % scale);
+        let number = match digits {
+            0 => whole.to_string(),
+            d => format!("{whole}.{frac:0width$}", width = d as usize),
+        };
+        let c = currency.trim();
+        if c.is_empty() {
+            number
+        } else if c.chars().all(char::is_alphabetic) && c.chars().count() > 1 {
+            format!("{number} {c}")
+        } else {
+            format!("{c}{number}")
+        }
+    }
+}
+
 impl fmt::Display for Amount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
@@ -67,6 +91,17 @@ impl std::str::FromStr for Amount {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn amounts_read_in_the_currency_units() {
+        let a = Amount::new(37);
+        assert_eq!(a.in_units(2, "€"), "€0.37");
+        assert_eq!(a.in_units(2, "EUR"), "0.37 EUR");
+        assert_eq!(Amount::new(1250).in_units(2, "$"), "$12.50");
+        assert_eq!(Amount::new(5).in_units(3, ""), "0.005");
+        assert_eq!(Amount::new(37).in_units(0, "JPY"), "37 JPY");
+        assert_eq!(Amount::new(u64::MAX).in_units(200, "X"), "X1.8446744073709551615");
+    }
 
     #[test]
     fn overflow_and_underflow_are_errors() {

@@ -2,6 +2,7 @@
 //! binaries on loopback addresses with port 0, in temporary directories, and stop them.
 
 pub mod bank_harness;
+pub mod browser_harness;
 pub mod fake_shop;
 pub mod inband;
 pub mod load;

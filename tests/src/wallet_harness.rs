@@ -167,6 +167,8 @@ impl TestWallet {
         assert!(out.status.success(), "bank add: {}", String::from_utf8_lossy(&out.stderr));
         let cfg_path = dir.path().join("config.toml");
         let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+        // The wallet window on a port of its own: test wallets run side by side.
+        let cfg = cfg.replace("listen = \"127.0.0.1:8002\"", "listen = \"127.0.0.1:0\"");
         // Rewritten in place: the file keeps its owner and mode.
         std::fs::write(&cfg_path, edit(cfg)).unwrap();
         TestWallet {
@@ -333,6 +335,30 @@ impl TestWallet {
         panic!("no payment request became pending");
     }
 
+    /// A fresh one-time login link of the wallet window (`payme-wallet ui`): the window's
+    /// host:port and the link's path.
+    pub fn window_link(&self) -> (String, String) {
+        let url = self.ok(&["ui"])["url"].as_str().expect("a login link").to_owned();
+        let rest = url.strip_prefix("http://").expect("an http link");
+        let (addr, path) = rest.split_once('/').expect("a path");
+        (addr.to_owned(), format!("/{path}"))
+    }
+
+    /// Logs a browser (of the test's making) into the wallet window.
+    pub fn window_session(&self) -> WindowSession {
+        let (addr, path) = self.window_link();
+        let r = crate::web_harness::http_exact(&addr, "GET", &path, &[("Host", &addr)], None);
+        assert_eq!(r.status, 303, "login: {}", r.text());
+        let cookie = r.header("Set-Cookie").expect("a session cookie").split(';').next().unwrap().to_owned();
+        let mut w = WindowSession { addr, cookie, csrf: String::new() };
+        let page = w.get("/");
+        assert_eq!(page.status, 200, "{}", page.text());
+        let text = page.text();
+        w.csrf =
+            text.split("name=\"csrf\" value=\"").nth(1).expect("a CSRF token").split('"').next().unwrap().to_owned();
+        w
+    }
+
     /// The port the daemon listens on.
     pub fn port(&self) -> u16 {
         self.addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("a running wallet's address")
@@ -374,5 +400,27 @@ impl Drop for TestWallet {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// A browser logged into a wallet's window: its session cookie and CSRF token.
+pub struct WindowSession {
+    /// The window's host:port.
+    pub addr: String,
+    /// `name=value` of the session cookie.
+    pub cookie: String,
+    pub csrf: String,
+}
+
+impl WindowSession {
+    /// GET `path` with the session, as the browser would send it.
+    pub fn get(&self, path: &str) -> crate::web_harness::HttpResponse {
+        crate::web_harness::http_exact(&self.addr, "GET", path, &[("Host", &self.addr), ("Cookie", &self.cookie)], None)
+    }
+
+    /// POST `form` (urlencoded, the CSRF token not added) to `path` with the session.
+    pub fn post(&self, path: &str, form: &str) -> crate::web_harness::HttpResponse {
+        let headers = [("Host", self.addr.as_str()), ("Cookie", self.cookie.as_str())];
+        crate::web_harness::http_exact(&self.addr, "POST", path, &headers, Some(form))
     }
 }

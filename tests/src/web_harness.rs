@@ -338,17 +338,59 @@ impl HttpResponse {
     }
 }
 
+/// The item [`paper_shop`] sells: text, so a browser shows it.
+pub const PAPER: &str = "The PayMe paper, paid for.";
+
+/// A shop (payme-cgi under lighttpd) selling `paper` for 37 minor units from `merchant`'s
+/// wallet, its "Pay with payme" links leading to `wallet_ui`, with `extra` settings.
+pub fn paper_shop(
+    merchant: &crate::wallet_harness::TestWallet,
+    wallet_ui: &str,
+    extra: &str,
+) -> (tempfile::TempDir, WebServer) {
+    let dir = shop_dir();
+    let cfg = dir.path().join("cgi.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "control_socket = \"{sock}\"\nshop_name = \"Bob's <Books>\"\ntimeout_secs = 60\nwallet_ui = \"{wallet_ui}\"\n{extra}\n\n\
+             [[item]]\nid = \"paper\"\nprice = 37\ndescription = \"The PayMe paper\"\n\
+             content_type = \"text/plain; charset=utf-8\"\nbody = \"{PAPER}\"\n",
+            sock = merchant.dir.path().join("control.sock").display(),
+        ),
+    )
+    .unwrap();
+    let web = WebServer::start(Kind::Lighttpd, &cgi_bin(), &cfg);
+    (dir, web)
+}
+
 /// One HTTP/1.0 request as a browser sends it (read to the end, at most 90 s), from
 /// `bind` when given.
 pub fn http(addr: &str, method: &str, path: &str, form: Option<&str>, bind: Option<IpAddr>) -> HttpResponse {
-    let mut s = match bind {
+    let s = match bind {
         Some(ip) => connect_from(ip, addr),
         None => TcpStream::connect(addr).unwrap(),
     };
+    // A browser's request: the shop answers an item page with 200 (a program gets 402).
+    let head = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\nAccept: text/html\r\n");
+    exchange(s, head, form)
+}
+
+/// One HTTP/1.1 request with exactly the headers given, Host included (for servers that
+/// check them), read to the end.
+pub fn http_exact(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], form: Option<&str>) -> HttpResponse {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    exchange(TcpStream::connect(addr).unwrap(), head, form)
+}
+
+/// Sends the request `head` (its header lines) with `form` as its body, and reads the
+/// answer to the end (at most 90 s).
+fn exchange(mut s: TcpStream, mut req: String, form: Option<&str>) -> HttpResponse {
     s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
     let body = form.unwrap_or("");
-    // A browser's request: the shop answers an item page with 200 (a program gets 402).
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\nAccept: text/html\r\n");
     if form.is_some() {
         req.push_str(&format!("Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n", body.len()));
     }

@@ -71,6 +71,8 @@ fn the_readme_walkthrough_runs_top_to_bottom() {
         .env("PATH", path)
         .env("HOME", home.path())
         .env("LANG", "C.UTF-8")
+        // Alice's wallet window on a free port too (the shop's has none: `--ui none`).
+        .env("PAYME_WALLET_UI", "127.0.0.1:0")
         .output()
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

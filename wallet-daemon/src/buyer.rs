@@ -213,6 +213,13 @@ pub(crate) async fn wait_for_consent(w: &Arc<Wallet>, q: Question) -> Result<(),
             origin = q.origin.as_deref().unwrap_or(""),
             "payment request waiting for approval (payme-wallet pending / approve / refuse)"
         );
+        // Texts escaped of control characters already (Question's contract).
+        crate::notify::request_waiting(
+            &q.merchant,
+            &q.amount.in_units(w.config.ui.currency_digits, &w.config.ui.currency),
+            &q.description,
+            q.origin.as_deref().unwrap_or(&peer.to_string()),
+        );
         pending.insert(
             id,
             PendingRequest {

@@ -26,6 +26,47 @@ pub struct Config {
     /// After `limits`: the commented example of `merchant.deposit_bank` sits above
     /// `[limits]`, and must stay in the `[merchant]` section when uncommented.
     pub http: Http,
+    /// The wallet window: a web UI for the person ([`crate::ui`]).
+    pub ui: Ui,
+}
+
+/// The wallet window (`payme-wallet ui`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ui {
+    /// A loopback address and port, or `"none"` for no window.
+    pub listen: String,
+    /// How amounts are shown: the currency's symbol ("€") or code ("EUR"), and the decimal
+    /// digits of its minor unit (2: amounts are cents).
+    pub currency: String,
+    pub currency_digits: u8,
+}
+
+/// Where the wallet window listens by default (the PMTP port's neighbour).
+pub const DEFAULT_UI_LISTEN: &str = "127.0.0.1:8002";
+
+impl Default for Ui {
+    fn default() -> Self {
+        Ui { listen: DEFAULT_UI_LISTEN.into(), currency: "EUR".into(), currency_digits: 2 }
+    }
+}
+
+impl Ui {
+    /// The window's address: `None` when `listen` is `"none"`. Only a loopback address is
+    /// accepted: every page the person visits can reach this server, and no other
+    /// computer may.
+    pub fn addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let v = self.listen.trim();
+        if v.eq_ignore_ascii_case("none") {
+            return Ok(None);
+        }
+        match v.parse::<SocketAddr>() {
+            Ok(a) if a.ip().is_loopback() => Ok(Some(a)),
+            _ => Err(ConfigError::Invalid(format!(
+                "ui.listen {v:?}: give a loopback address and port (as \"{DEFAULT_UI_LISTEN}\"), or \"none\""
+            ))),
+        }
+    }
 }
 
 /// The HTTP client of payments in band (`payme-wallet pay URL`).
@@ -189,6 +230,7 @@ impl Default for Config {
             merchant: Merchant::default(),
             http: Http::default(),
             limits: Limits::default(),
+            ui: Ui::default(),
         }
     }
 }
@@ -231,6 +273,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.ui.addr()?;
         if let Some(d) = &self.merchant.deposit_bank {
             if !self.banks.iter().any(|b| &b.id == d && b.account.is_some()) {
                 return Err(ConfigError::Invalid(format!(
@@ -334,6 +377,12 @@ const COMMENTS: &[(&str, &str)] = &[
         "Maintenance rounds that send an unanswered payment to the shop again (it answers the\n\
          same receipt) before its coins are taken back by exchange at their bank.",
     ),
+    (
+        "ui",
+        "The wallet window, a web page for you on this computer (`payme-wallet ui` opens it):\n\
+         where it listens (a loopback address and port, or \"none\"), and how amounts are shown\n\
+         (the currency's symbol or code, and its minor unit's decimal digits).",
+    ),
     ("limits", ""),
     (
         "limits.max_connections_per_ip",
@@ -404,6 +453,17 @@ mod tests {
         assert_eq!(c.limits.net.max_connections_per_ip, 8);
         let err = toml::from_str::<Config>("[limits]\ncommit_batch = 7\n").unwrap_err().to_string();
         assert!(err.contains("unknown field `commit_batch`"), "a bank setting is not a wallet's: {err}");
+    }
+
+    #[test]
+    fn the_wallet_window_listens_on_loopback_only() {
+        let at = |v: &str| Config { ui: Ui { listen: v.into(), ..Ui::default() }, ..Config::default() };
+        assert_eq!(at("127.0.0.1:8002").ui.addr().unwrap(), Some(SocketAddr::from(([127, 0, 0, 1], 8002))));
+        assert!(at("[::1]:0").ui.addr().unwrap().is_some());
+        assert_eq!(at("none").ui.addr().unwrap(), None);
+        for bad in ["0.0.0.0:8002", "192.168.1.2:8002", "[::]:8002", "localhost:8002", ""] {
+            assert!(at(bad).validate().is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

@@ -103,6 +103,8 @@ pub enum Request {
     Receipt {
         id: i64,
     },
+    /// A one-time link that logs a browser into the wallet window (`payme-wallet ui`).
+    UiLogin,
     /// Buyer side: fetch `url`, paying over HTTP 402 if it asks (`payme-wallet pay`). The
     /// body is written to `output` (an absolute path) or returned base64.
     PayUrl {
@@ -242,7 +244,9 @@ fn bank_or_default(w: &Wallet, bank: Option<String>, need_account: bool) -> Resu
     }
 }
 
-async fn handle(w: &Arc<Wallet>, req: Request) -> Result<Value, WalletError> {
+/// Answers one request: the control socket's clients and the wallet window ([`crate::ui`])
+/// both come here.
+pub(crate) async fn handle(w: &Arc<Wallet>, req: Request) -> Result<Value, WalletError> {
     match req {
         Request::Balance => {
             let b = w.db.call(|c, vault| store::balance(c, vault)).await?;
@@ -386,6 +390,13 @@ async fn handle(w: &Arc<Wallet>, req: Request) -> Result<Value, WalletError> {
         Request::Identity => {
             Ok(json!({"name": w.public.name.escaped(), "fingerprint": w.public.fingerprint().to_string()}))
         }
+        Request::UiLogin => match w.ui.login_link() {
+            Some(url) => Ok(json!({"url": url})),
+            None => Err(WalletError::new(
+                ReasonCode::UNEXPECTED_MESSAGE,
+                "the wallet window is off (ui.listen = \"none\" in config.toml)",
+            )),
+        },
         Request::PayUrl { url, output } => crate::inband::pay_url(w, &url, output.map(std::path::PathBuf::from)).await,
         Request::Receipt { id } => {
             let all = history(w).await?;

@@ -77,6 +77,19 @@ fn fetcher(w: &Wallet) -> Result<&Fetcher, WalletError> {
 /// The body goes to `output` (an absolute path, written by the daemon) or back in the
 /// answer, base64.
 pub async fn pay_url(w: &Arc<Wallet>, url: &str, output: Option<PathBuf>) -> Result<Value, WalletError> {
+    pay_url_approved(w, url, output, None).await
+}
+
+/// [`pay_url`], paying `approved` (a `PAYMENT-REQUIRED` value: the offer of the shop's
+/// page that the person approved in the wallet window, [`crate::ui::pay`]) instead of
+/// asking the shop for an offer, and without a question on the pending list. The offer is
+/// checked as any other (signature, the URL's origin, expiry, the pinned key).
+pub async fn pay_url_approved(
+    w: &Arc<Wallet>,
+    url: &str,
+    output: Option<PathBuf>,
+    approved: Option<&str>,
+) -> Result<Value, WalletError> {
     let origin = Origin::of_url(url).map_err(|e| WalletError::new(ReasonCode::MALFORMED, e.to_string()))?;
     if let Some(p) = &output {
         if !p.is_absolute() {
@@ -88,28 +101,13 @@ pub async fn pay_url(w: &Arc<Wallet>, url: &str, output: Option<PathBuf>) -> Res
     if let Some(v) = again(w, url, output.as_deref()).await? {
         return Ok(v);
     }
-    let first = fetcher(w)?.get(url, &[]).await?;
-    match (first.status, first.header(http::PAYMENT_REQUIRED)) {
-        (200, _) => {
-            let mut v = json!({"url": escaped(url), "status": 200, "paid": false});
-            deliver(&mut v, first.body, output.as_deref())?;
-            return Ok(v);
-        }
-        (402, Some(_)) => {}
-        (402, None) => {
-            return Err(WalletError::new(
-                ReasonCode::UNEXPECTED_MESSAGE,
-                format!("{} answered 402 without a payme offer ({} header)", escaped(url), http::PAYMENT_REQUIRED),
-            ))
-        }
-        (status, _) => {
-            return Err(WalletError::new(
-                ReasonCode::UNEXPECTED_MESSAGE,
-                format!("{} answered HTTP {status}{}", escaped(url), redirect_note(&first)),
-            ))
-        }
-    }
-    let header = first.header(http::PAYMENT_REQUIRED).unwrap_or_default().to_owned();
+    let header = match approved {
+        Some(offer) => offer.to_owned(),
+        None => match ask_for_offer(w, url, output.as_deref()).await? {
+            Ok(header) => header,
+            Err(free) => return Ok(free),
+        },
+    };
     let offer: SignedOffer = http::decode(&header).map_err(offer_error)?;
     let keys = http::check_offer(&offer, &origin, w.now()).map_err(offer_error)?;
     let amount = checked_amount(offer.body.amount.minor_units())?;
@@ -128,7 +126,9 @@ pub async fn pay_url(w: &Arc<Wallet>, url: &str, output: Option<PathBuf>) -> Res
     }
     buyer::funds_for(w, amount, &offer.body.accepted_banks).await?;
     let auto = known && policy.auto_approve_limit > 0 && amount.minor_units() <= policy.auto_approve_limit;
-    if !auto {
+    // The person approved this very offer in the wallet window.
+    let given = approved.is_some();
+    if !auto && !given {
         let question = buyer::Question {
             merchant: keys.name.escaped(),
             fingerprint: keys.fingerprint.to_string(),
@@ -220,6 +220,32 @@ pub async fn pay_url(w: &Arc<Wallet>, url: &str, output: Option<PathBuf>) -> Res
                 ),
             ))
         }
+    }
+}
+
+/// GETs `url` for its offer: `Ok(Ok(offer))` for a 402 with one, `Ok(Err(answer))` for a
+/// free resource (delivered already).
+async fn ask_for_offer(
+    w: &Arc<Wallet>,
+    url: &str,
+    output: Option<&Path>,
+) -> Result<Result<String, Value>, WalletError> {
+    let first = fetcher(w)?.get(url, &[]).await?;
+    match (first.status, first.header(http::PAYMENT_REQUIRED)) {
+        (200, _) => {
+            let mut v = json!({"url": escaped(url), "status": 200, "paid": false});
+            deliver(&mut v, first.body, output)?;
+            Ok(Err(v))
+        }
+        (402, Some(offer)) => Ok(Ok(offer.to_owned())),
+        (402, None) => Err(WalletError::new(
+            ReasonCode::UNEXPECTED_MESSAGE,
+            format!("{} answered 402 without a payme offer ({} header)", escaped(url), http::PAYMENT_REQUIRED),
+        )),
+        (status, _) => Err(WalletError::new(
+            ReasonCode::UNEXPECTED_MESSAGE,
+            format!("{} answered HTTP {status}{}", escaped(url), redirect_note(&first)),
+        )),
     }
 }
 

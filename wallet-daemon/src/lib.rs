@@ -17,6 +17,8 @@
 //!   merchant and ops, which never call it.
 //! - [`peer`]: the PMTP listener for other wallets.
 //! - [`control`]: the local control socket (JSON lines) and its client.
+//! - [`ui`]: the wallet window, a web UI on a loopback port of its own; [`notify`]: a
+//!   desktop notification when a payment request waits.
 //!
 //! Banks are reached through `pmtp-client`; the data directory, accept loop, signals,
 //! logs, secrets and SQLite opening are the shared `payme-node`. The wallet links nothing
@@ -30,11 +32,13 @@ pub mod control;
 pub mod fetch;
 pub mod inband;
 pub mod merchant;
+pub mod notify;
 pub mod ops;
 pub mod peer;
 pub mod recovery;
 pub mod settle;
 pub mod store;
+pub mod ui;
 
 pub use payme_node::DataDir;
 use pmtp_client::BankClient;
@@ -119,6 +123,10 @@ pub enum DaemonError {
     Db(#[from] store::DbError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("cannot listen on {addr} for the wallet window (ui.listen): {source}")]
+    UiListen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
     #[error("cannot create {}: {source}", .path.display())]
     Control { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
@@ -217,6 +225,8 @@ pub struct Wallet {
     pub entropy: Arc<dyn pmtp_client::entropy::Entropy>,
     /// The HTTP client of payments in band, made on first use.
     pub fetcher: std::sync::OnceLock<fetch::Fetcher>,
+    /// The wallet window's address, login links and sessions.
+    pub ui: ui::session::Access,
 }
 
 impl Wallet {
@@ -264,6 +274,7 @@ impl Wallet {
             clock: Arc::new(pmtp_client::clock::SystemClock),
             entropy: Arc::new(pmtp_client::entropy::OsEntropy),
             fetcher: std::sync::OnceLock::new(),
+            ui: Default::default(),
         })
     }
 
@@ -366,6 +377,13 @@ pub async fn serve(
         false => None,
     };
     let local = listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    // The wallet window, on loopback only (the config refuses any other address).
+    let ui_listener = match cfg.ui.addr()? {
+        Some(addr) => {
+            Some(tokio::net::TcpListener::bind(addr).await.map_err(|source| DaemonError::UiListen { addr, source })?)
+        }
+        None => None,
+    };
     let socket_path = cfg.control_socket_path(&dir.root);
     let control =
         control::bind(&socket_path).map_err(|source| DaemonError::Control { path: socket_path.clone(), source })?;
@@ -398,6 +416,11 @@ pub async fn serve(
         });
     }
     tracker.spawn(control::serve(w.clone(), control, token.clone(), tracker.clone()));
+    let ui_addr = ui_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    if let (Some(l), Some(addr)) = (ui_listener, ui_addr) {
+        w.ui.set_addr(addr);
+        tracker.spawn(ui::serve(w.clone(), l, token.clone()));
+    }
     {
         // Whoever started the daemon may have closed stdout: that must not stop it.
         use std::io::Write;
@@ -412,6 +435,10 @@ pub async fn serve(
                 writeln!(out, "payme-wallet serving no PMTP listener; control socket {}", socket_path.display())
             }
         };
+        if let Some(addr) = ui_addr {
+            tracing::info!(%addr, "wallet window serving (payme-wallet ui opens it)");
+            let _ = writeln!(out, "payme-wallet window on http://{addr}/ (payme-wallet ui opens it)");
+        }
         let _ = out.flush();
     }
     payme_node::notify::ready();

@@ -72,6 +72,10 @@ enum Command {
         /// for a buyer who pays in band over HTTP (`payme-wallet pay URL`).
         #[arg(long, conflicts_with = "listen")]
         no_listen: bool,
+        /// Where the wallet window listens (a loopback address:port), or `none` for no
+        /// window (config `[ui] listen`; a shop's wallet needs none).
+        #[arg(long, env = "PAYME_WALLET_UI", value_name = "ADDR|none")]
+        ui: Option<String>,
         #[arg(long)]
         passphrase_file: Option<PathBuf>,
     },
@@ -141,6 +145,13 @@ enum Command {
         /// Write the body here (written by the wallet daemon) instead of stdout.
         #[arg(short = 'o', long)]
         output: Option<PathBuf>,
+    },
+    /// Open the wallet window in your browser ($BROWSER, else xdg-open), logged in by a
+    /// one-time link (good for two minutes); the link is printed when no browser starts.
+    Ui {
+        /// Print the link instead of starting a browser.
+        #[arg(long)]
+        print: bool,
     },
     /// Merchant side: ask the wallet at --from for --amount and wait for the outcome.
     Collect {
@@ -311,6 +322,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let json = cli.json;
     let mut receipt_url: Option<String> = None;
     let mut pending_wait: Option<u64> = None;
+    let mut ui_print = false;
     let req = match cli.command {
         Command::Init { name, listen, rsa_bits, passphrase_file } => {
             let public = init(&dir, &name, listen, rsa_bits, passphrase_file)?;
@@ -470,8 +482,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("no wallet in {}", dir.root.display()))?;
             return say(json, text.trim_end(), serde_json::json!({"public_key": text.trim_end()}));
         }
-        Command::Serve { listen, no_listen, passphrase_file } => {
+        Command::Serve { listen, no_listen, ui, passphrase_file } => {
             let mut cfg = load_config(&dir)?;
+            if let Some(ui) = ui {
+                cfg.ui.listen = ui;
+                cfg.validate()?;
+            }
             if let Some(l) = listen {
                 cfg.listen = l;
                 cfg.pmtp_listener = true;
@@ -506,6 +522,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Merchants { action: Some(MerchantsCommand::Forget { name }) } => Request::Forget { name },
         Command::Collect { from, amount, description, order } => {
             Request::Collect { from, amount, description, order, item: None }
+        }
+        Command::Ui { print } => {
+            ui_print = print;
+            Request::UiLogin
         }
         Command::Receipt { id, url } => {
             receipt_url = url;
@@ -545,6 +565,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if json {
                 writeln!(out, "{v}")?;
+            } else if let (Request::UiLogin, Some(url)) = (&req, v["url"].as_str()) {
+                if !ui_print && open_in_browser(url) {
+                    writeln!(out, "the wallet window is opening in your browser")?;
+                } else {
+                    writeln!(out, "open this link in your browser (good once, for two minutes):\n{url}")?;
+                }
             } else if let (Request::PayUrl { .. }, Some(b64)) = (&req, v["body_base64"].as_str()) {
                 // The body, byte for byte, to stdout; what was paid, to stderr.
                 use base64::Engine;
@@ -573,6 +599,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Starts the person's browser on `url`: each command of $BROWSER (colon-separated, as
+/// the convention goes), then xdg-open. False when none could be started.
+fn open_in_browser(url: &str) -> bool {
+    let from_env = std::env::var("BROWSER").unwrap_or_default();
+    let candidates = from_env.split(':').map(str::trim).filter(|c| !c.is_empty()).chain(["xdg-open"]);
+    for c in candidates {
+        let started = std::process::Command::new(c)
+            .arg(url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if started.is_ok() {
+            return true;
+        }
+    }
+    false
 }
 
 /// A string field of a result, for a terminal. The daemon escapes what peers wrote; this

@@ -107,8 +107,12 @@ fn main() {
     buyer.ok(&["approve", &p["id"].to_string()]);
     println!("      alice approves (payme-wallet approve {})", p["id"]);
     let r = job.join().unwrap();
+    let text = r.text();
+    let open = text.split("id=\"open-item\" href=\"").nth(1).and_then(|t| t.split('"').next()).unwrap_or("");
+    println!("      -> HTTP {} (the receipt page: payment number, amount, a link to the item)", web.status_of(&r));
+    let r = http(&web.addr, "GET", &open.replace("&amp;", "&"), None, Some(alice));
     println!(
-        "      -> HTTP {} {}: {} bytes of the item",
+        "      GET the link -> HTTP {} {}: {} bytes of the item",
         web.status_of(&r),
         r.header("Content-Type").unwrap_or(""),
         r.body.len()
