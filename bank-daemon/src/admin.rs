@@ -245,19 +245,22 @@ pub fn account_adjust(
     }
     let mut store = open_store(dir)?;
     let mut tx = store.begin()?;
-    let acct = tx.account(id)?.ok_or_else(|| refused(format!("no account {id}")))?;
-    let (balance, kind) = if credit {
-        (acct.balance.checked_add(amount).map_err(|e| refused(e.to_string()))?, EntryKind::CounterCredit)
+    let balance = if credit {
+        match tx.credit(id, amount, now(), EntryKind::CounterCredit, memo) {
+            Err(StoreError::NoAccount(_)) => return Err(refused(format!("no account {id}"))),
+            Err(StoreError::Range(what)) => return Err(refused(what.to_owned())),
+            other => other?,
+        }
     } else {
-        (
-            acct.balance
-                .checked_sub(amount)
-                .map_err(|_| refused(format!("balance {} is less than {amount}", acct.balance)))?,
-            EntryKind::CounterDebit,
-        )
+        match tx.debit(id, amount, now(), EntryKind::CounterDebit, memo) {
+            Err(StoreError::NoAccount(_)) => return Err(refused(format!("no account {id}"))),
+            Ok(None) => {
+                let have = tx.account(id)?.map(|a| a.balance).unwrap_or_default();
+                return Err(refused(format!("balance {have} is less than {amount}")));
+            }
+            other => other?.unwrap_or_default(),
+        }
     };
-    tx.set_balance(id, balance)?;
-    tx.add_ledger_entry(id, now(), kind, amount, balance, memo)?;
     tx.audit_event(now(), if credit { "credit" } else { "debit" }, &format!("account {id} amount {amount}"))?;
     tx.commit()?;
     Ok(balance)

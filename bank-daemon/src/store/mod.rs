@@ -5,10 +5,20 @@
 //! one transaction while each request still succeeds or fails on its own. Every query a
 //! request makes uses a primary key or an index (see the schema in `sqlite.rs`).
 //!
+//! The transaction speaks in money operations ([`Tx::spend`], [`Tx::issue`], [`Tx::debit`],
+//! [`Tx::credit`], [`Tx::expire`], [`Tx::settle_clearing`], ...), each atomic on its own in
+//! any SQL engine (conditional `UPDATE ... RETURNING`, `DELETE ... RETURNING`) and each
+//! keeping the money counters in the same operation, so `minted - redeemed - expired =
+//! circulating (+ held by clearings)` holds by construction: there is no way to change a
+//! balance, a serial or a counter alone. The counters are sharded per node (the
+//! `counter_shards` table, one row per node and counter): several bank processes on one
+//! database never queue on one hot row; [`Tx::counters`] adds the shards up.
+//!
 //! Backends: SQLite (`sqlite.rs`, the embedded default). The conformance tests in
-//! `tests.rs` are written once against these traits and stamped per backend, so a
-//! PostgreSQL store can be added without touching the handlers.
+//! `conformance.rs` are written once against these traits, exported, and stamped per
+//! backend (see `tests.rs`), including competing transactions on separate connections.
 
+pub mod conformance;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -61,6 +71,12 @@ impl StoreError {
             _ => None,
         }
     }
+
+    /// Whether the same work run again may succeed (busy, serialization failure,
+    /// deadlock, a unique key another writer took first): the writer retries these.
+    pub fn retryable(&self) -> bool {
+        self.kind().is_some_and(DbErrorKind::retryable)
+    }
 }
 
 /// An account as stored.
@@ -98,14 +114,6 @@ pub struct Counters {
     pub expired_count: u64,
 }
 
-/// A change to the counters, applied with checked arithmetic.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CounterDelta {
-    pub minted: (Amount, u64),
-    pub redeemed: (Amount, u64),
-    pub expired: (Amount, u64),
-}
-
 /// A recorded deposit, so a retried deposit (same request id) gets the same answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DepositRow {
@@ -119,16 +127,32 @@ pub struct DepositRow {
 
 /// Coins minted for a withdrawal or exchange, kept so a retry with the same request id
 /// gets the same coins instead of being charged twice (or losing the coins).
+///
+/// Issuing is two persisted steps: [`Tx::reserve_issue`] records the request in the
+/// transaction that pays for it (a debit, or the coins handed in spent), with `coins`
+/// `None`; signing happens outside any transaction; [`Tx::complete_issue`] then puts the
+/// new serials in circulation and stores the coins. A reserved request whose signing was
+/// interrupted (a crash, a lost node) is finished by a retry or by the next start.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IssuedRow {
     pub request_id: [u8; 16],
     /// Digest of what was asked (account, amount and split; or the coins handed in).
     pub input_hash: [u8; 32],
-    /// bincode of the `Vec<Coin>` that was minted.
-    pub coins: Vec<u8>,
+    /// bincode of the `Vec<Denomination>` to mint.
+    pub plan: Vec<u8>,
+    /// bincode of the `Vec<Coin>` that was minted; `None` while only reserved.
+    pub coins: Option<Vec<u8>>,
     /// The account balance after a withdrawal; `None` for an exchange.
     pub balance: Option<Amount>,
     pub time: u64,
+}
+
+/// What [`Tx::spend`] and [`Tx::hold`] did: every serial taken out, or none because this
+/// one was not in circulation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Spend {
+    Spent(Vec<SerialRow>),
+    Missing(Serial),
 }
 
 /// A deposit that includes coins of a peer bank: the depositor's request, the local coins
@@ -180,51 +204,83 @@ pub trait Tx {
     ) -> Result<AccountId, StoreError>;
     fn account(&mut self, id: AccountId) -> Result<Option<AccountRow>, StoreError>;
     fn accounts(&mut self) -> Result<Vec<AccountRow>, StoreError>;
-    fn set_balance(&mut self, id: AccountId, balance: Amount) -> Result<(), StoreError>;
     fn set_login_failures(&mut self, id: AccountId, failed_attempts: u32, locked_until: u64) -> Result<(), StoreError>;
-    #[allow(clippy::too_many_arguments)]
-    fn add_ledger_entry(
+    /// Takes `amount` from the account and writes its ledger entry, in one statement that
+    /// refuses to go below zero (`UPDATE ... WHERE balance >= amount RETURNING balance`):
+    /// the new balance, or `None` when the balance does not cover it.
+    fn debit(
         &mut self,
-        account: AccountId,
+        id: AccountId,
+        amount: Amount,
         time: u64,
         kind: EntryKind,
-        amount: Amount,
-        balance_after: Amount,
         memo: &str,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<Option<Amount>, StoreError>;
+    /// Adds `amount` to the account and writes its ledger entry; the new balance. An
+    /// overflow is refused ([`StoreError::Range`]).
+    fn credit(
+        &mut self,
+        id: AccountId,
+        amount: Amount,
+        time: u64,
+        kind: EntryKind,
+        memo: &str,
+    ) -> Result<Amount, StoreError>;
     /// Entries at or after `since`, oldest first, at most `limit`.
     fn ledger(&mut self, account: AccountId, since: u64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError>;
     /// Per account: credits minus debits over the whole ledger (for the audit).
     fn ledger_sums(&mut self) -> Result<Vec<(AccountId, i128)>, StoreError>;
 
-    /// Adds a serial; false if it was already present (a collision, astronomically unlikely).
-    fn insert_serial(&mut self, row: &SerialRow) -> Result<bool, StoreError>;
-    /// Removes a serial, returning its row if it was in circulation.
-    fn remove_serial(&mut self, serial: &Serial) -> Result<Option<SerialRow>, StoreError>;
-    /// The first of `serials` that is not in circulation, if any (reads only: the check a
-    /// request makes before it pays for signing; the transaction that spends re-checks).
+    /// Takes every one of `serials` out of circulation and counts them redeemed, or takes
+    /// none out and names the first one missing. Serials are deleted in sorted order with
+    /// `DELETE ... RETURNING`, so of two transactions spending one serial exactly one gets
+    /// it, and two spending overlapping sets wait for each other in one order.
+    fn spend(&mut self, serials: &[Serial]) -> Result<Spend, StoreError>;
+    /// As [`Tx::spend`], but the serials are held by a clearing, not redeemed: the
+    /// clearing's row counts them until [`Tx::settle_clearing`] or [`Tx::undo_clearing`].
+    fn hold(&mut self, serials: &[Serial]) -> Result<Spend, StoreError>;
+    /// Puts new serials in circulation and counts them minted; false (and nothing
+    /// inserted) if one is already there (a collision, astronomically unlikely).
+    fn issue(&mut self, rows: &[SerialRow]) -> Result<bool, StoreError>;
+    /// The first of `serials` that is not in circulation, if any (reads only).
     fn first_missing_serial(&mut self, serials: &[Serial]) -> Result<Option<Serial>, StoreError>;
     fn circulation(&mut self) -> Result<Circulation, StoreError>;
-    /// Removes up to `limit` serials that expired before `now`; returns what was removed.
-    fn purge_expired_serials(&mut self, now: u64, limit: usize) -> Result<Circulation, StoreError>;
+    /// Removes up to `limit` serials that expired before `now` and counts them expired;
+    /// returns what was removed.
+    fn expire(&mut self, now: u64, limit: usize) -> Result<Circulation, StoreError>;
 
     /// Records a nonce until `expiry`; false if it is already recorded (a replay).
     fn insert_nonce(&mut self, random: &[u8; 16], expiry: u64) -> Result<bool, StoreError>;
     fn purge_nonces(&mut self, now: u64, limit: usize) -> Result<u64, StoreError>;
 
+    /// The money counters: the sum of every node's shard.
     fn counters(&mut self) -> Result<Counters, StoreError>;
-    fn add_counters(&mut self, delta: &CounterDelta) -> Result<(), StoreError>;
 
     fn deposit(&mut self, request_id: &[u8; 16]) -> Result<Option<DepositRow>, StoreError>;
     fn insert_deposit(&mut self, row: &DepositRow) -> Result<(), StoreError>;
     fn issued(&mut self, request_id: &[u8; 16]) -> Result<Option<IssuedRow>, StoreError>;
-    fn insert_issued(&mut self, row: &IssuedRow) -> Result<(), StoreError>;
+    /// Records a withdrawal or exchange that has been paid for and is yet to be signed
+    /// (`row.coins` is ignored). A request id already recorded fails with
+    /// [`DbErrorKind::Unique`].
+    fn reserve_issue(&mut self, row: &IssuedRow) -> Result<(), StoreError>;
+    /// Finishes a reserved request: its serials go into circulation (counted minted) and
+    /// its coins are stored. False, and nothing done, when it was already finished (by a
+    /// retry at this node or another).
+    fn complete_issue(&mut self, request_id: &[u8; 16], rows: &[SerialRow], coins: &[u8]) -> Result<bool, StoreError>;
+    /// Requests reserved and not yet finished, oldest first.
+    fn reserved_issues(&mut self, limit: usize) -> Result<Vec<IssuedRow>, StoreError>;
     /// Forgets deposit and issue records made before `before` (retention), up to `limit`.
+    /// Reserved requests are kept until finished.
     fn purge_requests(&mut self, before: u64, limit: usize) -> Result<u64, StoreError>;
 
     fn insert_clearing(&mut self, row: &ClearingRow) -> Result<(), StoreError>;
     fn clearing(&mut self, request_id: &[u8; 16]) -> Result<Option<ClearingRow>, StoreError>;
-    fn set_clearing_state(&mut self, request_id: &[u8; 16], state: &str, reason: &str) -> Result<(), StoreError>;
+    /// A pending clearing settled: its held serials (`held`) are counted redeemed and the
+    /// row marked settled. False, and nothing done, if it was not pending.
+    fn settle_clearing(&mut self, request_id: &[u8; 16], held: Circulation) -> Result<bool, StoreError>;
+    /// A pending clearing undone: its held serials go back into circulation and the row is
+    /// marked failed with `reason`. False, and nothing done, if it was not pending.
+    fn undo_clearing(&mut self, request_id: &[u8; 16], held: &[SerialRow], reason: &str) -> Result<bool, StoreError>;
     /// Clearings still waiting for their peer, oldest first.
     fn pending_clearings(&mut self, limit: usize) -> Result<Vec<ClearingRow>, StoreError>;
     /// This bank's own coins taken out of circulation by clearings still waiting for their
@@ -256,6 +312,38 @@ impl Counters {
     pub fn expected_circulation(&self) -> Option<Amount> {
         self.minted_value.checked_sub(self.redeemed_value).ok()?.checked_sub(self.expired_value).ok()
     }
+}
+
+/// The counters' names in the `counter_shards` table: (value, count) per kind.
+pub(crate) const MINTED: (&str, &str) = ("minted_value", "minted_count");
+pub(crate) const REDEEMED: (&str, &str) = ("redeemed_value", "redeemed_count");
+pub(crate) const EXPIRED: (&str, &str) = ("expired_value", "expired_count");
+
+impl Counters {
+    /// Adds one shard's row to the totals (checked: a sum past `u64` is damage).
+    pub(crate) fn add_named(&mut self, name: &str, v: u64) -> Result<(), StoreError> {
+        let over = |_| StoreError::Range("counter total");
+        match name {
+            "minted_value" => self.minted_value = self.minted_value.checked_add(Amount::new(v)).map_err(over)?,
+            "redeemed_value" => self.redeemed_value = self.redeemed_value.checked_add(Amount::new(v)).map_err(over)?,
+            "expired_value" => self.expired_value = self.expired_value.checked_add(Amount::new(v)).map_err(over)?,
+            "minted_count" => self.minted_count = self.minted_count.checked_add(v).ok_or(StoreError::Range("count"))?,
+            "redeemed_count" => {
+                self.redeemed_count = self.redeemed_count.checked_add(v).ok_or(StoreError::Range("count"))?
+            }
+            "expired_count" => {
+                self.expired_count = self.expired_count.checked_add(v).ok_or(StoreError::Range("count"))?
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The total of some serial rows (checked).
+pub(crate) fn total_of(rows: &[SerialRow]) -> Result<Circulation, StoreError> {
+    let value = Amount::checked_sum(rows.iter().map(|r| r.value)).map_err(|_| StoreError::Range("total"))?;
+    Ok(Circulation { count: rows.len() as u64, value })
 }
 
 pub(crate) fn kind_code(kind: EntryKind) -> i64 {
