@@ -1,11 +1,11 @@
 //! Administrative commands: `init`, accounts, `audit`, and assembling a [`Bank`] to serve.
 //!
-//! Admin commands open the database directly; SQLite's own locking lets them run while
-//! `serve` is running (the daemon keeps no balances in memory), waiting briefly for the
-//! writer if it is mid-commit.
+//! Admin commands open the database directly; SQLite's own locking (or PostgreSQL's) lets
+//! them run while `serve` is running (the daemon keeps no balances in memory), waiting
+//! briefly for the writer if it is mid-commit. Where the database is: [`store_location`].
 
 use crate::config::{Config, ConfigError};
-use crate::store::{sqlite::SqliteStore, Circulation, Counters, Store, StoreError};
+use crate::store::{sqlite::SqliteStore, Circulation, Counters, Location, Store, StoreError};
 use crate::{Bank, DataDir};
 use payme_node::datadir::LockError;
 use pmtp_client::clock::now;
@@ -77,6 +77,8 @@ pub fn init(dir: &DataDir, passphrase: &str, opts: &InitOptions) -> Result<Publi
         bank_id: opts.bank_id.clone(),
         public_addr: opts.public_addr.clone(),
         listen: opts.listen,
+        // A store named at init (PAYME_BANK_STORE) is where this bank lives from now on.
+        store: std::env::var("PAYME_BANK_STORE").unwrap_or_default(),
         ..Config::default()
     };
     config.validate()?;
@@ -90,7 +92,9 @@ pub fn init(dir: &DataDir, passphrase: &str, opts: &InitOptions) -> Result<Publi
     if !dir.config().exists() {
         keyfile::fs::write_atomic(&dir.config(), config.commented_toml()?.as_bytes(), 0o600)?;
     }
-    let mut store = SqliteStore::open(&dir.database())?;
+    let config = if dir.config().exists() { Config::load(&dir.config())? } else { config };
+    let location = store_location(dir, Some(&config));
+    let mut store = location.open(&config.node())?;
     let mut tx = store.begin()?;
     tx.audit_event(now(), "init", &format!("bank {} key {}", opts.bank_id, identity.signing.verifying_key().key_id()))?;
     tx.commit()?;
@@ -120,18 +124,49 @@ pub fn open_bank(
             config.bank_id
         )));
     }
-    let mut store = open_checked(dir)?;
-    check_at_start(dir, &mut store)?;
-    let (writer, thread) = crate::writer::Writer::start(Box::new(store), config.limits.commit_batch, 4096);
-    let db = dir.database();
-    let readers = crate::writer::Readers::new(Box::new(move || {
-        SqliteStore::open_reader(&db).map(|s| Box::new(s) as Box<dyn Store>)
-    }));
+    let location = store_location(dir, Some(&config));
+    let node = config.node();
+    // On a thread of its own: the PostgreSQL client may not block an async worker.
+    let store = crate::store::pg::in_own_thread(|| {
+        let mut store = open_checked(dir, &location, &node)?;
+        check_at_start(dir, store.as_mut())?;
+        Ok::<_, AdminError>(store)
+    })?;
+    tracing::info!(store = %location.describe(), node = %node, "store opened");
+    let (writer, thread) = crate::writer::Writer::start(store, config.limits.commit_batch, 4096);
+    let readers = crate::writer::Readers::new(Box::new(move || location.open_reader()));
     let bank = Bank::new(config, identity, writer, readers)?.with_clock(clock);
     Ok((std::sync::Arc::new(bank), thread, lock))
 }
 
-fn open_store(dir: &DataDir) -> Result<SqliteStore, AdminError> {
+/// Where this bank's store is: `PAYME_BANK_STORE`, else `store` in `config` (or in the
+/// data directory's config.toml when none is given), else `bank.db` in the data directory.
+pub fn store_location(dir: &DataDir, config: Option<&Config>) -> Location {
+    if let Ok(s) = std::env::var("PAYME_BANK_STORE") {
+        if !s.trim().is_empty() {
+            return Location::parse(&s, &dir.database());
+        }
+    }
+    let store = match config {
+        Some(c) => c.store.clone(),
+        None => Config::load(&dir.config()).map(|c| c.store).unwrap_or_default(),
+    };
+    Location::parse(&store, &dir.database())
+}
+
+fn node_of(dir: &DataDir) -> String {
+    Config::load(&dir.config()).map(|c| c.node()).unwrap_or_else(|_| Config::default().node())
+}
+
+fn open_store(dir: &DataDir) -> Result<Box<dyn Store>, AdminError> {
+    let location = store_location(dir, None);
+    if let Location::Postgres(_) = location {
+        if !dir.key().exists() {
+            let d = dir.root.display();
+            return Err(refused(format!("no bank in {d} (run `payme-bank init --data-dir {d}` first)")));
+        }
+        return Ok(location.open(&node_of(dir))?);
+    }
     if !dir.database().exists() {
         let d = dir.root.display();
         return Err(refused(format!("no bank in {d} (run `payme-bank init --data-dir {d}` first)")));
@@ -139,9 +174,9 @@ fn open_store(dir: &DataDir) -> Result<SqliteStore, AdminError> {
     match dir.lock() {
         // No `serve` is running: this may be the first open since a crash, which would
         // let SQLite drop damaged committed frames for good. Check first.
-        Ok(_lock) => open_checked(dir),
+        Ok(_lock) => open_checked(dir, &location, &node_of(dir)),
         // `serve` checked the database when it started and keeps it open.
-        Err(_) => Ok(SqliteStore::open(&dir.database())?),
+        Err(_) => Ok(location.open(&node_of(dir))?),
     }
 }
 
@@ -150,13 +185,15 @@ fn damaged(dir: &DataDir, what: &str) -> AdminError {
     AdminError::Damaged { dir: dir.root.clone(), what: what.to_owned() }
 }
 
-/// Opens the bank's database after checking that its WAL holds every committed
-/// transaction (see [`crate::store::wal`]). The caller holds the serve lock.
-fn open_checked(dir: &DataDir) -> Result<SqliteStore, AdminError> {
-    if let crate::store::wal::WalCheck::Damaged(what) = crate::store::wal::check(&dir.database())? {
-        return Err(damaged(dir, &format!("committed transactions in its write-ahead log are damaged ({what})")));
+/// Opens the bank's database; an SQLite file after checking that its WAL holds every
+/// committed transaction (see [`crate::store::wal`]). The caller holds the serve lock.
+fn open_checked(dir: &DataDir, location: &Location, node: &str) -> Result<Box<dyn Store>, AdminError> {
+    if let Location::Sqlite(path) = location {
+        if let crate::store::wal::WalCheck::Damaged(what) = crate::store::wal::check(path)? {
+            return Err(damaged(dir, &format!("committed transactions in its write-ahead log are damaged ({what})")));
+        }
     }
-    Ok(SqliteStore::open(&dir.database())?)
+    Ok(location.open(node)?)
 }
 
 /// The checks `serve` makes before it answers anyone: SQLite's integrity check, and the
@@ -329,7 +366,16 @@ impl AuditReport {
 /// `serve` checks at start: SQLite's integrity check and the audit. A copy that fails is
 /// removed and the failure returned.
 pub fn backup(dir: &DataDir, to: &Path) -> Result<AuditReport, AdminError> {
-    payme_node::sqlite::backup(&dir.database(), to).map_err(StoreError::from)?;
+    let db = match store_location(dir, None) {
+        Location::Sqlite(path) => path,
+        Location::Postgres(_) => {
+            return Err(refused(
+                "this bank's store is PostgreSQL: back it up with pg_dump, or with base backups and WAL \
+                 archiving for point-in-time recovery (docs/BANK.md)",
+            ))
+        }
+    };
+    payme_node::sqlite::backup(&db, to).map_err(StoreError::from)?;
     let checked = (|| {
         let mut copy = SqliteStore::open(to)?;
         let problems = copy.integrity_check()?;
@@ -351,7 +397,7 @@ pub fn backup(dir: &DataDir, to: &Path) -> Result<AuditReport, AdminError> {
 
 pub fn audit(dir: &DataDir) -> Result<AuditReport, AdminError> {
     let mut store = open_store(dir)?;
-    audit_store(&mut store).map_err(Into::into)
+    audit_store(store.as_mut()).map_err(Into::into)
 }
 
 pub fn audit_store(store: &mut dyn Store) -> Result<AuditReport, StoreError> {

@@ -204,7 +204,11 @@ pub fn requests_are_remembered(store: &mut dyn Store) {
     };
     assert_eq!(tx.deposit(&[9; 16]).unwrap(), None);
     tx.insert_deposit(&d).unwrap();
+    // After an error the work since the savepoint is rolled back (PostgreSQL refuses any
+    // further statement until then; the writer runs every job in a savepoint).
+    tx.savepoint().unwrap();
     let again = tx.insert_deposit(&d).unwrap_err();
+    tx.rollback_to_savepoint().unwrap();
     assert_eq!(again.kind(), Some(DbErrorKind::Unique), "request ids are unique, and say so: {again}");
     assert!(again.retryable(), "a retry reads the other writer's row");
     tx.audit_event(3, "test", "detail").unwrap();
@@ -231,7 +235,9 @@ fn reserved(id: u8, time: u64) -> IssuedRow {
 pub fn issue_is_reserved_then_completed_once(store: &mut dyn Store) {
     let mut tx = store.begin().unwrap();
     tx.reserve_issue(&reserved(8, 3)).unwrap();
+    tx.savepoint().unwrap();
     let again = tx.reserve_issue(&reserved(8, 3)).unwrap_err();
+    tx.rollback_to_savepoint().unwrap();
     assert_eq!(again.kind(), Some(DbErrorKind::Unique), "{again}");
     tx.reserve_issue(&reserved(7, 4)).unwrap();
     tx.commit().unwrap();

@@ -14,11 +14,13 @@
 //! `counter_shards` table, one row per node and counter): several bank processes on one
 //! database never queue on one hot row; [`Tx::counters`] adds the shards up.
 //!
-//! Backends: SQLite (`sqlite.rs`, the embedded default). The conformance tests in
+//! Backends: SQLite (`sqlite.rs`, the embedded default) and PostgreSQL (`pg.rs`, for
+//! several bank nodes on one database); [`Location`] says which a bank uses. The conformance tests in
 //! `conformance.rs` are written once against these traits, exported, and stamped per
 //! backend (see `tests.rs`), including competing transactions on separate connections.
 
 pub mod conformance;
+pub mod pg;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -76,6 +78,57 @@ impl StoreError {
     /// deadlock, a unique key another writer took first): the writer retries these.
     pub fn retryable(&self) -> bool {
         self.kind().is_some_and(DbErrorKind::retryable)
+    }
+}
+
+/// Where a bank's store lives: its SQLite file, or a PostgreSQL database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl Location {
+    /// `store` as configured: a `postgres://` URL, a path to an SQLite file, or empty for
+    /// the SQLite file `default` (the data directory's `bank.db`).
+    pub fn parse(store: &str, default: &std::path::Path) -> Location {
+        match store.trim() {
+            "" => Location::Sqlite(default.to_path_buf()),
+            s if pg::is_postgres_url(s) => Location::Postgres(s.to_owned()),
+            s => Location::Sqlite(s.into()),
+        }
+    }
+
+    /// Opens the store for writing (creating and migrating it if needed), its counters
+    /// going to `node`'s shard.
+    pub fn open(&self, node: &str) -> Result<Box<dyn Store>, StoreError> {
+        Ok(match self {
+            Location::Sqlite(p) => Box::new(sqlite::SqliteStore::open(p)?.with_node(node)),
+            Location::Postgres(url) => Box::new(pg::PgStore::open(url)?.with_node(node)),
+        })
+    }
+
+    /// A connection for reading.
+    pub fn open_reader(&self) -> Result<Box<dyn Store>, StoreError> {
+        Ok(match self {
+            Location::Sqlite(p) => Box::new(sqlite::SqliteStore::open_reader(p)?),
+            Location::Postgres(url) => Box::new(pg::PgStore::connect(url)?),
+        })
+    }
+
+    /// For logs and messages: the file, or the database URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Sqlite(p) => p.display().to_string(),
+            Location::Postgres(url) => match url.parse::<postgres::Config>() {
+                Ok(c) => format!(
+                    "PostgreSQL database {:?} as {:?}",
+                    c.get_dbname().unwrap_or(""),
+                    c.get_user().unwrap_or("")
+                ),
+                Err(_) => "PostgreSQL (unparsable URL)".into(),
+            },
+        }
     }
 }
 
@@ -184,7 +237,9 @@ pub struct Circulation {
     pub value: Amount,
 }
 
-/// One database transaction. Dropping it without `commit` rolls it back.
+/// One database transaction. Dropping it without `commit` rolls it back. After an
+/// operation fails, roll back to the savepoint (or the whole transaction) before going
+/// on: PostgreSQL refuses every further statement of a transaction in error.
 pub trait Tx {
     fn commit(self: Box<Self>) -> Result<(), StoreError>;
     fn rollback(self: Box<Self>) -> Result<(), StoreError>;
@@ -344,6 +399,85 @@ impl Counters {
 pub(crate) fn total_of(rows: &[SerialRow]) -> Result<Circulation, StoreError> {
     let value = Amount::checked_sum(rows.iter().map(|r| r.value)).map_err(|_| StoreError::Range("total"))?;
     Ok(Circulation { count: rows.len() as u64, value })
+}
+
+/// The three primitives each backend writes in its own SQL; the money operations built on
+/// them ([`spend_with`], [`issue_with`]) are shared, so both backends count alike.
+pub(crate) trait Primitives {
+    /// Deletes the serials (sorted, in a savepoint of its own): all, or none and the
+    /// first missing.
+    fn take(&mut self, serials: &[Serial]) -> Result<Spend, StoreError>;
+    /// Inserts serials: all, or none (false) when one is already there.
+    fn put(&mut self, rows: &[SerialRow]) -> Result<bool, StoreError>;
+    /// Adds to this node's shard of one counter pair (value, count).
+    fn bump(&mut self, names: (&str, &str), by: Circulation) -> Result<(), StoreError>;
+}
+
+pub(crate) fn spend_with(p: &mut impl Primitives, serials: &[Serial]) -> Result<Spend, StoreError> {
+    let spent = p.take(serials)?;
+    if let Spend::Spent(rows) = &spent {
+        p.bump(REDEEMED, total_of(rows)?)?;
+    }
+    Ok(spent)
+}
+
+pub(crate) fn issue_with(p: &mut impl Primitives, rows: &[SerialRow]) -> Result<bool, StoreError> {
+    let total = total_of(rows)?;
+    if !p.put(rows)? {
+        return Ok(false);
+    }
+    p.bump(MINTED, total)?;
+    Ok(true)
+}
+
+/// Per account, credits minus debits, from ledger rows (account, kind, amount) ordered by
+/// account; summed in i128 (an SQL SUM over i64 could overflow).
+pub(crate) fn fold_ledger_sums(
+    rows: impl Iterator<Item = Result<(i64, i64, i64), StoreError>>,
+) -> Result<Vec<(AccountId, i128)>, StoreError> {
+    let mut out: Vec<(AccountId, i128)> = Vec::new();
+    for r in rows {
+        let (acct, kind, amount) = r?;
+        let signed = if kind_from_code(kind)?.is_credit() { amount as i128 } else { -(amount as i128) };
+        let acct = AccountId(u64::try_from(acct).map_err(|_| StoreError::Range("account"))?);
+        match out.last_mut() {
+            Some((a, sum)) if *a == acct => *sum += signed,
+            _ => out.push((acct, signed)),
+        }
+    }
+    Ok(out)
+}
+
+/// Per peer, the total of settled clearings, from rows (peer, amount) ordered by peer.
+pub(crate) fn fold_clearing_totals(
+    rows: impl Iterator<Item = Result<(String, i64), StoreError>>,
+) -> Result<Vec<(String, Amount)>, StoreError> {
+    let mut out: Vec<(String, Amount)> = Vec::new();
+    for r in rows {
+        let (peer, v) = r?;
+        let v = Amount::new(u64::try_from(v).map_err(|_| StoreError::Range("clearing amount"))?);
+        match out.last_mut() {
+            Some((p, total)) if *p == peer => {
+                *total = total.checked_add(v).map_err(|_| StoreError::Range("clearing total"))?
+            }
+            _ => out.push((peer, v)),
+        }
+    }
+    Ok(out)
+}
+
+/// What pending clearings hold, from their `local_serials` blobs.
+pub(crate) fn fold_held(blobs: impl Iterator<Item = Result<Vec<u8>, StoreError>>) -> Result<Circulation, StoreError> {
+    let mut held = Circulation::default();
+    for blob in blobs {
+        let serials: Vec<crate::clearing::SerialTuple> =
+            bincode::deserialize(&blob?).map_err(|_| StoreError::Range("held serials"))?;
+        for t in serials {
+            held.count += 1;
+            held.value = held.value.checked_add(Amount::new(t.1)).map_err(|_| StoreError::Range("held value"))?;
+        }
+    }
+    Ok(held)
 }
 
 pub(crate) fn kind_code(kind: EntryKind) -> i64 {

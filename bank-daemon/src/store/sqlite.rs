@@ -244,24 +244,6 @@ struct SqliteTx<'c> {
 }
 
 impl SqliteTx<'_> {
-    /// Adds to this node's shard of one counter pair, refusing an overflow past i64.
-    fn bump(&mut self, names: (&str, &str), by: Circulation) -> Result<(), StoreError> {
-        let mut st = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO counter_shards(node, name, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(node, name) DO UPDATE SET value = value + excluded.value
-                 WHERE value <= 9223372036854775807 - excluded.value",
-            )
-            .map_err(db)?;
-        for (name, v) in [(names.0, by.value.minor_units()), (names.1, by.count)] {
-            if v != 0 && st.execute(params![self.node, name, i(v)?]).map_err(db)? != 1 {
-                return Err(StoreError::Range("counter overflow"));
-            }
-        }
-        Ok(())
-    }
-
     fn ledger_entry(
         &mut self,
         account: AccountId,
@@ -293,7 +275,9 @@ impl SqliteTx<'_> {
         let mut st = self.tx.prepare_cached("SELECT 1 FROM accounts WHERE id = ?1").map_err(db)?;
         st.exists(params![i(id.0)?]).map_err(db)
     }
+}
 
+impl Primitives for SqliteTx<'_> {
     /// Deletes the sorted serials one by one inside a savepoint of its own: all or none.
     fn take(&mut self, serials: &[Serial]) -> Result<Spend, StoreError> {
         let mut sorted = serials.to_vec();
@@ -368,6 +352,24 @@ impl SqliteTx<'_> {
                 other
             }
         }
+    }
+
+    /// Adds to this node's shard of one counter pair, refusing an overflow past i64.
+    fn bump(&mut self, names: (&str, &str), by: Circulation) -> Result<(), StoreError> {
+        let mut st = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO counter_shards(node, name, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(node, name) DO UPDATE SET value = value + excluded.value
+                 WHERE value <= 9223372036854775807 - excluded.value",
+            )
+            .map_err(db)?;
+        for (name, v) in [(names.0, by.value.minor_units()), (names.1, by.count)] {
+            if v != 0 && st.execute(params![self.node, name, i(v)?]).map_err(db)? != 1 {
+                return Err(StoreError::Range("counter overflow"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -602,29 +604,14 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn ledger_sums(&mut self) -> Result<Vec<(AccountId, i128)>, StoreError> {
-        // Summed in Rust with i128: SQLite's SUM would overflow i64 silently into a float.
         let mut st = self.tx.prepare_cached("SELECT account, kind, amount FROM ledger ORDER BY account").map_err(db)?;
         let rows =
             st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))).map_err(db)?;
-        let mut out: Vec<(AccountId, i128)> = Vec::new();
-        for r in rows {
-            let (acct, kind, amount) = r.map_err(db)?;
-            let signed = if kind_from_code(kind)?.is_credit() { amount as i128 } else { -(amount as i128) };
-            let acct = AccountId(u(acct)?);
-            match out.last_mut() {
-                Some((a, sum)) if *a == acct => *sum += signed,
-                _ => out.push((acct, signed)),
-            }
-        }
-        Ok(out)
+        fold_ledger_sums(rows.map(|r| r.map_err(db)))
     }
 
     fn spend(&mut self, serials: &[Serial]) -> Result<Spend, StoreError> {
-        let spent = self.take(serials)?;
-        if let Spend::Spent(rows) = &spent {
-            self.bump(REDEEMED, total_of(rows)?)?;
-        }
-        Ok(spent)
+        spend_with(self, serials)
     }
 
     fn hold(&mut self, serials: &[Serial]) -> Result<Spend, StoreError> {
@@ -632,12 +619,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn issue(&mut self, rows: &[SerialRow]) -> Result<bool, StoreError> {
-        let total = total_of(rows)?;
-        if !self.put(rows)? {
-            return Ok(false);
-        }
-        self.bump(MINTED, total)?;
-        Ok(true)
+        issue_with(self, rows)
     }
 
     fn first_missing_serial(&mut self, serials: &[Serial]) -> Result<Option<Serial>, StoreError> {
@@ -904,16 +886,7 @@ impl Tx for SqliteTx<'_> {
         let mut st =
             self.tx.prepare_cached("SELECT local_serials FROM clearing WHERE state = 'pending'").map_err(db)?;
         let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(db)?;
-        let mut held = Circulation::default();
-        for blob in rows {
-            let serials: Vec<crate::clearing::SerialTuple> =
-                bincode::deserialize(&blob.map_err(db)?).map_err(|_| StoreError::Range("held serials"))?;
-            for t in serials {
-                held.count += 1;
-                held.value = held.value.checked_add(Amount::new(t.1)).map_err(|_| StoreError::Range("held value"))?;
-            }
-        }
-        Ok(held)
+        fold_held(rows.map(|r| r.map_err(db)))
     }
 
     fn clearing_totals(&mut self) -> Result<Vec<(String, Amount)>, StoreError> {
@@ -922,18 +895,7 @@ impl Tx for SqliteTx<'_> {
             .prepare_cached("SELECT peer, foreign_amount FROM clearing WHERE state = 'settled' ORDER BY peer")
             .map_err(db)?;
         let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(db)?;
-        let mut out: Vec<(String, Amount)> = Vec::new();
-        for r in rows {
-            let (peer, v) = r.map_err(db)?;
-            let v = Amount::new(u(v)?);
-            match out.last_mut() {
-                Some((p, total)) if *p == peer => {
-                    *total = total.checked_add(v).map_err(|_| StoreError::Range("clearing total"))?
-                }
-                _ => out.push((peer, v)),
-            }
-        }
-        Ok(out)
+        fold_clearing_totals(rows.map(|r| r.map_err(db)))
     }
 
     fn audit_event(&mut self, time: u64, event: &str, detail: &str) -> Result<(), StoreError> {
