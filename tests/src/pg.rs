@@ -154,3 +154,30 @@ impl Drop for Postgres {
         let _ = self.run("pg_ctl", &["-D", path(&data), "-m", "immediate", "-w", "-t", "30", "stop"]);
     }
 }
+
+/// `n` nodes of one bank (`bank-a`) on a new database of `pg`: the same bank key and
+/// config (`store` = the database), each its own data directory, `node_id` and port. The
+/// first made the bank (`init`) and serves the admin commands. `edit` changes the config
+/// every node gets.
+pub fn bank_nodes(pg: &Postgres, n: usize, edit: impl Fn(String) -> String) -> Vec<crate::bank_harness::TestBank> {
+    use crate::bank_harness::{BankDir, TestBank};
+    let url = pg.create_db();
+    let first = TestBank::start_with("bank-a", |c| {
+        edit(c).replace("store = \"\"", &format!("store = \"{url}\"")).replace("node_id = \"\"", "node_id = \"node-0\"")
+    });
+    let mut all = vec![first];
+    for node in 1..n {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["bank.key", "bank.pub"] {
+            std::fs::copy(all[0].dir.path().join(f), dir.path().join(f)).unwrap();
+        }
+        let config = std::fs::read_to_string(all[0].dir.path().join("config.toml")).unwrap();
+        let config = config.replace("node_id = \"node-0\"", &format!("node_id = \"node-{node}\""));
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        let public = all[0].public.clone();
+        let mut b = TestBank { dir: BankDir::Temp(dir), child: None, addr: String::new(), public };
+        b.restart();
+        all.push(b);
+    }
+    all
+}

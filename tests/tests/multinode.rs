@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use payme_tests::bank_harness::*;
-use payme_tests::pg::Postgres;
+use payme_tests::pg::{bank_nodes as nodes, Postgres};
 use pmtp_client::{BankClient, ClientError};
 use pmtp_proto::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,36 +16,6 @@ use std::time::Duration;
 
 fn rid() -> [u8; 16] {
     rng::bytes(&mut rng::os())
-}
-
-/// `n` nodes of one bank on a new database of `pg`; the first made the bank (`init`) and
-/// serves the admin commands. `edit` changes the config every node gets.
-fn nodes(pg: &Postgres, n: usize, edit: impl Fn(String) -> String) -> Vec<TestBank> {
-    let url = pg.create_db();
-    let store = |c: String, node: usize| {
-        edit(c)
-            .replace("store = \"\"", &format!("store = \"{url}\""))
-            .replace("node_id = \"\"", &format!("node_id = \"node-{node}\""))
-    };
-    let first = TestBank::start_with("bank-a", |c| store(c, 0));
-    let mut all = vec![first];
-    for node in 1..n {
-        let dir = tempfile::tempdir().unwrap();
-        for f in ["bank.key", "bank.pub"] {
-            std::fs::copy(all[0].dir.path().join(f), dir.path().join(f)).unwrap();
-        }
-        let config = std::fs::read_to_string(all[0].dir.path().join("config.toml")).unwrap();
-        std::fs::write(
-            dir.path().join("config.toml"),
-            config.replace("node_id = \"node-0\"", &format!("node_id = \"node-{node}\"")),
-        )
-        .unwrap();
-        let mut b =
-            TestBank { dir: BankDir::Temp(dir), child: None, addr: String::new(), public: all[0].public.clone() };
-        b.restart();
-        all.push(b);
-    }
-    all
 }
 
 fn code(e: &ClientError) -> ReasonCode {
