@@ -77,8 +77,9 @@ pub fn init(dir: &DataDir, passphrase: &str, opts: &InitOptions) -> Result<Publi
         bank_id: opts.bank_id.clone(),
         public_addr: opts.public_addr.clone(),
         listen: opts.listen,
-        // A store named at init (PAYME_BANK_STORE) is where this bank lives from now on.
-        store: std::env::var("PAYME_BANK_STORE").unwrap_or_default(),
+        // A store named at init (--store or PAYME_BANK_STORE) is where this bank lives
+        // from now on.
+        store: STORE_FLAG.get().cloned().or_else(|| std::env::var("PAYME_BANK_STORE").ok()).unwrap_or_default(),
         ..Config::default()
     };
     config.validate()?;
@@ -139,9 +140,22 @@ pub fn open_bank(
     Ok((std::sync::Arc::new(bank), thread, lock))
 }
 
-/// Where this bank's store is: `PAYME_BANK_STORE`, else `store` in `config` (or in the
-/// data directory's config.toml when none is given), else `bank.db` in the data directory.
+/// The store named on the command line (`--store`), which outranks the environment and
+/// config.toml; set once, by `main`, before any command runs.
+static STORE_FLAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Records the `--store` flag for [`store_location`] (the first call wins).
+pub fn set_store_flag(store: String) {
+    let _ = STORE_FLAG.set(store);
+}
+
+/// Where this bank's store is: the `--store` flag, else `PAYME_BANK_STORE`, else `store` in
+/// `config` (or in the data directory's config.toml when none is given), else `bank.db` in
+/// the data directory.
 pub fn store_location(dir: &DataDir, config: Option<&Config>) -> Location {
+    if let Some(s) = STORE_FLAG.get().filter(|s| !s.trim().is_empty()) {
+        return Location::parse(s, &dir.database());
+    }
     if let Ok(s) = std::env::var("PAYME_BANK_STORE") {
         if !s.trim().is_empty() {
             return Location::parse(&s, &dir.database());

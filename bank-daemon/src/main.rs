@@ -17,6 +17,10 @@ struct Cli {
     /// The bank's data directory (keys, config.toml, database).
     #[arg(long, global = true, env = "PAYME_BANK_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The bank's store, overriding `store` in config.toml: a postgres:// URL (several
+    /// nodes on one database, docs/BANK.md) or an SQLite file (default: DATA_DIR/bank.db).
+    #[arg(long, global = true, env = "PAYME_BANK_STORE")]
+    store: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -151,6 +155,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(store) = cli.store.clone() {
+        admin::set_store_flag(store);
+    }
     let dir = bank_daemon::data_dir(cli.data_dir.unwrap_or_else(|| payme_node::config::default_data_dir("payme-bank")));
     match cli.command {
         Command::Init { bank_id, public_addr, listen, rsa_bits, passphrase_file } => {

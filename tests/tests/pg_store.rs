@@ -98,4 +98,8 @@ fn init_and_admin_commands_on_postgres() {
     assert!(!dir.path().join("bank.db").exists(), "no SQLite file for a bank on PostgreSQL");
     // And the rows are in PostgreSQL.
     assert_eq!(pg.execute(&url, "UPDATE accounts SET name = name WHERE balance = 380"), 1);
+    // --store outranks config.toml: another, empty database has no accounts yet.
+    let other = pg.create_db();
+    let list = run_ok(dir.path(), &["--store", &other, "account", "list", "--json"]);
+    assert_eq!(list.trim(), "[]", "{list}");
 }
