@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark that fails should stop loudly
 
 use bank_daemon::config::Config;
-use bank_daemon::store::{sqlite::SqliteStore, CounterDelta, SerialRow, Store};
+use bank_daemon::store::{sqlite::SqliteStore, SerialRow, Store};
 use bank_daemon::writer::{Readers, Writer};
 use bank_daemon::Bank;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -40,16 +40,7 @@ fn setup() -> Setup {
         let mut tx = store.begin().unwrap();
         let hash = bank_daemon::admin::hash_password(PASSWORD).unwrap();
         let id = tx.create_account("bench", &bincode::serialize(&owner.public()).unwrap(), &hash, now()).unwrap();
-        tx.set_balance(id, Amount::new(1 << 50)).unwrap();
-        tx.add_ledger_entry(
-            id,
-            now(),
-            bank_statement::EntryKind::CounterCredit,
-            Amount::new(1 << 50),
-            Amount::new(1 << 50),
-            "bench",
-        )
-        .unwrap();
+        tx.credit(id, Amount::new(1 << 50), now(), bank_statement::EntryKind::CounterCredit, "bench").unwrap();
         tx.commit().unwrap();
         id
     };
@@ -96,16 +87,7 @@ fn coins_in_circulation(s: &Setup, n: usize) -> Vec<Vec<Coin>> {
         .flatten()
         .map(|c| SerialRow { serial: c.serial(), value: c.value(), expiry: c.body().expiry, key_id: c.body().key_id })
         .collect();
-    let total = Amount::checked_sum(rows.iter().map(|r| r.value)).unwrap();
-    let count = rows.len() as u64;
-    s.rt.block_on(s.bank.writer.run(move |tx| {
-        for r in &rows {
-            tx.insert_serial(r)?;
-        }
-        tx.add_counters(&CounterDelta { minted: (total, count), ..Default::default() })
-    }))
-    .unwrap()
-    .unwrap();
+    s.rt.block_on(s.bank.writer.run(move |tx| tx.issue(&rows).map(|_| ()))).unwrap().unwrap();
     sets
 }
 

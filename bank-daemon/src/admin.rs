@@ -1,11 +1,11 @@
 //! Administrative commands: `init`, accounts, `audit`, and assembling a [`Bank`] to serve.
 //!
-//! Admin commands open the database directly; SQLite's own locking lets them run while
-//! `serve` is running (the daemon keeps no balances in memory), waiting briefly for the
-//! writer if it is mid-commit.
+//! Admin commands open the database directly; SQLite's own locking (or PostgreSQL's) lets
+//! them run while `serve` is running (the daemon keeps no balances in memory), waiting
+//! briefly for the writer if it is mid-commit. Where the database is: [`store_location`].
 
 use crate::config::{Config, ConfigError};
-use crate::store::{sqlite::SqliteStore, Circulation, Counters, Store, StoreError};
+use crate::store::{sqlite::SqliteStore, Circulation, Counters, Location, Store, StoreError};
 use crate::{Bank, DataDir};
 use payme_node::datadir::LockError;
 use pmtp_client::clock::now;
@@ -77,6 +77,9 @@ pub fn init(dir: &DataDir, passphrase: &str, opts: &InitOptions) -> Result<Publi
         bank_id: opts.bank_id.clone(),
         public_addr: opts.public_addr.clone(),
         listen: opts.listen,
+        // A store named at init (--store or PAYME_BANK_STORE) is where this bank lives
+        // from now on.
+        store: STORE_FLAG.get().cloned().or_else(|| std::env::var("PAYME_BANK_STORE").ok()).unwrap_or_default(),
         ..Config::default()
     };
     config.validate()?;
@@ -90,7 +93,9 @@ pub fn init(dir: &DataDir, passphrase: &str, opts: &InitOptions) -> Result<Publi
     if !dir.config().exists() {
         keyfile::fs::write_atomic(&dir.config(), config.commented_toml()?.as_bytes(), 0o600)?;
     }
-    let mut store = SqliteStore::open(&dir.database())?;
+    let config = if dir.config().exists() { Config::load(&dir.config())? } else { config };
+    let location = store_location(dir, Some(&config));
+    let mut store = location.open(&config.node())?;
     let mut tx = store.begin()?;
     tx.audit_event(now(), "init", &format!("bank {} key {}", opts.bank_id, identity.signing.verifying_key().key_id()))?;
     tx.commit()?;
@@ -186,13 +191,17 @@ pub fn open_bank(
             config.bank_id
         )));
     }
-    let mut store = open_checked(dir)?;
-    check_at_start(dir, &mut store)?;
-    let (writer, thread) = crate::writer::Writer::start(Box::new(store), config.limits.commit_batch, 4096);
-    let db = dir.database();
-    let readers = crate::writer::Readers::new(Box::new(move || {
-        SqliteStore::open_reader(&db).map(|s| Box::new(s) as Box<dyn Store>)
-    }));
+    let location = store_location(dir, Some(&config));
+    let node = config.node();
+    // On a thread of its own: the PostgreSQL client may not block an async worker.
+    let store = crate::store::pg::in_own_thread(|| {
+        let mut store = open_checked(dir, &location, &node)?;
+        check_at_start(dir, store.as_mut())?;
+        Ok::<_, AdminError>(store)
+    })?;
+    tracing::info!(store = %location.describe(), node = %node, "store opened");
+    let (writer, thread) = crate::writer::Writer::start(store, config.limits.commit_batch, 4096);
+    let readers = crate::writer::Readers::new(Box::new(move || location.open_reader()));
     // bank.pub must be the key the bank signs with (a rotation cut short by a crash may
     // have left the old one): wallets and peers are given this file.
     let public = format!("{}\n", identity.public().to_text());
@@ -205,7 +214,47 @@ pub fn open_bank(
     Ok((std::sync::Arc::new(bank), thread, lock))
 }
 
-fn open_store(dir: &DataDir) -> Result<SqliteStore, AdminError> {
+/// The store named on the command line (`--store`), which outranks the environment and
+/// config.toml; set once, by `main`, before any command runs.
+static STORE_FLAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Records the `--store` flag for [`store_location`] (the first call wins).
+pub fn set_store_flag(store: String) {
+    let _ = STORE_FLAG.set(store);
+}
+
+/// Where this bank's store is: the `--store` flag, else `PAYME_BANK_STORE`, else `store` in
+/// `config` (or in the data directory's config.toml when none is given), else `bank.db` in
+/// the data directory.
+pub fn store_location(dir: &DataDir, config: Option<&Config>) -> Location {
+    if let Some(s) = STORE_FLAG.get().filter(|s| !s.trim().is_empty()) {
+        return Location::parse(s, &dir.database());
+    }
+    if let Ok(s) = std::env::var("PAYME_BANK_STORE") {
+        if !s.trim().is_empty() {
+            return Location::parse(&s, &dir.database());
+        }
+    }
+    let store = match config {
+        Some(c) => c.store.clone(),
+        None => Config::load(&dir.config()).map(|c| c.store).unwrap_or_default(),
+    };
+    Location::parse(&store, &dir.database())
+}
+
+fn node_of(dir: &DataDir) -> String {
+    Config::load(&dir.config()).map(|c| c.node()).unwrap_or_else(|_| Config::default().node())
+}
+
+fn open_store(dir: &DataDir) -> Result<Box<dyn Store>, AdminError> {
+    let location = store_location(dir, None);
+    if let Location::Postgres(_) = location {
+        if !dir.key().exists() {
+            let d = dir.root.display();
+            return Err(refused(format!("no bank in {d} (run `payme-bank init --data-dir {d}` first)")));
+        }
+        return Ok(location.open(&node_of(dir))?);
+    }
     if !dir.database().exists() {
         let d = dir.root.display();
         return Err(refused(format!("no bank in {d} (run `payme-bank init --data-dir {d}` first)")));
@@ -213,9 +262,9 @@ fn open_store(dir: &DataDir) -> Result<SqliteStore, AdminError> {
     match dir.lock() {
         // No `serve` is running: this may be the first open since a crash, which would
         // let SQLite drop damaged committed frames for good. Check first.
-        Ok(_lock) => open_checked(dir),
+        Ok(_lock) => open_checked(dir, &location, &node_of(dir)),
         // `serve` checked the database when it started and keeps it open.
-        Err(_) => Ok(SqliteStore::open(&dir.database())?),
+        Err(_) => Ok(location.open(&node_of(dir))?),
     }
 }
 
@@ -224,13 +273,15 @@ fn damaged(dir: &DataDir, what: &str) -> AdminError {
     AdminError::Damaged { dir: dir.root.clone(), what: what.to_owned() }
 }
 
-/// Opens the bank's database after checking that its WAL holds every committed
-/// transaction (see [`crate::store::wal`]). The caller holds the serve lock.
-fn open_checked(dir: &DataDir) -> Result<SqliteStore, AdminError> {
-    if let crate::store::wal::WalCheck::Damaged(what) = crate::store::wal::check(&dir.database())? {
-        return Err(damaged(dir, &format!("committed transactions in its write-ahead log are damaged ({what})")));
+/// Opens the bank's database; an SQLite file after checking that its WAL holds every
+/// committed transaction (see [`crate::store::wal`]). The caller holds the serve lock.
+fn open_checked(dir: &DataDir, location: &Location, node: &str) -> Result<Box<dyn Store>, AdminError> {
+    if let Location::Sqlite(path) = location {
+        if let crate::store::wal::WalCheck::Damaged(what) = crate::store::wal::check(path)? {
+            return Err(damaged(dir, &format!("committed transactions in its write-ahead log are damaged ({what})")));
+        }
     }
-    Ok(SqliteStore::open(&dir.database())?)
+    Ok(location.open(node)?)
 }
 
 /// The checks `serve` makes before it answers anyone: SQLite's integrity check, and the
@@ -342,19 +393,22 @@ pub fn account_adjust(
     }
     let mut store = open_store(dir)?;
     let mut tx = store.begin()?;
-    let acct = tx.account(id)?.ok_or_else(|| refused(format!("no account {id}")))?;
-    let (balance, kind) = if credit {
-        (acct.balance.checked_add(amount).map_err(|e| refused(e.to_string()))?, EntryKind::CounterCredit)
+    let balance = if credit {
+        match tx.credit(id, amount, now(), EntryKind::CounterCredit, memo) {
+            Err(StoreError::NoAccount(_)) => return Err(refused(format!("no account {id}"))),
+            Err(StoreError::Range(what)) => return Err(refused(what.to_owned())),
+            other => other?,
+        }
     } else {
-        (
-            acct.balance
-                .checked_sub(amount)
-                .map_err(|_| refused(format!("balance {} is less than {amount}", acct.balance)))?,
-            EntryKind::CounterDebit,
-        )
+        match tx.debit(id, amount, now(), EntryKind::CounterDebit, memo) {
+            Err(StoreError::NoAccount(_)) => return Err(refused(format!("no account {id}"))),
+            Ok(None) => {
+                let have = tx.account(id)?.map(|a| a.balance).unwrap_or_default();
+                return Err(refused(format!("balance {have} is less than {amount}")));
+            }
+            other => other?.unwrap_or_default(),
+        }
     };
-    tx.set_balance(id, balance)?;
-    tx.add_ledger_entry(id, now(), kind, amount, balance, memo)?;
     tx.audit_event(now(), if credit { "credit" } else { "debit" }, &format!("account {id} amount {amount}"))?;
     tx.commit()?;
     Ok(balance)
@@ -423,7 +477,16 @@ impl AuditReport {
 /// `serve` checks at start: SQLite's integrity check and the audit. A copy that fails is
 /// removed and the failure returned.
 pub fn backup(dir: &DataDir, to: &Path) -> Result<AuditReport, AdminError> {
-    payme_node::sqlite::backup(&dir.database(), to).map_err(StoreError::from)?;
+    let db = match store_location(dir, None) {
+        Location::Sqlite(path) => path,
+        Location::Postgres(_) => {
+            return Err(refused(
+                "this bank's store is PostgreSQL: back it up with pg_dump, or with base backups and WAL \
+                 archiving for point-in-time recovery (docs/BANK.md)",
+            ))
+        }
+    };
+    payme_node::sqlite::backup(&db, to).map_err(StoreError::from)?;
     let checked = (|| {
         let mut copy = SqliteStore::open(to)?;
         let problems = copy.integrity_check()?;
@@ -445,7 +508,7 @@ pub fn backup(dir: &DataDir, to: &Path) -> Result<AuditReport, AdminError> {
 
 pub fn audit(dir: &DataDir) -> Result<AuditReport, AdminError> {
     let mut store = open_store(dir)?;
-    audit_store(&mut store).map_err(Into::into)
+    audit_store(store.as_mut()).map_err(Into::into)
 }
 
 pub fn audit_store(store: &mut dyn Store) -> Result<AuditReport, StoreError> {

@@ -23,7 +23,7 @@
 //! nothing would need a hold-then-commit step at each peer that PMTP does not have.
 
 use crate::handlers::Refuse;
-use crate::store::{ClearingRow, CounterDelta, DepositRow, SerialRow};
+use crate::store::{Circulation, ClearingRow, DepositRow, SerialRow, Spend};
 use crate::Bank;
 use pmtp_client::BankClient;
 use pmtp_proto::bank_statement::EntryKind;
@@ -115,16 +115,18 @@ pub async fn deposit(
                     ),
                 });
             }
-            let mut removed: Vec<SerialRow> = Vec::with_capacity(serials.len());
-            for r in &serials {
-                removed.push(crate::handlers::spend_coin(tx, r, |s| {
-                    Refuse::new(
+            let held: Vec<_> = serials.iter().map(|r| r.serial).collect();
+            let removed = match tx.hold(&held)? {
+                Spend::Spent(rows) => rows,
+                Spend::Missing(s) => {
+                    return Err(Refuse::new(
                         ReasonCode::COIN_NOT_IN_CIRCULATION,
                         format!("coin {s} is not in circulation (already spent); nothing was deposited"),
-                    )
-                })?);
-            }
-            let mut row = row;
+                    ))
+                }
+            };
+            crate::handlers::check_spent(&serials, &removed)?;
+            let mut row = row.clone();
             row.local_serials = bincode::serialize(&removed.iter().map(serial_tuple).collect::<Vec<_>>())
                 .map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))?;
             tx.insert_clearing(&row)?;
@@ -199,20 +201,12 @@ pub async fn settle(bank: &Arc<Bank>, row: ClearingRow) -> Result<DepositRow, Re
                     if let Some(d) = tx.deposit(&request_id)? {
                         return Ok(d); // the resolver and a retry raced; settled once
                     }
-                    let acct = tx
-                        .account(row.account)?
-                        .ok_or_else(|| Refuse::new(ReasonCode::UNKNOWN_ACCOUNT, "account closed"))?;
-                    let balance = acct
-                        .balance
-                        .checked_add(total)
-                        .map_err(|_| Refuse::new(ReasonCode::INVALID_AMOUNT, "balance would overflow"))?;
-                    tx.set_balance(row.account, balance)?;
                     let memo = format!("coins deposited ({} cleared with {peer_id})", row.foreign_amount);
-                    tx.add_ledger_entry(row.account, now, EntryKind::Deposit, total, balance, &memo)?;
-                    tx.add_counters(&CounterDelta {
-                        redeemed: (row.local_amount, locals.len() as u64),
-                        ..Default::default()
-                    })?;
+                    let balance = tx.credit(row.account, total, now, EntryKind::Deposit, &memo)?;
+                    let held = Circulation { count: locals.len() as u64, value: row.local_amount };
+                    if !tx.settle_clearing(&request_id, held)? {
+                        return Err(Refuse::new(ReasonCode::INTERNAL, "the clearing was undone meanwhile"));
+                    }
                     let d = DepositRow {
                         request_id,
                         account: row.account,
@@ -222,7 +216,6 @@ pub async fn settle(bank: &Arc<Bank>, row: ClearingRow) -> Result<DepositRow, Re
                         time: now,
                     };
                     tx.insert_deposit(&d)?;
-                    tx.set_clearing_state(&request_id, "settled", "")?;
                     Ok::<DepositRow, Refuse>(d)
                 })
                 .await??;
@@ -235,15 +228,10 @@ pub async fn settle(bank: &Arc<Bank>, row: ClearingRow) -> Result<DepositRow, Re
             let r2 = reason.clone();
             bank.writer
                 .run(move |tx| {
-                    match tx.clearing(&request_id)? {
-                        Some(c) if c.state == "pending" => {}
-                        _ => return Ok(()),
-                    }
-                    // Undo step 1: the depositor's own coins of this bank are valid again.
-                    for t in &locals {
-                        tx.insert_serial(&from_tuple(t))?;
-                    }
-                    tx.set_clearing_state(&request_id, "failed", &r2)?;
+                    // Undo step 1: the depositor's own coins of this bank are valid again
+                    // (nothing done if the clearing was no longer pending).
+                    let held: Vec<SerialRow> = locals.iter().map(from_tuple).collect();
+                    tx.undo_clearing(&request_id, &held, &r2)?;
                     Ok::<(), Refuse>(())
                 })
                 .await??;

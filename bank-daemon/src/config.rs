@@ -18,6 +18,13 @@ pub struct Config {
     pub public_addr: String,
     /// The address `serve` listens on.
     pub listen: SocketAddr,
+    /// Where the ledger lives: empty for `bank.db` in the data directory (SQLite), a path
+    /// to an SQLite file, or a `postgres://` URL (several nodes on one database).
+    /// `PAYME_BANK_STORE` overrides it.
+    pub store: String,
+    /// This node's name among the nodes sharing one database: its money counters are
+    /// its own rows. Empty means `main`. `PAYME_BANK_NODE_ID` overrides it.
+    pub node_id: String,
     /// ISO 4217 code or any short name of the currency.
     pub currency: String,
     /// Minor units per major unit, as a power of ten (2: cents).
@@ -122,6 +129,8 @@ impl Default for Config {
             bank_id: "bank".into(),
             public_addr: "127.0.0.1:8000".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            store: String::new(),
+            node_id: String::new(),
             currency: "EUR".into(),
             minor_unit_digits: 2,
             max_denomination_exponent: 20,
@@ -206,6 +215,15 @@ impl Config {
         Ok(())
     }
 
+    /// This node's counter shard: `PAYME_BANK_NODE_ID`, else `node_id`, else `main`.
+    pub fn node(&self) -> String {
+        match std::env::var("PAYME_BANK_NODE_ID") {
+            Ok(n) if !n.is_empty() => n,
+            _ if !self.node_id.is_empty() => self.node_id.clone(),
+            _ => crate::store::sqlite::DEFAULT_NODE.to_owned(),
+        }
+    }
+
     /// The `[[peer]]` section `peer add` appends.
     pub fn peer_section(p: &PeerBank) -> Result<String, ConfigError> {
         payme_node::config::array_section("peer", p)
@@ -234,6 +252,18 @@ const COMMENTS: &[(&str, &str)] = &[
          Port 0 means the address `serve` actually listens on.",
     ),
     ("listen", "Address `payme-bank serve` listens on (PMTP over TCP; the paper's port is 8000)."),
+    (
+        "store",
+        "Where the ledger lives: empty for bank.db in the data directory (SQLite), or a\n\
+         postgres://user:password@host/dbname URL (or postgres:///dbname?host=/run/postgresql)\n\
+         to put several `payme-bank serve` nodes on one PostgreSQL database (docs/BANK.md).\n\
+         PAYME_BANK_STORE overrides it.",
+    ),
+    (
+        "node_id",
+        "This node's name among nodes sharing one database (each keeps its own counter rows);\n\
+         empty means \"main\". PAYME_BANK_NODE_ID overrides it.",
+    ),
     ("currency", "Currency name, and how many decimal digits its minor unit has (2: amounts are cents)."),
     ("max_denomination_exponent", "Coins are powers of two minor units, from 1 up to 2^max_denomination_exponent."),
     ("coin_lifetime_secs", "Seconds a coin stays valid after minting; expired coins are refused and purged."),

@@ -293,13 +293,7 @@ impl Bank {
             let (serials, nonces) = self
                 .writer
                 .run(move |tx| {
-                    let purged = tx.purge_expired_serials(now, batch)?;
-                    if purged.count > 0 {
-                        tx.add_counters(&store::CounterDelta {
-                            expired: (purged.value, purged.count),
-                            ..Default::default()
-                        })?;
-                    }
+                    let purged = tx.expire(now, batch)?;
                     let nonces = tx.purge_nonces(now, batch)?;
                     let old = tx.purge_requests(now.saturating_sub(retention), batch)?;
                     Ok::<_, store::StoreError>((purged.count, nonces.max(old)))

@@ -20,6 +20,10 @@ struct Cli {
     /// Print results as JSON (for scripts); errors too.
     #[arg(long, global = true)]
     json: bool,
+    /// The bank's store, overriding `store` in config.toml: a postgres:// URL (several
+    /// nodes on one database, docs/BANK.md) or an SQLite file (default: DATA_DIR/bank.db).
+    #[arg(long, global = true, env = "PAYME_BANK_STORE")]
+    store: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -221,6 +225,9 @@ fn money(v: impl TryInto<u64> + ToString + Copy) -> serde_json::Value {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(store) = cli.store.clone() {
+        admin::set_store_flag(store);
+    }
     let dir = bank_daemon::data_dir(cli.data_dir.unwrap_or_else(|| payme_node::config::default_data_dir("payme-bank")));
     let json = cli.json;
     match cli.command {

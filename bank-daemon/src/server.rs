@@ -28,7 +28,8 @@ pub async fn serve(bank: Arc<Bank>, listener: TcpListener, shutdown: impl Future
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
 
-    // Expired serials and nonces are purged in the background.
+    // Expired serials and nonces are purged, and interrupted issues finished, in the
+    // background.
     {
         let (bank, token) = (bank.clone(), token.clone());
         let every = Duration::from_secs(bank.config.limits.purge_interval_secs.max(1));
@@ -36,6 +37,12 @@ pub async fn serve(bank: Arc<Bank>, listener: TcpListener, shutdown: impl Future
             loop {
                 if let Err(e) = bank.purge_expired(bank.clock.now()).await {
                     tracing::warn!(reason = %e.text, "purge failed; will retry");
+                }
+                // Withdrawals and exchanges paid for but left unsigned by a node that
+                // stopped (this one before a restart, or another on the same database).
+                let now = bank.clock.now();
+                if let Err(e) = crate::handlers::resume_issues(&bank, now, crate::handlers::RESUME_AFTER_SECS).await {
+                    tracing::warn!(reason = %e.text, "finishing interrupted requests failed; will retry");
                 }
                 tokio::select! {
                     _ = token.cancelled() => break,

@@ -16,6 +16,26 @@ type Finish = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// could neither be released nor rolled back to its savepoint leaves the transaction in a
 /// state nobody can vouch for, so the whole batch is rolled back.
 type Job = Box<dyn FnOnce(&mut dyn Tx) -> (Finish, bool) + Send>;
+/// How many times a job runs at most when it keeps failing with retryable errors.
+pub const ATTEMPTS: u32 = 4;
+
+/// Whether an error may go away if the same work is run again.
+pub trait Retry {
+    fn retryable(&self) -> bool;
+}
+
+impl Retry for StoreError {
+    fn retryable(&self) -> bool {
+        StoreError::retryable(self)
+    }
+}
+
+impl Retry for String {
+    fn retryable(&self) -> bool {
+        false
+    }
+}
+
 type Reply<R, E> = oneshot::Receiver<Result<Result<R, E>, WriteError>>;
 
 #[derive(Debug, thiserror::Error)]
@@ -77,11 +97,16 @@ impl Writer {
     /// Runs `f` in the next group transaction. `Ok(Ok(r))`: `f` succeeded and its work is
     /// durable. `Ok(Err(e))`: `f` refused and nothing it did was kept. `Err`: the outcome
     /// was not committed (the writer stopped or the commit failed).
+    ///
+    /// A job that fails with a retryable error ([`Retry`]: busy, serialization failure,
+    /// deadlock, a unique key another node took first) is rolled back to its savepoint and
+    /// run again, at most [`ATTEMPTS`] times in all; so `f` may run more than once, and
+    /// must do all its work through `tx`.
     pub async fn run<R, E, F>(&self, f: F) -> Result<Result<R, E>, WriteError>
     where
         R: Send + 'static,
-        E: Send + 'static,
-        F: FnOnce(&mut dyn Tx) -> Result<R, E> + Send + 'static,
+        E: Retry + Send + 'static,
+        F: FnMut(&mut dyn Tx) -> Result<R, E> + Send + 'static,
     {
         let (job, reply) = job(f);
         self.jobs.send(job).await.map_err(|_| WriteError::Stopped)?;
@@ -91,24 +116,38 @@ impl Writer {
 
 /// Wraps `f` as a job for a batch: its own savepoint, and its result held back until the
 /// batch's commit decides what the caller is told.
-fn job<R, E, F>(f: F) -> (Job, Reply<R, E>)
+fn job<R, E, F>(mut f: F) -> (Job, Reply<R, E>)
 where
     R: Send + 'static,
-    E: Send + 'static,
-    F: FnOnce(&mut dyn Tx) -> Result<R, E> + Send + 'static,
+    E: Retry + Send + 'static,
+    F: FnMut(&mut dyn Tx) -> Result<R, E> + Send + 'static,
 {
     let (reply_tx, reply_rx) = oneshot::channel();
     let job: Job = Box::new(move |tx: &mut dyn Tx| {
-        let result = match tx.savepoint() {
-            Ok(()) => Some(f(tx)),
-            Err(_) => None,
-        };
-        let sound = match &result {
-            Some(Ok(_)) => tx.release_savepoint().is_ok(),
-            Some(Err(_)) => tx.rollback_to_savepoint().is_ok(),
-            // No savepoint was made, so nothing of this job is in the transaction.
-            None => true,
-        };
+        let mut result = None;
+        // No savepoint made yet, so nothing of this job is in the transaction.
+        let mut sound = true;
+        for attempt in 1..=ATTEMPTS {
+            if tx.savepoint().is_err() {
+                break;
+            }
+            let r = f(tx);
+            let again = match &r {
+                Ok(_) => {
+                    sound = tx.release_savepoint().is_ok();
+                    false
+                }
+                Err(e) => {
+                    sound = tx.rollback_to_savepoint().is_ok();
+                    sound && e.retryable() && attempt < ATTEMPTS
+                }
+            };
+            result = Some(r);
+            if !again {
+                break;
+            }
+            tracing::debug!(attempt, "retrying a write after a conflict");
+        }
         let finish: Finish = Box::new(move |committed: Result<(), String>| {
             let out = match (result, committed) {
                 (Some(Err(e)), Ok(())) => Ok(Err(e)),
@@ -220,8 +259,8 @@ mod tests {
         SerialRow { serial: Serial([n; 16]), value: Amount::new(u64::from(n)), expiry: 100, key_id: KeyId([0; 8]) }
     }
 
-    fn insert(n: u8) -> impl FnOnce(&mut dyn Tx) -> Result<(), String> + Send + 'static {
-        move |tx| tx.insert_serial(&row(n)).map(|_| ()).map_err(|e| e.to_string())
+    fn insert(n: u8) -> impl FnMut(&mut dyn Tx) -> Result<(), String> + Send + 'static {
+        move |tx| tx.issue(&[row(n)]).map(|_| ()).map_err(|e| e.to_string())
     }
 
     fn serials(store: &mut SqliteStore) -> u64 {
@@ -235,7 +274,7 @@ mod tests {
         let mut store = SqliteStore::in_memory().unwrap();
         let (a, ra) = job(insert(1));
         let (b, rb) = job(|tx: &mut dyn Tx| {
-            tx.insert_serial(&row(2)).unwrap();
+            tx.issue(&[row(2)]).unwrap();
             Err::<(), String>("refused after writing".into())
         });
         let (c, rc) = job(insert(3));
@@ -254,7 +293,7 @@ mod tests {
         let mut store = SqliteStore::in_memory().unwrap();
         let (a, ra) = job(insert(1));
         let (b, rb) = job(|tx: &mut dyn Tx| {
-            tx.insert_serial(&row(2)).unwrap();
+            tx.issue(&[row(2)]).unwrap();
             tx.release_savepoint().unwrap();
             Err::<(), String>("refused".into())
         });
@@ -270,5 +309,38 @@ mod tests {
         run_batch(&mut store, &mut vec![d]);
         assert!(matches!(rd.blocking_recv().unwrap(), Ok(Ok(()))));
         assert_eq!(serials(&mut store), 1);
+    }
+
+    /// A job that fails with a retryable error (here a unique key another writer took) is
+    /// rolled back to its savepoint and run again; one that keeps failing stops after
+    /// `ATTEMPTS` runs; a refusal that is not retryable runs once.
+    #[test]
+    fn retryable_failures_are_run_again_and_bounded() {
+        let mut store = SqliteStore::in_memory().unwrap();
+        let mut runs = 0;
+        let (a, ra) = job(move |tx: &mut dyn Tx| {
+            runs += 1;
+            tx.issue(&[row(10 + runs)])?;
+            if runs < 3 {
+                return Err(StoreError::Db(crate::store::DbError::new(
+                    crate::store::DbErrorKind::Conflict,
+                    "deadlock",
+                )));
+            }
+            Ok(runs)
+        });
+        let forever = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let f = forever.clone();
+        let (b, rb) = job(move |_: &mut dyn Tx| {
+            f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err::<(), _>(StoreError::Db(crate::store::DbError::new(crate::store::DbErrorKind::Busy, "busy")))
+        });
+        let (c, rc) = job(|_: &mut dyn Tx| Err::<(), String>("refused".into()));
+        run_batch(&mut store, &mut vec![a, b, c]);
+        assert!(matches!(ra.blocking_recv().unwrap(), Ok(Ok(3))));
+        assert!(matches!(rb.blocking_recv().unwrap(), Ok(Err(StoreError::Db(_)))));
+        assert_eq!(forever.load(std::sync::atomic::Ordering::SeqCst), ATTEMPTS);
+        assert!(matches!(rc.blocking_recv().unwrap(), Ok(Err(_))));
+        assert_eq!(serials(&mut store), 1, "the failed attempts' writes were rolled back");
     }
 }

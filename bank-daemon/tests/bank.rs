@@ -418,32 +418,7 @@ async fn sixty_four_concurrent_spends_of_one_coin() {
     for round in 0..2u8 {
         let w =
             c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, rid(), Amount::new(4), vec![]).await.unwrap();
-        let mut tasks = Vec::new();
-        for i in 0..64u8 {
-            let (c, coins, shop) = (bank.client(), w.coins.clone(), shop.clone());
-            tasks.push(tokio::spawn(async move {
-                if i % 2 == 0 {
-                    c.deposit(
-                        &shop.identity,
-                        shop.account,
-                        "shop",
-                        [round, i, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
-                        coins,
-                    )
-                    .await
-                    .map(|_| ())
-                } else {
-                    c.exchange(rid(), coins, vec![]).await.map(|_| ())
-                }
-            }));
-        }
-        let mut ok = 0;
-        for t in tasks {
-            match t.await.unwrap() {
-                Ok(()) => ok += 1,
-                Err(e) => assert_eq!(code(&e), ReasonCode::COIN_NOT_IN_CIRCULATION, "{e}"),
-            }
-        }
+        let ok = spend_64_ways(&[bank.client()], shop.clone(), w.coins, round).await;
         assert_eq!(ok, 1, "round {round}: exactly one spend succeeds");
     }
     bank.assert_audit();
@@ -709,4 +684,53 @@ async fn clearing_resolved_in_process_when_the_peer_returns() {
     for b in &banks {
         b.assert_audit();
     }
+}
+
+/// A withdrawal whose node stopped between its steps (debited and reserved, never signed)
+/// is finished by the background round: the coins are minted under its request id, they
+/// deposit, and the audit holds; a round before the grace period leaves it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_withdrawal_is_finished_by_the_background_round() {
+    use bank_daemon::store::IssuedRow;
+    let mut bank = TestBank::start();
+    let alice = bank.holder(1, "alice", 100);
+    bank.stop();
+    let clock = std::sync::Arc::new(ManualClock::new(now()));
+    let served = InProcess::serve(&bank, clock.clone()).await;
+    let b = served.bank.clone().unwrap();
+    let t0 = clock.now();
+    let plan = bincode::serialize(&Denomination::split(Amount::new(12)).unwrap()).unwrap();
+    let (account, request_id) = (alice.account, rid());
+    // Step 1 alone, as a node that died right after it would leave it.
+    b.writer
+        .run(move |tx| {
+            let balance = tx
+                .debit(account, Amount::new(12), t0, bank_statement::EntryKind::Withdrawal, "coins withdrawn")?
+                .unwrap();
+            tx.reserve_issue(&IssuedRow {
+                request_id,
+                input_hash: [0; 32],
+                plan: plan.clone(),
+                coins: None,
+                balance: Some(balance),
+                time: t0,
+            })
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let after = bank_daemon::handlers::RESUME_AFTER_SECS;
+    assert_eq!(bank_daemon::handlers::resume_issues(&b, t0 + 1, after).await.unwrap(), 0, "in progress");
+    assert_eq!(bank_daemon::handlers::resume_issues(&b, t0 + after, after).await.unwrap(), 1);
+    assert_eq!(bank_daemon::handlers::resume_issues(&b, t0 + after, after).await.unwrap(), 0, "once");
+    let row = b.readers.read(move |tx| tx.issued(&request_id)).await.unwrap().unwrap();
+    let coins: Vec<Coin> = bincode::deserialize(&row.coins.unwrap()).unwrap();
+    assert_eq!(Amount::checked_sum(coins.iter().map(|c| c.value())).unwrap(), Amount::new(12));
+    let c = served.client();
+    let d = c.deposit(&alice.identity, alice.account, "alice", rid(), coins).await.unwrap();
+    assert_eq!(d.ack.body.balance, Amount::new(100), "debited 12 at step 1, credited 12 back");
+    drop(b); // the writer stops when its last handle is gone
+    served.stop().await;
+    let text = bank.assert_audit();
+    assert!(text.contains("in circulation 0 (0 serials)"), "{text}");
 }

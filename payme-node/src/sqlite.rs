@@ -8,8 +8,14 @@ use std::path::Path;
 /// What kind of failure a database error is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DbErrorKind {
-    /// A UNIQUE, CHECK, NOT NULL or foreign key constraint refused the change.
+    /// A CHECK, NOT NULL or foreign key constraint refused the change.
     Constraint,
+    /// A UNIQUE or PRIMARY KEY constraint refused an insert: another writer got the key
+    /// first (PostgreSQL 23505). Retryable: the retry reads what the other one wrote.
+    Unique,
+    /// Two transactions collided: a serialization failure or a deadlock (PostgreSQL 40001,
+    /// 40P01). Retryable: nothing of the failed attempt was kept.
+    Conflict,
     /// Another connection holds the lock (after the busy timeout), or a checkpoint was
     /// blocked by a reader.
     Busy,
@@ -26,6 +32,8 @@ impl std::fmt::Display for DbErrorKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             DbErrorKind::Constraint => "constraint",
+            DbErrorKind::Unique => "unique key taken",
+            DbErrorKind::Conflict => "conflict",
             DbErrorKind::Busy => "busy",
             DbErrorKind::Corrupt => "corrupt",
             DbErrorKind::Io => "I/O",
@@ -42,6 +50,14 @@ pub struct DbError {
     pub message: String,
 }
 
+impl DbErrorKind {
+    /// Whether running the same work again may succeed: busy, conflict, a unique key taken
+    /// by a concurrent writer. Never a damaged database or a refused value.
+    pub fn retryable(self) -> bool {
+        matches!(self, DbErrorKind::Busy | DbErrorKind::Conflict | DbErrorKind::Unique)
+    }
+}
+
 impl DbError {
     pub fn new(kind: DbErrorKind, message: impl Into<String>) -> Self {
         DbError { kind, message: message.into() }
@@ -50,7 +66,17 @@ impl DbError {
 
 impl From<rusqlite::Error> for DbError {
     fn from(e: rusqlite::Error) -> Self {
+        let extended = match &e {
+            rusqlite::Error::SqliteFailure(f, _) => f.extended_code,
+            _ => 0,
+        };
         let kind = match e.sqlite_error_code() {
+            Some(ErrorCode::ConstraintViolation)
+                if extended == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                    || extended == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+            {
+                DbErrorKind::Unique
+            }
             Some(ErrorCode::ConstraintViolation) => DbErrorKind::Constraint,
             Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => DbErrorKind::Busy,
             Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => DbErrorKind::Corrupt,
@@ -234,7 +260,8 @@ mod tests {
         .unwrap();
         conn.execute("INSERT INTO t VALUES (1, 1)", []).unwrap();
         let dup = DbError::from(conn.execute("INSERT INTO t VALUES (1, 2)", []).unwrap_err());
-        assert_eq!(dup.kind, DbErrorKind::Constraint, "{dup}");
+        assert_eq!(dup.kind, DbErrorKind::Unique, "{dup}");
+        assert!(dup.kind.retryable());
         let neg = DbError::from(conn.execute("INSERT INTO t VALUES (2, -1)", []).unwrap_err());
         assert_eq!(neg.kind, DbErrorKind::Constraint, "{neg}");
         let bad = DbError::from(conn.execute("INSERT INTO nowhere VALUES (1)", []).unwrap_err());

@@ -414,3 +414,35 @@ pub fn connect_banks(banks: &mut [TestBank]) {
         b.restart_same_port();
     }
 }
+
+/// Spends the same `coins` 64 times at once, spread over `clients` in turn: even tasks
+/// deposit them to `shop`, odd ones exchange them. Returns how many succeeded; every
+/// other one must be refused as not in circulation.
+pub async fn spend_64_ways(
+    clients: &[BankClient],
+    shop: std::sync::Arc<Holder>,
+    coins: Vec<pmtp_proto::Coin>,
+    round: u8,
+) -> usize {
+    let mut tasks = Vec::new();
+    for i in 0..64u8 {
+        let (c, coins, shop) = (clients[i as usize % clients.len()].clone(), coins.clone(), shop.clone());
+        tasks.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                let request = [round, i, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+                c.deposit(&shop.identity, shop.account, &shop.name, request, coins).await.map(|_| ())
+            } else {
+                let request = pmtp_proto::rng::bytes(&mut pmtp_proto::rng::os());
+                c.exchange(request, coins, vec![]).await.map(|_| ())
+            }
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(e) => assert_eq!(e.code(), Some(pmtp_proto::ReasonCode::COIN_NOT_IN_CIRCULATION), "{e}"),
+        }
+    }
+    ok
+}

@@ -6,6 +6,7 @@ pub mod browser_harness;
 pub mod fake_shop;
 pub mod inband;
 pub mod load;
+pub mod pg;
 pub mod replay;
 pub mod wallet_harness;
 pub mod web_harness;

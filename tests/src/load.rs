@@ -63,9 +63,9 @@ pub struct Stats {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
-    /// Bank CPU seconds (user + system) spent during the scenario.
+    /// Bank CPU seconds (user + system) spent during the scenario, all nodes together.
     pub bank_cpu_secs: f64,
-    /// The bank's peak resident memory so far, KiB.
+    /// The bank's peak resident memory so far, KiB (the largest node's).
     pub bank_peak_rss_kib: u64,
     pub first_error: Option<String>,
 }
@@ -87,10 +87,11 @@ pub async fn drive(
     clients: usize,
     duration: Duration,
     coins_per_op: usize,
-    bank_pid: u32,
+    bank_pids: &[u32],
 ) -> Stats {
+    let cpu = || bank_pids.iter().map(|p| cpu_secs(*p)).sum::<f64>();
     let queue = Arc::new(std::sync::Mutex::new(jobs.into_iter()));
-    let cpu0 = cpu_secs(bank_pid);
+    let cpu0 = cpu();
     let start = Instant::now();
     let deadline = start + duration;
     let mut workers = Vec::new();
@@ -154,8 +155,8 @@ pub async fn drive(
         p90_ms: pct(0.9),
         p99_ms: pct(0.99),
         max_ms: lat.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0),
-        bank_cpu_secs: cpu_secs(bank_pid) - cpu0,
-        bank_peak_rss_kib: peak_rss_kib(bank_pid),
+        bank_cpu_secs: cpu() - cpu0,
+        bank_peak_rss_kib: bank_pids.iter().map(|p| peak_rss_kib(*p)).max().unwrap_or(0),
         first_error,
     }
 }

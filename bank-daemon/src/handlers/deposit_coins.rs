@@ -7,7 +7,7 @@
 //! depositor who lost the reply can ask again without being credited twice.
 
 use super::{verify_coins, Refuse};
-use crate::store::{CounterDelta, DepositRow};
+use crate::store::{DepositRow, Spend};
 use crate::Bank;
 use pmtp_proto::bank_statement::EntryKind;
 use pmtp_proto::coin::coins_hash;
@@ -49,22 +49,17 @@ pub async fn handle(
                 }
                 return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another deposit"));
             }
-            for r in &rows {
-                super::spend_coin(tx, r, |s| {
-                    Refuse::new(
+            let serials: Vec<_> = rows.iter().map(|r| r.serial).collect();
+            match tx.spend(&serials)? {
+                Spend::Missing(s) => {
+                    return Err(Refuse::new(
                         ReasonCode::COIN_NOT_IN_CIRCULATION,
                         format!("coin {s} is not in circulation (already spent); nothing was deposited"),
-                    )
-                })?;
+                    ))
+                }
+                Spend::Spent(spent) => super::check_spent(&rows, &spent)?,
             }
-            let acct = tx.account(id)?.ok_or_else(|| Refuse::new(ReasonCode::UNKNOWN_ACCOUNT, "account closed"))?;
-            let balance = acct
-                .balance
-                .checked_add(total)
-                .map_err(|_| Refuse::new(ReasonCode::INVALID_AMOUNT, "balance would overflow"))?;
-            tx.set_balance(id, balance)?;
-            tx.add_ledger_entry(id, now, EntryKind::Deposit, total, balance, "coins deposited")?;
-            tx.add_counters(&CounterDelta { redeemed: (total, rows.len() as u64), ..Default::default() })?;
+            let balance = tx.credit(id, total, now, EntryKind::Deposit, "coins deposited")?;
             let row = DepositRow { request_id, account: id, amount: total, coins_hash: hash, balance, time: now };
             tx.insert_deposit(&row)?;
             Ok(row)

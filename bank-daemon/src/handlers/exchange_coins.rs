@@ -1,13 +1,14 @@
 //! exchange_coins: valid coins in, new coins of the same total out. No account, no
 //! identity (the bank learns only the network address). The coins handed in are checked
-//! (signatures, then circulation, then a retry by request id) before any new coin is
-//! signed; the old serials' removal and the new serials' insertion are one transaction.
+//! (signatures), then spent and the request reserved in one transaction, before any new
+//! coin is signed; the new serials go into circulation in a second transaction
+//! ([`super::finish_issue`]), which a retry or the background round finishes if the
+//! first one's node stopped in between.
 
-use super::withdraw_coins::{decode_issued, Issued};
-use super::{mint, plan_denominations, verify_coins, Refuse};
-use crate::store::{CounterDelta, IssuedRow, SerialRow};
+use super::{plan_denominations, verify_coins, Refuse};
+use crate::store::{IssuedRow, Spend};
 use crate::Bank;
-use pmtp_proto::{Amount, ExchangeCoinsRequest, ExchangeCoinsResponse, Nonce, ReasonCode};
+use pmtp_proto::{ExchangeCoinsRequest, ExchangeCoinsResponse, Nonce, ReasonCode};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -30,68 +31,38 @@ pub async fn handle(
     let old: Vec<_> = old_rows.iter().map(|r| r.serial).collect();
     let (nonce_random, request_id) = (req.nonce.random, req.request_id);
     let input_hash = pmtp_proto::coin::coins_hash(old.iter());
-    // Before any signing: a retry gets its coins back, and coins already spent are
-    // refused for the cost of a read (the transaction below re-checks).
-    let serials = old.clone();
-    let (previous, missing) =
-        bank.readers.read(move |tx| Ok((tx.issued(&request_id)?, tx.first_missing_serial(&serials)?))).await?;
-    let fresh = match previous {
-        Some(p) if p.input_hash != input_hash || p.balance.is_some() => {
-            return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another request"));
-        }
-        Some(_) => Vec::new(),
-        None => {
-            if let Some(s) = missing {
-                return Err(not_in_circulation(&s));
-            }
-            mint(&bank, plan, now).await?
-        }
-    };
-    let new_rows: Vec<SerialRow> = fresh
-        .iter()
-        .map(|c| SerialRow { serial: c.serial(), value: c.value(), expiry: c.body().expiry, key_id: c.body().key_id })
-        .collect();
-    let coins_blob = bincode::serialize(&fresh).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))?;
+    let plan_blob = bincode::serialize(&plan).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))?;
     let nonce_expiry = bank.nonce_expiry(&req.nonce);
-    let (n_old, n_new) = (old.len() as u64, new_rows.len() as u64);
-    let outcome = bank
+    let n_old = old.len();
+    // Step 1, before any signing: the coins handed in are spent (one winner per serial,
+    // whichever node it asks) and the request reserved; a retry finds the reservation.
+    let reserved = bank
         .writer
         .run(move |tx| {
             crate::handlers::record_nonce(tx, &nonce_random, nonce_expiry)?;
-            // A retry of an exchange that already happened gets the same new coins.
             if let Some(previous) = tx.issued(&request_id)? {
                 if previous.input_hash != input_hash || previous.balance.is_some() {
                     return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another request"));
                 }
-                return Ok(Issued::Before(previous.coins, Amount::ZERO));
+                return Ok(previous);
             }
-            if new_rows.is_empty() {
-                // The record read before signing is gone (retention ran in between).
-                return Err(Refuse::new(ReasonCode::INTERNAL, "the bank lost track of this retry; try again"));
+            match tx.spend(&old)? {
+                Spend::Missing(s) => return Err(not_in_circulation(&s)),
+                Spend::Spent(spent) => super::check_spent(&old_rows, &spent)?,
             }
-            for r in &old_rows {
-                super::spend_coin(tx, r, not_in_circulation)?;
-            }
-            for r in &new_rows {
-                if !tx.insert_serial(r)? {
-                    return Err(Refuse::new(ReasonCode::INTERNAL, "serial collision; try again"));
-                }
-            }
-            tx.add_counters(&CounterDelta { minted: (total, n_new), redeemed: (total, n_old), ..Default::default() })?;
-            tx.insert_issued(&IssuedRow { request_id, input_hash, coins: coins_blob, balance: None, time: now })?;
-            Ok::<Issued, Refuse>(Issued::Now(total))
+            let row =
+                IssuedRow { request_id, input_hash, plan: plan_blob.clone(), coins: None, balance: None, time: now };
+            tx.reserve_issue(&row)?;
+            Ok::<IssuedRow, Refuse>(row)
         })
         .await??;
-    let coins = match outcome {
-        Issued::Now(_) => {
-            tracing::info!(amount = %total, coins_in = n_old, coins_out = n_new, "exchange");
-            fresh
-        }
-        Issued::Before(blob, _) => {
-            tracing::info!(amount = %total, "exchange retried; same coins returned");
-            decode_issued(&blob)?
-        }
-    };
+    let retried = reserved.coins.is_some();
+    let coins = super::finish_issue(&bank, reserved).await?;
+    if retried {
+        tracing::info!(amount = %total, "exchange retried; same coins returned");
+    } else {
+        tracing::info!(amount = %total, coins_in = n_old, coins_out = coins.len(), "exchange");
+    }
     Ok(ExchangeCoinsResponse { coins, nonce: Nonce::new(&mut bank.rng(), bank.local_ip(peer), now) })
 }
 

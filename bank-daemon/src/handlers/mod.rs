@@ -7,7 +7,7 @@ pub mod deposit_coins;
 pub mod exchange_coins;
 pub mod withdraw_coins;
 
-use crate::store::StoreError;
+use crate::store::{IssuedRow, SerialRow, StoreError};
 use crate::writer::{cpu, CpuJobFailed, WriteError};
 use crate::Bank;
 use pmtp_proto::coin::{Coin, CoinBody, Serial};
@@ -24,11 +24,20 @@ use std::sync::Arc;
 pub struct Refuse {
     pub code: ReasonCode,
     pub text: String,
+    /// The refusal came from a store error that may go away when the work is run again
+    /// (busy, conflict, a unique key taken by another node): the writer retries.
+    pub retryable: bool,
 }
 
 impl Refuse {
     pub fn new(code: ReasonCode, text: impl Into<String>) -> Self {
-        Refuse { code, text: text.into() }
+        Refuse { code, text: text.into(), retryable: false }
+    }
+}
+
+impl crate::writer::Retry for Refuse {
+    fn retryable(&self) -> bool {
+        self.retryable
     }
 }
 
@@ -37,11 +46,22 @@ impl From<StoreError> for Refuse {
     fn from(e: StoreError) -> Self {
         // The kind goes to the log (a corrupt database needs a person; busy does not); the
         // requester learns only that the failure was the bank's, and may retry.
+        match &e {
+            StoreError::NoAccount(id) => {
+                return Refuse::new(ReasonCode::UNKNOWN_ACCOUNT, format!("no account {id} at this bank"))
+            }
+            StoreError::Range("balance would overflow") => {
+                return Refuse::new(ReasonCode::INVALID_AMOUNT, "balance would overflow")
+            }
+            _ => {}
+        }
+        let retryable = e.retryable();
         match e.kind() {
+            Some(kind) if retryable => tracing::info!(error = %e, %kind, "store conflict"),
             Some(kind) => tracing::error!(error = %e, %kind, "store error"),
             None => tracing::error!(error = %e, "store error"),
         }
-        Refuse::new(ReasonCode::INTERNAL, "the bank's database failed; try again")
+        Refuse { retryable, ..Refuse::new(ReasonCode::INTERNAL, "the bank's database failed; try again") }
     }
 }
 impl From<WriteError> for Refuse {
@@ -211,27 +231,22 @@ pub fn row_of(c: &Coin) -> crate::store::SerialRow {
     crate::store::SerialRow { serial: c.serial(), value: c.value(), expiry: c.body().expiry, key_id: c.body().key_id }
 }
 
-/// Takes `coin`'s serial out of circulation inside `tx`, checking that the stored row is
-/// the coin: value, expiry and key as this bank minted them. A signed body that says
-/// otherwise was not minted so by this bank (a forgery under a key that leaked, which a
-/// retired key may have) and is refused; the caller's transaction is then rolled back.
-/// `none` is the refusal for a serial not in circulation (already spent).
-pub fn spend_coin(
-    tx: &mut dyn crate::store::Tx,
-    coin: &crate::store::SerialRow,
-    none: impl FnOnce(&Serial) -> Refuse,
-) -> Result<crate::store::SerialRow, Refuse> {
-    match tx.remove_serial(&coin.serial)? {
-        None => Err(none(&coin.serial)),
-        Some(stored) if stored != *coin => {
-            tracing::warn!(serial = %coin.serial, "a coin whose signed body differs from the minted row was refused");
-            Err(Refuse::new(
+/// Checks that the rows a spend (or hold) took out of circulation are the coins handed in:
+/// value, expiry and key as this bank minted them under each serial. A signed body that
+/// says otherwise was not minted so by this bank (a forgery under a key that leaked, which
+/// a retired key may have) and is refused; the caller's transaction is then rolled back.
+pub fn check_spent(coins: &[crate::store::SerialRow], spent: &[crate::store::SerialRow]) -> Result<(), Refuse> {
+    let stored: std::collections::HashMap<_, _> = spent.iter().map(|r| (r.serial, r)).collect();
+    for c in coins {
+        if stored.get(&c.serial).is_none_or(|r| *r != c) {
+            tracing::warn!(serial = %c.serial, "a coin whose signed body differs from the minted row was refused");
+            return Err(Refuse::new(
                 ReasonCode::COIN_BAD_SIGNATURE,
-                format!("coin {} is not the coin this bank minted under that serial", coin.serial),
-            ))
+                format!("coin {} is not the coin this bank minted under that serial", c.serial),
+            ));
         }
-        Some(stored) => Ok(stored),
     }
+    Ok(())
 }
 
 /// The coin values to mint for `amount`: those asked for (checked), or the fewest coins.
@@ -282,11 +297,65 @@ pub fn plan_denominations(bank: &Bank, amount: Amount, asked: &[Denomination]) -
     Ok(plan)
 }
 
+/// Steps 2 and 3 of a withdrawal or exchange reserved in step 1: signs the coins of the
+/// reserved plan (outside any transaction) and puts them in circulation under the request
+/// id. A request already finished (by an earlier try, here or at another node) returns
+/// the coins stored then; if two finish one request at once, the database lets one win
+/// and the other returns the winner's coins.
+pub(crate) async fn finish_issue(bank: &Arc<Bank>, row: IssuedRow) -> Result<Vec<Coin>, Refuse> {
+    if let Some(blob) = &row.coins {
+        return withdraw_coins::decode_issued(blob);
+    }
+    let plan: Vec<Denomination> = bincode::deserialize(&row.plan)
+        .map_err(|_| Refuse::new(ReasonCode::INTERNAL, "the stored request is damaged"))?;
+    let fresh = mint(bank, plan, row.time).await?;
+    let rows: Vec<SerialRow> = fresh
+        .iter()
+        .map(|c| SerialRow { serial: c.serial(), value: c.value(), expiry: c.body().expiry, key_id: c.body().key_id })
+        .collect();
+    let blob = bincode::serialize(&fresh).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))?;
+    let request_id = row.request_id;
+    let earlier = bank
+        .writer
+        .run(move |tx| {
+            if tx.complete_issue(&request_id, &rows, &blob)? {
+                return Ok(None);
+            }
+            match tx.issued(&request_id)? {
+                Some(IssuedRow { coins: Some(c), .. }) => Ok(Some(c)),
+                _ => Err(Refuse::new(ReasonCode::INTERNAL, "the bank lost track of this request; try again")),
+            }
+        })
+        .await??;
+    match earlier {
+        None => Ok(fresh),
+        Some(blob) => withdraw_coins::decode_issued(&blob),
+    }
+}
+
+/// How old a reserved request must be before the background round finishes it (its own
+/// handler normally finishes it within milliseconds).
+pub const RESUME_AFTER_SECS: u64 = 30;
+
+/// Finishes withdrawals and exchanges that were paid for but not issued because their
+/// node stopped between the steps (reserved at least `min_age` seconds ago, so requests
+/// in progress are left to their own handler). Returns how many were finished.
+pub async fn resume_issues(bank: &Arc<Bank>, now: u64, min_age: u64) -> Result<usize, Refuse> {
+    let stale = bank.readers.read(|tx| tx.reserved_issues(100)).await?;
+    let mut done = 0;
+    for row in stale.into_iter().filter(|r| r.time.saturating_add(min_age) <= now) {
+        let id = hex::encode(row.request_id);
+        finish_issue(bank, row).await?;
+        tracing::info!(request = %id, "finished an interrupted withdrawal or exchange");
+        done += 1;
+    }
+    Ok(done)
+}
+
 /// Signs new coins for `plan`: one RSA signature over the Merkle root of their bodies
 /// (coin format 2), on the CPU pool. Their serials are not yet in circulation: the caller
-/// inserts them in the same transaction as the debit, or throws the coins away. Signing is
-/// the costly step of a request, so callers check everything a read can check (retry,
-/// balance, circulation) before they call this.
+/// issues them ([`finish_issue`]), or throws the coins away. Signing is the costly step of
+/// a request, so it comes after the request has been paid for (step 1).
 pub async fn mint(bank: &Arc<Bank>, plan: Vec<Denomination>, now: u64) -> Result<Vec<Coin>, Refuse> {
     let b = bank.clone();
     let expiry = now.saturating_add(bank.config.coin_lifetime_secs);

@@ -1,14 +1,16 @@
 //! withdraw_coins: debit an account and hand out new coins.
 //!
 //! Order: the owner's signature (no password oracle without the private key), then the
-//! password (with back-off after repeated failures), then the checks one read can make
-//! (a retry by request id, the balance), then minting on all cores, then one transaction
-//! that records the nonce, re-checks and debits the balance, writes the ledger and inserts
-//! the new serials. Coins leave the bank only after that commit; if it fails,
-//! the signed coins are dropped and, their serials never inserted, are worthless.
+//! password (with back-off after repeated failures), then three persisted steps: one
+//! transaction records the nonce, debits the balance (refused if it would go negative)
+//! and reserves the request; the coins are signed on all cores outside any transaction;
+//! a second transaction puts their serials in circulation and stores them under the
+//! request id ([`super::finish_issue`]). Coins leave the bank only after that commit. A
+//! request interrupted between the steps is finished by its retry (at any node) or by
+//! the background round ([`super::resume_issues`]): the debit is never lost.
 
-use super::{cpu, mint, plan_denominations, Refuse};
-use crate::store::{CounterDelta, IssuedRow, SerialRow};
+use super::{cpu, plan_denominations, Refuse};
+use crate::store::IssuedRow;
 use crate::Bank;
 use pmtp_proto::bank_statement::EntryKind;
 use pmtp_proto::{Amount, Nonce, ReasonCode, WithdrawCoinsRequest, WithdrawCoinsResponse};
@@ -42,35 +44,13 @@ pub async fn handle(
             &bincode::serialize(&body.denominations).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))?,
         ],
     );
-    // Everything a read can tell, before paying for signatures: a retry gets its coins
-    // back without new ones being signed; a request that reuses an id, or that the
-    // balance cannot cover, is refused for the cost of one read.
-    let previous = bank.readers.read(move |tx| tx.issued(&request_id)).await?;
-    let fresh = match previous {
-        Some(p) if p.input_hash != input_hash || p.balance.is_none() => {
-            return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another request"));
-        }
-        Some(_) => None,
-        None => {
-            if account.balance < amount {
-                return Err(insufficient(account.balance, amount));
-            }
-            Some(mint(&bank, plan, now).await?)
-        }
-    };
-    let rows: Vec<SerialRow> = fresh
-        .iter()
-        .flatten()
-        .map(|c| SerialRow { serial: c.serial(), value: c.value(), expiry: c.body().expiry, key_id: c.body().key_id })
-        .collect();
-    let coins_blob = match &fresh {
-        Some(coins) => bincode::serialize(coins).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))?,
-        None => Vec::new(),
-    };
+    let plan_blob = bincode::serialize(&plan).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))?;
     let nonce_expiry = bank.nonce_expiry(&body.nonce);
-    let count = rows.len() as u64;
     let reset_failures = account.failed_attempts > 0;
-    let outcome = bank
+    // Step 1, before paying for signatures: check and reserve. The debit refuses to go
+    // below zero in the statement itself, so two nodes debiting one account can never
+    // overdraw it; a retry by request id finds the reservation (or the coins) instead.
+    let reserved = bank
         .writer
         .run(move |tx| {
             crate::handlers::record_nonce(tx, &nonce_random, nonce_expiry)?;
@@ -78,56 +58,41 @@ pub async fn handle(
                 if previous.input_hash != input_hash || previous.balance.is_none() {
                     return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another request"));
                 }
-                return Ok(Issued::Before(previous.coins, previous.balance.unwrap_or_default()));
+                return Ok(previous);
             }
-            if rows.is_empty() {
-                // The record read before signing is gone (retention ran in between).
-                return Err(Refuse::new(ReasonCode::INTERNAL, "the bank lost track of this retry; try again"));
-            }
-            let acct = tx.account(id)?.ok_or_else(|| Refuse::new(ReasonCode::UNKNOWN_ACCOUNT, "account closed"))?;
-            let balance = acct.balance.checked_sub(amount).map_err(|_| insufficient(acct.balance, amount))?;
-            tx.set_balance(id, balance)?;
-            tx.add_ledger_entry(id, now, EntryKind::Withdrawal, amount, balance, "coins withdrawn")?;
-            for r in &rows {
-                if !tx.insert_serial(r)? {
-                    return Err(Refuse::new(ReasonCode::INTERNAL, "serial collision; try again"));
-                }
-            }
-            tx.add_counters(&CounterDelta { minted: (amount, count), ..Default::default() })?;
+            let Some(balance) = tx.debit(id, amount, now, EntryKind::Withdrawal, "coins withdrawn")? else {
+                let have = tx.account(id)?.map(|a| a.balance).unwrap_or_default();
+                return Err(insufficient(have, amount));
+            };
             if reset_failures {
                 tx.set_login_failures(id, 0, 0)?;
             }
-            tx.insert_issued(&IssuedRow {
+            let row = IssuedRow {
                 request_id,
                 input_hash,
-                coins: coins_blob,
+                plan: plan_blob.clone(),
+                coins: None,
                 balance: Some(balance),
                 time: now,
-            })?;
-            Ok::<Issued, Refuse>(Issued::Now(balance))
+            };
+            tx.reserve_issue(&row)?;
+            Ok::<IssuedRow, Refuse>(row)
         })
         .await??;
-    let (coins, balance) = match outcome {
-        Issued::Now(balance) => {
-            tracing::info!(account = %id, amount = %amount, coins = count, "withdrawal");
-            (fresh.unwrap_or_default(), balance)
-        }
-        Issued::Before(blob, balance) => {
-            tracing::info!(account = %id, amount = %amount, "withdrawal retried; same coins returned");
-            (decode_issued(&blob)?, balance)
-        }
-    };
+    let balance = reserved.balance.unwrap_or_default();
+    let retried = reserved.coins.is_some();
+    // Steps 2 and 3: sign outside any transaction, then issue.
+    let coins = super::finish_issue(&bank, reserved).await?;
+    if retried {
+        tracing::info!(account = %id, amount = %amount, "withdrawal retried; same coins returned");
+    } else {
+        tracing::info!(account = %id, amount = %amount, coins = coins.len(), "withdrawal");
+    }
     Ok(WithdrawCoinsResponse { coins, balance, nonce: Nonce::new(&mut bank.rng(), bank.local_ip(peer), now) })
 }
 
 fn insufficient(balance: Amount, amount: Amount) -> Refuse {
     Refuse::new(ReasonCode::INSUFFICIENT_FUNDS, format!("balance {balance} is less than {amount}"))
-}
-
-/// Whether a withdrawal or exchange was done now, or earlier under the same request id.
-pub(crate) enum Issued {
-    Now(Amount),
-    Before(Vec<u8>, Amount),
 }
 
 pub(crate) fn decode_issued(blob: &[u8]) -> Result<Vec<pmtp_proto::Coin>, Refuse> {

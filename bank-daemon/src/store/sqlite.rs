@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 
 /// Schema migrations, applied in order; never edit one that has shipped.
-const MIGRATIONS: &[(i64, &str)] = &[
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
     (
         1,
         "
@@ -108,7 +108,37 @@ const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX clearing_peer ON clearing(peer, state);
     ",
     ),
+    (
+        4,
+        "
+    CREATE TABLE counter_shards (
+        node TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value INTEGER NOT NULL CHECK (value >= 0),
+        PRIMARY KEY (node, name)
+    ) WITHOUT ROWID;
+    INSERT INTO counter_shards(node, name, value) SELECT '', name, value FROM counters;
+    DROP TABLE counters;
+    CREATE TABLE issued_new (
+        request_id BLOB PRIMARY KEY,
+        input_hash BLOB NOT NULL,
+        plan BLOB NOT NULL,
+        coins BLOB,
+        balance INTEGER,
+        time INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO issued_new(request_id, input_hash, plan, coins, balance, time)
+        SELECT request_id, input_hash, x'', coins, balance, time FROM issued;
+    DROP TABLE issued;
+    ALTER TABLE issued_new RENAME TO issued;
+    CREATE INDEX issued_time ON issued(time);
+    CREATE INDEX issued_reserved ON issued(time) WHERE coins IS NULL;
+    ",
+    ),
 ];
+
+/// The counter shard a store writes when none is named: a single bank process.
+pub const DEFAULT_NODE: &str = "main";
 
 fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Db(e.into())
@@ -129,12 +159,14 @@ fn arr<const N: usize>(v: Vec<u8>) -> Result<[u8; N], StoreError> {
 /// The SQLite store: one connection, used by one thread at a time.
 pub struct SqliteStore {
     conn: Connection,
+    /// The counter shard this connection's operations update.
+    node: String,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` for writing, and migrates it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let mut s = SqliteStore { conn: open_durable(path)? };
+        let mut s = SqliteStore { conn: open_durable(path)?, node: DEFAULT_NODE.into() };
         s.migrate()?;
         Ok(s)
     }
@@ -143,14 +175,20 @@ impl SqliteStore {
     pub fn open_reader(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db)?;
-        Ok(SqliteStore { conn })
+        Ok(SqliteStore { conn, node: DEFAULT_NODE.into() })
     }
 
     /// An in-memory database (tests).
     pub fn in_memory() -> Result<Self, StoreError> {
-        let mut s = SqliteStore { conn: Connection::open_in_memory().map_err(db)? };
+        let mut s = SqliteStore { conn: Connection::open_in_memory().map_err(db)?, node: DEFAULT_NODE.into() };
         s.migrate()?;
         Ok(s)
+    }
+
+    /// Names the counter shard this store's operations update (one per bank node).
+    pub fn with_node(mut self, node: &str) -> Self {
+        self.node = node.to_owned();
+        self
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
@@ -168,12 +206,12 @@ impl Store for SqliteStore {
         // IMMEDIATE takes the write lock at once, so a transaction never fails half-way
         // with SQLITE_BUSY when it first writes.
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
-        Ok(Box::new(SqliteTx { tx }))
+        Ok(Box::new(SqliteTx { tx, node: &self.node }))
     }
 
     fn begin_read(&mut self) -> Result<Box<dyn Tx + '_>, StoreError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Deferred).map_err(db)?;
-        Ok(Box::new(SqliteTx { tx }))
+        Ok(Box::new(SqliteTx { tx, node: &self.node }))
     }
 
     fn integrity_check(&mut self) -> Result<Vec<String>, StoreError> {
@@ -202,6 +240,137 @@ impl Store for SqliteStore {
 
 struct SqliteTx<'c> {
     tx: rusqlite::Transaction<'c>,
+    node: &'c str,
+}
+
+impl SqliteTx<'_> {
+    fn ledger_entry(
+        &mut self,
+        account: AccountId,
+        time: u64,
+        kind: EntryKind,
+        amount: Amount,
+        balance_after: Amount,
+        memo: &str,
+    ) -> Result<(), StoreError> {
+        let mut st = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO ledger(account, time, kind, amount, balance_after, memo) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(db)?;
+        st.execute(params![
+            i(account.0)?,
+            i(time)?,
+            kind_code(kind),
+            i(amount.minor_units())?,
+            i(balance_after.minor_units())?,
+            memo
+        ])
+        .map_err(db)?;
+        Ok(())
+    }
+
+    fn exists(&mut self, id: AccountId) -> Result<bool, StoreError> {
+        let mut st = self.tx.prepare_cached("SELECT 1 FROM accounts WHERE id = ?1").map_err(db)?;
+        st.exists(params![i(id.0)?]).map_err(db)
+    }
+}
+
+impl Primitives for SqliteTx<'_> {
+    /// Deletes the sorted serials one by one inside a savepoint of its own: all or none.
+    fn take(&mut self, serials: &[Serial]) -> Result<Spend, StoreError> {
+        let mut sorted = serials.to_vec();
+        sorted.sort_unstable();
+        self.tx.execute_batch("SAVEPOINT take").map_err(db)?;
+        let mut out = Vec::with_capacity(sorted.len());
+        let result = (|| {
+            let mut st = self
+                .tx
+                .prepare_cached("DELETE FROM serials WHERE serial = ?1 RETURNING value, expiry, key_id")
+                .map_err(db)?;
+            for s in &sorted {
+                let row = st
+                    .query_row(params![&s.0[..]], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?))
+                    })
+                    .optional()
+                    .map_err(db)?;
+                match row {
+                    Some((value, expiry, key_id)) => out.push(SerialRow {
+                        serial: *s,
+                        value: Amount::new(u(value)?),
+                        expiry: u(expiry)?,
+                        key_id: KeyId(arr(key_id)?),
+                    }),
+                    None => return Ok(Some(*s)),
+                }
+            }
+            Ok::<_, StoreError>(None)
+        })();
+        match result {
+            Ok(None) => {
+                self.tx.execute_batch("RELEASE take").map_err(db)?;
+                Ok(Spend::Spent(out))
+            }
+            Ok(Some(missing)) => {
+                self.tx.execute_batch("ROLLBACK TO take; RELEASE take").map_err(db)?;
+                Ok(Spend::Missing(missing))
+            }
+            Err(e) => {
+                let _ = self.tx.execute_batch("ROLLBACK TO take; RELEASE take");
+                Err(e)
+            }
+        }
+    }
+
+    /// Inserts serials without counting them; false (nothing inserted) on a collision.
+    fn put(&mut self, rows: &[SerialRow]) -> Result<bool, StoreError> {
+        self.tx.execute_batch("SAVEPOINT put").map_err(db)?;
+        let result = (|| {
+            let mut st = self
+                .tx
+                .prepare_cached("INSERT OR IGNORE INTO serials(serial, value, expiry, key_id) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(db)?;
+            for r in rows {
+                let n = st
+                    .execute(params![&r.serial.0[..], i(r.value.minor_units())?, i(r.expiry)?, &r.key_id.0[..]])
+                    .map_err(db)?;
+                if n != 1 {
+                    return Ok(false);
+                }
+            }
+            Ok::<_, StoreError>(true)
+        })();
+        match result {
+            Ok(true) => {
+                self.tx.execute_batch("RELEASE put").map_err(db)?;
+                Ok(true)
+            }
+            other => {
+                let _ = self.tx.execute_batch("ROLLBACK TO put; RELEASE put");
+                other
+            }
+        }
+    }
+
+    /// Adds to this node's shard of one counter pair, refusing an overflow past i64.
+    fn bump(&mut self, names: (&str, &str), by: Circulation) -> Result<(), StoreError> {
+        let mut st = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO counter_shards(node, name, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(node, name) DO UPDATE SET value = value + excluded.value
+                 WHERE value <= 9223372036854775807 - excluded.value",
+            )
+            .map_err(db)?;
+        for (name, v) in [(names.0, by.value.minor_units()), (names.1, by.count)] {
+            if v != 0 && st.execute(params![self.node, name, i(v)?]).map_err(db)? != 1 {
+                return Err(StoreError::Range("counter overflow"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An account row's columns as SQLite returns them, before range checks.
@@ -262,6 +431,23 @@ fn to_clearing(t: RawClearing) -> Result<ClearingRow, StoreError> {
     })
 }
 
+type RawIssued = (Vec<u8>, Vec<u8>, Vec<u8>, Option<Vec<u8>>, Option<i64>, i64);
+
+fn issued_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawIssued> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+}
+
+fn to_issued(t: RawIssued) -> Result<IssuedRow, StoreError> {
+    Ok(IssuedRow {
+        request_id: arr(t.0)?,
+        input_hash: arr(t.1)?,
+        plan: t.2,
+        coins: t.3,
+        balance: t.4.map(|b| u(b).map(Amount::new)).transpose()?,
+        time: u(t.5)?,
+    })
+}
+
 const ACCOUNT_COLS: &str =
     "id, name, owner_identity, password_hash, balance, failed_attempts, locked_until, created_at";
 
@@ -315,15 +501,6 @@ impl Tx for SqliteTx<'_> {
         rows.map(|r| r.map_err(db).and_then(to_account)).collect()
     }
 
-    fn set_balance(&mut self, id: AccountId, balance: Amount) -> Result<(), StoreError> {
-        let mut st = self.tx.prepare_cached("UPDATE accounts SET balance = ?2 WHERE id = ?1").map_err(db)?;
-        let n = st.execute(params![i(id.0)?, i(balance.minor_units())?]).map_err(db)?;
-        if n != 1 {
-            return Err(StoreError::NoAccount(id));
-        }
-        Ok(())
-    }
-
     fn set_login_failures(&mut self, id: AccountId, failed_attempts: u32, locked_until: u64) -> Result<(), StoreError> {
         let mut st = self
             .tx
@@ -341,31 +518,63 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn add_ledger_entry(
+    fn debit(
         &mut self,
-        account: AccountId,
+        id: AccountId,
+        amount: Amount,
         time: u64,
         kind: EntryKind,
-        amount: Amount,
-        balance_after: Amount,
         memo: &str,
-    ) -> Result<u64, StoreError> {
-        let mut st = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO ledger(account, time, kind, amount, balance_after, memo) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .map_err(db)?;
-        st.execute(params![
-            i(account.0)?,
-            i(time)?,
-            kind_code(kind),
-            i(amount.minor_units())?,
-            i(balance_after.minor_units())?,
-            memo
-        ])
-        .map_err(db)?;
-        u(self.tx.last_insert_rowid())
+    ) -> Result<Option<Amount>, StoreError> {
+        let after: Option<i64> = {
+            let mut st = self
+                .tx
+                .prepare_cached(
+                    "UPDATE accounts SET balance = balance - ?2 WHERE id = ?1 AND balance >= ?2 RETURNING balance",
+                )
+                .map_err(db)?;
+            st.query_row(params![i(id.0)?, i(amount.minor_units())?], |r| r.get(0)).optional().map_err(db)?
+        };
+        match after {
+            Some(b) => {
+                let b = Amount::new(u(b)?);
+                self.ledger_entry(id, time, kind, amount, b, memo)?;
+                Ok(Some(b))
+            }
+            None if self.exists(id)? => Ok(None),
+            None => Err(StoreError::NoAccount(id)),
+        }
+    }
+
+    fn credit(
+        &mut self,
+        id: AccountId,
+        amount: Amount,
+        time: u64,
+        kind: EntryKind,
+        memo: &str,
+    ) -> Result<Amount, StoreError> {
+        let after: Option<i64> = {
+            let mut st = self
+                .tx
+                .prepare_cached(
+                    "UPDATE accounts SET balance = balance + ?2
+                     WHERE id = ?1 AND balance <= ?3 - ?2 RETURNING balance",
+                )
+                .map_err(db)?;
+            st.query_row(params![i(id.0)?, i(amount.minor_units())?, i(Amount::MAX.minor_units())?], |r| r.get(0))
+                .optional()
+                .map_err(db)?
+        };
+        match after {
+            Some(b) => {
+                let b = Amount::new(u(b)?);
+                self.ledger_entry(id, time, kind, amount, b, memo)?;
+                Ok(b)
+            }
+            None if self.exists(id)? => Err(StoreError::Range("balance would overflow")),
+            None => Err(StoreError::NoAccount(id)),
+        }
     }
 
     fn ledger(&mut self, account: AccountId, since: u64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
@@ -403,54 +612,22 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn ledger_sums(&mut self) -> Result<Vec<(AccountId, i128)>, StoreError> {
-        // Summed in Rust with i128: SQLite's SUM would overflow i64 silently into a float.
         let mut st = self.tx.prepare_cached("SELECT account, kind, amount FROM ledger ORDER BY account").map_err(db)?;
         let rows =
             st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))).map_err(db)?;
-        let mut out: Vec<(AccountId, i128)> = Vec::new();
-        for r in rows {
-            let (acct, kind, amount) = r.map_err(db)?;
-            let signed = if kind_from_code(kind)?.is_credit() { amount as i128 } else { -(amount as i128) };
-            let acct = AccountId(u(acct)?);
-            match out.last_mut() {
-                Some((a, sum)) if *a == acct => *sum += signed,
-                _ => out.push((acct, signed)),
-            }
-        }
-        Ok(out)
+        fold_ledger_sums(rows.map(|r| r.map_err(db)))
     }
 
-    fn insert_serial(&mut self, row: &SerialRow) -> Result<bool, StoreError> {
-        let mut st = self
-            .tx
-            .prepare_cached("INSERT OR IGNORE INTO serials(serial, value, expiry, key_id) VALUES (?1, ?2, ?3, ?4)")
-            .map_err(db)?;
-        let n = st
-            .execute(params![&row.serial.0[..], i(row.value.minor_units())?, i(row.expiry)?, &row.key_id.0[..]])
-            .map_err(db)?;
-        Ok(n == 1)
+    fn spend(&mut self, serials: &[Serial]) -> Result<Spend, StoreError> {
+        spend_with(self, serials)
     }
 
-    fn remove_serial(&mut self, serial: &Serial) -> Result<Option<SerialRow>, StoreError> {
-        let mut st = self
-            .tx
-            .prepare_cached("DELETE FROM serials WHERE serial = ?1 RETURNING value, expiry, key_id")
-            .map_err(db)?;
-        let row = st
-            .query_row(params![&serial.0[..]], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?))
-            })
-            .optional()
-            .map_err(db)?;
-        row.map(|(value, expiry, key_id)| {
-            Ok(SerialRow {
-                serial: *serial,
-                value: Amount::new(u(value)?),
-                expiry: u(expiry)?,
-                key_id: KeyId(arr(key_id)?),
-            })
-        })
-        .transpose()
+    fn hold(&mut self, serials: &[Serial]) -> Result<Spend, StoreError> {
+        self.take(serials)
+    }
+
+    fn issue(&mut self, rows: &[SerialRow]) -> Result<bool, StoreError> {
+        issue_with(self, rows)
     }
 
     fn first_missing_serial(&mut self, serials: &[Serial]) -> Result<Option<Serial>, StoreError> {
@@ -474,21 +651,26 @@ impl Tx for SqliteTx<'_> {
         Ok(c)
     }
 
-    fn purge_expired_serials(&mut self, now: u64, limit: usize) -> Result<Circulation, StoreError> {
-        let mut st = self
-            .tx
-            .prepare_cached(
-                "DELETE FROM serials WHERE serial IN
+    fn expire(&mut self, now: u64, limit: usize) -> Result<Circulation, StoreError> {
+        let c = {
+            let mut st = self
+                .tx
+                .prepare_cached(
+                    "DELETE FROM serials WHERE serial IN
                    (SELECT serial FROM serials WHERE expiry < ?1 ORDER BY expiry LIMIT ?2)
                  RETURNING value",
-            )
-            .map_err(db)?;
-        let rows = st.query_map(params![i(now)?, i(limit as u64)?], |r| r.get::<_, i64>(0)).map_err(db)?;
-        let mut c = Circulation::default();
-        for v in rows {
-            c.count += 1;
-            c.value = c.value.checked_add(Amount::new(u(v.map_err(db)?)?)).map_err(|_| StoreError::Range("total"))?;
-        }
+                )
+                .map_err(db)?;
+            let rows = st.query_map(params![i(now)?, i(limit as u64)?], |r| r.get::<_, i64>(0)).map_err(db)?;
+            let mut c = Circulation::default();
+            for v in rows {
+                c.count += 1;
+                c.value =
+                    c.value.checked_add(Amount::new(u(v.map_err(db)?)?)).map_err(|_| StoreError::Range("total"))?;
+            }
+            c
+        };
+        self.bump(EXPIRED, c)?;
         Ok(c)
     }
 
@@ -509,48 +691,14 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn counters(&mut self) -> Result<Counters, StoreError> {
-        let mut st = self.tx.prepare_cached("SELECT name, value FROM counters").map_err(db)?;
+        let mut st = self.tx.prepare_cached("SELECT name, value FROM counter_shards").map_err(db)?;
         let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(db)?;
         let mut c = Counters::default();
         for row in rows {
             let (name, v) = row.map_err(db)?;
-            let v = u(v)?;
-            match name.as_str() {
-                "minted_value" => c.minted_value = Amount::new(v),
-                "minted_count" => c.minted_count = v,
-                "redeemed_value" => c.redeemed_value = Amount::new(v),
-                "redeemed_count" => c.redeemed_count = v,
-                "expired_value" => c.expired_value = Amount::new(v),
-                "expired_count" => c.expired_count = v,
-                _ => {}
-            }
+            c.add_named(&name, u(v)?)?;
         }
         Ok(c)
-    }
-
-    fn add_counters(&mut self, d: &CounterDelta) -> Result<(), StoreError> {
-        // Only the counters that change, in place; the WHERE clause refuses an overflow
-        // (SQLite would otherwise turn an overflowing integer into a float).
-        let updates = [
-            ("minted_value", d.minted.0.minor_units()),
-            ("minted_count", d.minted.1),
-            ("redeemed_value", d.redeemed.0.minor_units()),
-            ("redeemed_count", d.redeemed.1),
-            ("expired_value", d.expired.0.minor_units()),
-            ("expired_count", d.expired.1),
-        ];
-        let mut st = self
-            .tx
-            .prepare_cached(
-                "UPDATE counters SET value = value + ?2 WHERE name = ?1 AND value <= 9223372036854775807 - ?2",
-            )
-            .map_err(db)?;
-        for (name, v) in updates.into_iter().filter(|(_, v)| *v != 0) {
-            if st.execute(params![name, i(v)?]).map_err(db)? != 1 {
-                return Err(StoreError::Range("counter overflow"));
-            }
-        }
-        Ok(())
     }
 
     fn deposit(&mut self, request_id: &[u8; 16]) -> Result<Option<DepositRow>, StoreError> {
@@ -605,43 +753,61 @@ impl Tx for SqliteTx<'_> {
     fn issued(&mut self, request_id: &[u8; 16]) -> Result<Option<IssuedRow>, StoreError> {
         let mut st = self
             .tx
-            .prepare_cached("SELECT input_hash, coins, balance, time FROM issued WHERE request_id = ?1")
+            .prepare_cached(
+                "SELECT request_id, input_hash, plan, coins, balance, time FROM issued WHERE request_id = ?1",
+            )
             .map_err(db)?;
-        let row = st
-            .query_row(params![&request_id[..]], |r| {
-                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Option<i64>>(2)?, r.get::<_, i64>(3)?))
-            })
-            .optional()
-            .map_err(db)?;
-        row.map(|(h, coins, balance, t)| {
-            Ok(IssuedRow {
-                request_id: *request_id,
-                input_hash: arr(h)?,
-                coins,
-                balance: balance.map(|b| u(b).map(Amount::new)).transpose()?,
-                time: u(t)?,
-            })
-        })
-        .transpose()
+        let row = st.query_row(params![&request_id[..]], issued_raw).optional().map_err(db)?;
+        row.map(to_issued).transpose()
     }
 
-    fn insert_issued(&mut self, row: &IssuedRow) -> Result<(), StoreError> {
+    fn reserve_issue(&mut self, row: &IssuedRow) -> Result<(), StoreError> {
         let mut st = self
             .tx
             .prepare_cached(
-                "INSERT INTO issued(request_id, input_hash, coins, balance, time) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO issued(request_id, input_hash, plan, coins, balance, time) VALUES (?1, ?2, ?3, NULL, ?4, ?5)",
             )
             .map_err(db)?;
         let balance = row.balance.map(|b| i(b.minor_units())).transpose()?;
-        st.execute(params![&row.request_id[..], &row.input_hash[..], &row.coins, balance, i(row.time)?]).map_err(db)?;
+        st.execute(params![&row.request_id[..], &row.input_hash[..], &row.plan, balance, i(row.time)?]).map_err(db)?;
         Ok(())
+    }
+
+    fn complete_issue(&mut self, request_id: &[u8; 16], rows: &[SerialRow], coins: &[u8]) -> Result<bool, StoreError> {
+        let n = {
+            let mut st = self
+                .tx
+                .prepare_cached("UPDATE issued SET coins = ?2 WHERE request_id = ?1 AND coins IS NULL")
+                .map_err(db)?;
+            st.execute(params![&request_id[..], coins]).map_err(db)?
+        };
+        if n != 1 {
+            return Ok(false);
+        }
+        if !self.issue(rows)? {
+            return Err(StoreError::Db(DbError::new(DbErrorKind::Unique, "serial collision")));
+        }
+        Ok(true)
+    }
+
+    fn reserved_issues(&mut self, limit: usize) -> Result<Vec<IssuedRow>, StoreError> {
+        let mut st = self
+            .tx
+            .prepare_cached(
+                "SELECT request_id, input_hash, plan, coins, balance, time FROM issued
+                 WHERE coins IS NULL ORDER BY time LIMIT ?1",
+            )
+            .map_err(db)?;
+        let rows = st.query_map(params![i(limit as u64)?], issued_raw).map_err(db)?;
+        rows.map(|r| r.map_err(db).and_then(to_issued)).collect()
     }
 
     fn purge_requests(&mut self, before: u64, limit: usize) -> Result<u64, StoreError> {
         let mut n = 0;
-        for table in ["issued", "deposits"] {
+        for (table, done) in [("issued", "AND coins IS NOT NULL"), ("deposits", "")] {
             let sql = format!(
-                "DELETE FROM {table} WHERE request_id IN (SELECT request_id FROM {table} WHERE time < ?1 ORDER BY time LIMIT ?2)"
+                "DELETE FROM {table} WHERE request_id IN
+                   (SELECT request_id FROM {table} WHERE time < ?1 {done} ORDER BY time LIMIT ?2)"
             );
             let mut st = self.tx.prepare_cached(&sql).map_err(db)?;
             n += st.execute(params![i(before)?, i(limit as u64)?]).map_err(db)? as u64;
@@ -683,11 +849,38 @@ impl Tx for SqliteTx<'_> {
         row.map(to_clearing).transpose()
     }
 
-    fn set_clearing_state(&mut self, request_id: &[u8; 16], state: &str, reason: &str) -> Result<(), StoreError> {
-        let mut st =
-            self.tx.prepare_cached("UPDATE clearing SET state = ?2, reason = ?3 WHERE request_id = ?1").map_err(db)?;
-        st.execute(params![&request_id[..], state, reason]).map_err(db)?;
-        Ok(())
+    fn settle_clearing(&mut self, request_id: &[u8; 16], held: Circulation) -> Result<bool, StoreError> {
+        let n = {
+            let mut st = self
+                .tx
+                .prepare_cached("UPDATE clearing SET state = 'settled' WHERE request_id = ?1 AND state = 'pending'")
+                .map_err(db)?;
+            st.execute(params![&request_id[..]]).map_err(db)?
+        };
+        if n != 1 {
+            return Ok(false);
+        }
+        self.bump(REDEEMED, held)?;
+        Ok(true)
+    }
+
+    fn undo_clearing(&mut self, request_id: &[u8; 16], held: &[SerialRow], reason: &str) -> Result<bool, StoreError> {
+        let n = {
+            let mut st = self
+                .tx
+                .prepare_cached(
+                    "UPDATE clearing SET state = 'failed', reason = ?2 WHERE request_id = ?1 AND state = 'pending'",
+                )
+                .map_err(db)?;
+            st.execute(params![&request_id[..], reason]).map_err(db)?
+        };
+        if n != 1 {
+            return Ok(false);
+        }
+        if !self.put(held)? {
+            return Err(StoreError::Db(DbError::new(DbErrorKind::Unique, "a held serial is back in circulation")));
+        }
+        Ok(true)
     }
 
     fn pending_clearings(&mut self, limit: usize) -> Result<Vec<ClearingRow>, StoreError> {
@@ -701,16 +894,7 @@ impl Tx for SqliteTx<'_> {
         let mut st =
             self.tx.prepare_cached("SELECT local_serials FROM clearing WHERE state = 'pending'").map_err(db)?;
         let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(db)?;
-        let mut held = Circulation::default();
-        for blob in rows {
-            let serials: Vec<crate::clearing::SerialTuple> =
-                bincode::deserialize(&blob.map_err(db)?).map_err(|_| StoreError::Range("held serials"))?;
-            for t in serials {
-                held.count += 1;
-                held.value = held.value.checked_add(Amount::new(t.1)).map_err(|_| StoreError::Range("held value"))?;
-            }
-        }
-        Ok(held)
+        fold_held(rows.map(|r| r.map_err(db)))
     }
 
     fn clearing_totals(&mut self) -> Result<Vec<(String, Amount)>, StoreError> {
@@ -719,18 +903,7 @@ impl Tx for SqliteTx<'_> {
             .prepare_cached("SELECT peer, foreign_amount FROM clearing WHERE state = 'settled' ORDER BY peer")
             .map_err(db)?;
         let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(db)?;
-        let mut out: Vec<(String, Amount)> = Vec::new();
-        for r in rows {
-            let (peer, v) = r.map_err(db)?;
-            let v = Amount::new(u(v)?);
-            match out.last_mut() {
-                Some((p, total)) if *p == peer => {
-                    *total = total.checked_add(v).map_err(|_| StoreError::Range("clearing total"))?
-                }
-                _ => out.push((peer, v)),
-            }
-        }
-        Ok(out)
+        fold_clearing_totals(rows.map(|r| r.map_err(db)))
     }
 
     fn audit_event(&mut self, time: u64, event: &str, detail: &str) -> Result<(), StoreError> {

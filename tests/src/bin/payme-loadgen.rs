@@ -55,13 +55,20 @@ struct Cli {
     /// opened there for the load) ...
     #[arg(long, requires = "bank_addr")]
     bank_dir: Option<std::path::PathBuf>,
-    /// ... and its address. Requests are signed before they are sent, so give that bank a
-    /// nonce window longer than the preparation takes (nonce_window_secs = 600).
+    /// ... and its address, or the addresses of its nodes, comma separated (several
+    /// `payme-bank serve` on one PostgreSQL database): each client connection goes to the
+    /// next address in turn. Requests are signed before they are sent, so give that bank
+    /// a nonce window longer than the preparation takes (nonce_window_secs = 600).
     #[arg(long, requires = "bank_dir")]
     bank_addr: Option<String>,
-    /// The running bank's process id, for its CPU time and peak memory in the report.
-    #[arg(long)]
-    bank_pid: Option<u32>,
+    /// Start a PostgreSQL server (Debian's package, durable: fsync on) and this many bank
+    /// nodes on it instead of one bank on SQLite; the load is spread over the nodes.
+    #[arg(long, default_value_t = 0, conflicts_with = "bank_dir")]
+    postgres_nodes: usize,
+    /// The running bank's process ids (comma separated, one per node), for its CPU time
+    /// and peak memory in the report.
+    #[arg(long, value_delimiter = ',')]
+    bank_pid: Vec<u32>,
     /// Do not build the daemon binaries first (they are already built, as in tests).
     #[arg(long)]
     no_build: bool,
@@ -153,22 +160,53 @@ fn run(cli: &Cli) -> Result<(), String> {
     log(cli.json, &format!("calibrating RSA-2048 on all cores ({} s)", cli.calibration_secs * 2.0));
     let cal = calibrate(&pmtp_proto::testing::signing_key(0), cli.calibration_secs);
 
-    let mut bank = match (&cli.bank_dir, &cli.bank_addr) {
-        (Some(dir), Some(addr)) => TestBank::attach(dir.clone(), addr.clone()),
-        _ => TestBank::start_with("bank-a", |c| {
-            // All load comes from 127.0.0.1, one connection per client.
-            c.replace("nonce_window_secs = 30", "nonce_window_secs = 600")
-                .replace("max_connections_per_ip = 16", "max_connections_per_ip = 1024")
-                .replace("max_withdraw_amount = 1099511627776", "max_withdraw_amount = 4611686018427387904")
-        }),
+    // All load comes from 127.0.0.1, one connection per client.
+    let edit = |c: String| {
+        c.replace("nonce_window_secs = 30", "nonce_window_secs = 600")
+            .replace("max_connections_per_ip = 16", "max_connections_per_ip = 1024")
+            .replace("max_withdraw_amount = 1099511627776", "max_withdraw_amount = 4611686018427387904")
+    };
+    let postgres = if cli.postgres_nodes > 0 {
+        log(cli.json, &format!("starting PostgreSQL and {} bank nodes on it", cli.postgres_nodes));
+        Some(payme_tests::pg::Postgres::start().ok_or("PostgreSQL is not installed")?)
+    } else {
+        None
+    };
+    let (mut bank, mut others) = match (&cli.bank_dir, &cli.bank_addr, &postgres) {
+        (Some(dir), Some(addr), _) => {
+            let first = addr.split(',').next().unwrap_or_default().trim().to_owned();
+            (TestBank::attach(dir.clone(), first), Vec::new())
+        }
+        (_, _, Some(pg)) => {
+            let mut nodes = payme_tests::pg::bank_nodes(pg, cli.postgres_nodes, edit);
+            let first = nodes.remove(0);
+            (first, nodes)
+        }
+        _ => (TestBank::start_with("bank-a", edit), Vec::new()),
     };
     if cli.preload_serials > 0 && bank.child.is_some() {
         log(cli.json, &format!("preloading {} serials into circulation", cli.preload_serials));
         bank.stop();
+        for n in &mut others {
+            n.stop();
+        }
         preload(&bank, cli.preload_serials);
         bank.restart_same_port();
+        for n in &mut others {
+            n.restart();
+        }
     }
-    let pid = bank.child.as_ref().map(|c| c.id()).or(cli.bank_pid).unwrap_or(0);
+    let addrs: Vec<String> = match &cli.bank_addr {
+        Some(a) => a.split(',').map(|s| s.trim().to_owned()).collect(),
+        None => std::iter::once(&bank).chain(&others).map(|b| b.addr.clone()).collect(),
+    };
+    let pids: Vec<u32> = match bank.child.as_ref() {
+        Some(c) => {
+            std::iter::once(c.id()).chain(others.iter().filter_map(|b| b.child.as_ref().map(|c| c.id()))).collect()
+        }
+        None => cli.bank_pid.clone(),
+    };
+    let pid = &pids[..];
     // Unique names, so a running bank can be loaded more than once.
     let tag = hex_tag();
     let holder = bank.holder(1, &format!("holder-{tag}"), 1 << 40);
@@ -199,7 +237,7 @@ fn run(cli: &Cli) -> Result<(), String> {
                 Frame::seal_to(&mut r, &bank_x, &Signed::sign(body, &owner.signing).unwrap()).unwrap()
             })
             .collect();
-        let jobs = jobs_for(&bank.addr, frames, WithdrawCoinsResponse::ID);
+        let jobs = jobs_for(&addrs, frames, WithdrawCoinsResponse::ID);
         results.push(rt.block_on(drive("withdraw (8 coins)", jobs, cli.clients, duration, 8, pid)));
         check_bank(&bank.addr, &results[results.len() - 1])?;
     }
@@ -222,7 +260,7 @@ fn run(cli: &Cli) -> Result<(), String> {
                 Frame::seal_to(&mut r, &bank_x, &req).unwrap()
             })
             .collect();
-        let jobs = jobs_for(&bank.addr, frames, ExchangeCoinsResponse::ID);
+        let jobs = jobs_for(&addrs, frames, ExchangeCoinsResponse::ID);
         results.push(rt.block_on(drive("exchange (8 coins)", jobs, cli.clients, duration, 8, pid)));
         check_bank(&bank.addr, &results[results.len() - 1])?;
     }
@@ -246,7 +284,7 @@ fn run(cli: &Cli) -> Result<(), String> {
                 Frame::seal_to(&mut r, &bank_x, &Signed::sign(body, &shop_id.signing).unwrap()).unwrap()
             })
             .collect();
-        let jobs = jobs_for(&bank.addr, frames, DepositCoinsResponse::ID);
+        let jobs = jobs_for(&addrs, frames, DepositCoinsResponse::ID);
         results.push(rt.block_on(drive("deposit (8 coins)", jobs, cli.clients, duration, 8, pid)));
         check_bank(&bank.addr, &results[results.len() - 1])?;
     }
@@ -278,11 +316,14 @@ fn hex_tag() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn jobs_for(addr: &str, frames: Vec<Frame>, response: MessageId) -> Vec<Job> {
+/// One job per frame; a worker that has no connection yet opens one to the next address
+/// in turn (job i to address i mod N), then keeps it for its later jobs.
+fn jobs_for(addrs: &[String], frames: Vec<Frame>, response: MessageId) -> Vec<Job> {
     frames
         .into_iter()
-        .map(|f| {
-            let addr = addr.to_owned();
+        .enumerate()
+        .map(|(i, f)| {
+            let addr = addrs[i % addrs.len()].clone();
             Box::new(move |conn: load::Conn| {
                 Box::pin(async move { load::send_expect_response(&addr, conn, f, response).await })
                     as std::pin::Pin<Box<dyn std::future::Future<Output = (load::Conn, Result<(), String>)> + Send>>
@@ -292,7 +333,7 @@ fn jobs_for(addr: &str, frames: Vec<Frame>, response: MessageId) -> Vec<Job> {
 }
 
 /// Purchases through the wallets: light load (1 client) and saturation.
-fn purchases(rt: &tokio::runtime::Runtime, bank: &TestBank, cli: &Cli, pid: u32) -> Result<Vec<Stats>, String> {
+fn purchases(rt: &tokio::runtime::Runtime, bank: &TestBank, cli: &Cli, pid: &[u32]) -> Result<Vec<Stats>, String> {
     std::net::TcpStream::connect(&bank.addr)
         .map_err(|e| format!("the bank at {} does not answer before the purchases: {e}", bank.addr))?;
     let buyer = TestWallet::start("buyer", "127.0.0.2", bank, Some(1 << 40), |c| {
@@ -392,20 +433,21 @@ fn control_collect_blocking(sock: &std::path::Path, from: &str) -> Result<serde_
 /// Puts `n` random serials straight into the stopped bank's database (with the counters
 /// that keep the audit true), in batches of 100,000 per transaction.
 fn preload(bank: &TestBank, n: u64) {
-    use bank_daemon::store::{sqlite::SqliteStore, CounterDelta, SerialRow, Store};
-    let mut store = SqliteStore::open(&bank.dir.path().join("bank.db")).unwrap();
+    use bank_daemon::store::SerialRow;
+    let dir = bank_daemon::data_dir(bank.dir.path());
+    // The bank's own store, SQLite or PostgreSQL, as its config says.
+    let mut store = bank_daemon::admin::store_location(&dir, None).open("preload").unwrap();
     let key_id = bank.public.parse().unwrap().verifying.key_id();
     let far = now() + 365 * 86_400;
     let mut left = n;
     while left > 0 {
         let batch = left.min(100_000);
         left -= batch;
+        let rows: Vec<SerialRow> = (0..batch)
+            .map(|_| SerialRow { serial: Serial::random(&mut rng::os()), value: Amount::new(1), expiry: far, key_id })
+            .collect();
         let mut tx = store.begin().unwrap();
-        for _ in 0..batch {
-            let row = SerialRow { serial: Serial::random(&mut rng::os()), value: Amount::new(1), expiry: far, key_id };
-            tx.insert_serial(&row).unwrap();
-        }
-        tx.add_counters(&CounterDelta { minted: (Amount::new(batch), batch), ..Default::default() }).unwrap();
+        assert!(tx.issue(&rows).unwrap(), "random serials collided");
         tx.commit().unwrap();
     }
 }
