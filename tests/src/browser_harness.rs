@@ -115,23 +115,24 @@ impl Chrome {
             .unwrap_or_else(|e| panic!("no {selector} within {WAIT:?}: {e}"))
     }
 
-    /// Waits (bounded) until the page's text contains `needle`; returns the text.
+    /// Waits (bounded, through WebDriver's wait for an element) until the page's text
+    /// contains `needle`; returns the text.
     pub async fn wait_text(&self, needle: &str) -> String {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            let text = match self.client.find(Locator::Css("body")).await {
-                Ok(body) => body.text().await.unwrap_or_default(),
-                Err(_) => String::new(),
-            };
-            if text.contains(needle) {
-                return text;
-            }
-            if std::time::Instant::now() >= deadline {
+        // An XPath string literal cannot escape its quote: split on one kind and concat().
+        let literal = if !needle.contains('\'') {
+            format!("'{needle}'")
+        } else {
+            let parts: Vec<String> = needle.split('\'').map(|p| format!("'{p}'")).collect();
+            format!("concat({})", parts.join(", \"'\", "))
+        };
+        let xpath = format!("//body[contains(., {literal})]");
+        match self.client.wait().at_most(WAIT).for_element(Locator::XPath(&xpath)).await {
+            Ok(body) => body.text().await.unwrap_or_default(),
+            Err(e) => {
                 let source = self.client.source().await.unwrap_or_default();
                 let url = self.client.current_url().await.map(|u| u.to_string()).unwrap_or_default();
-                panic!("no {needle:?} within {WAIT:?} at {url}; the page says: {text}\nits source: {source}");
+                panic!("no {needle:?} within {WAIT:?} at {url} ({e}); its source: {source}");
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -62,18 +62,12 @@ fn a_buyer_clicks_buy_approves_in_the_wallet_window_and_gets_the_item() {
                 assert_eq!(chrome.find("#buy").await.prop("disabled").await.unwrap().as_deref(), Some("true"));
                 chrome.screenshot("shop-waiting").await;
                 c.refresh().await.unwrap();
-                // The fresh page: its Buy button enabled again (bounded wait).
-                for tries in 0.. {
-                    let disabled = match c.find(fantoccini::Locator::Css("#buy")).await {
-                        Ok(b) => b.prop("disabled").await.ok().flatten(),
-                        Err(_) => Some("loading".into()),
-                    };
-                    if disabled.as_deref() == Some("false") || disabled.is_none() {
-                        break;
-                    }
-                    assert!(tries < 300, "the page did not reload");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
+                // The fresh page: its Buy button enabled again (WebDriver's bounded wait).
+                c.wait()
+                    .at_most(std::time::Duration::from_secs(30))
+                    .for_element(fantoccini::Locator::Css("#buy:not([disabled])"))
+                    .await
+                    .expect("the page reloaded with its Buy button enabled");
             }
             chrome.find("#buy").await.click().await.unwrap();
             // The wallet window shows the request without anyone reloading it.

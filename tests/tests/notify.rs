@@ -28,17 +28,21 @@ impl Drop for Killed {
     }
 }
 
-/// Polls `path` (bounded: 20 s) until it contains every one of `needles`; returns it.
-fn wait_file(path: &std::path::Path, needles: &[&str]) -> String {
+/// Reads the monitor's lines as they come (bounded: 20 s in all) until what it has printed
+/// so far holds every one of `needles`; returns that text.
+fn wait_lines(lines: &std::sync::mpsc::Receiver<String>, seen: &mut String, needles: &[&str]) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if needles.iter().all(|n| text.contains(n)) {
-            return text;
+    while !needles.iter().all(|n| seen.contains(n)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            Err(_) => panic!("no {needles:?} from dbus-monitor within 20 s:\n{seen}"),
         }
-        assert!(Instant::now() < deadline, "no {needles:?} in {}:\n{text}", path.display());
-        std::thread::sleep(Duration::from_millis(50));
     }
+    seen.clone()
 }
 
 #[test]
@@ -87,15 +91,24 @@ fn a_waiting_payment_request_is_announced_on_the_session_bus() {
         }
     });
     let address = rx.recv_timeout(Duration::from_secs(20)).expect("dbus-daemon prints its address");
-    let watched = dir.path().join("monitor.txt");
-    let monitor = Command::new(&tools[1])
+    let mut monitor = Command::new(&tools[1])
         .args(["--address", &address, "--monitor", "interface='org.freedesktop.Notifications'"])
-        .stdout(std::fs::File::create(&watched).unwrap())
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let out = monitor.stdout.take().unwrap();
     children.0.push(monitor);
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut printed = String::new();
     // The monitor is on the bus once the bus has named it.
-    wait_file(&watched, &["NameAcquired"]);
+    wait_lines(&lines, &mut printed, &["NameAcquired"]);
     // The daemons started from here on have this bus as their session bus.
     std::env::set_var("DBUS_SESSION_BUS_ADDRESS", &address);
 
@@ -113,7 +126,7 @@ fn a_waiting_payment_request_is_announced_on_the_session_bus() {
             .unwrap()
     });
     let p = buyer.wait_pending();
-    let seen = wait_file(&watched, &["member=Notify", "payme: a payment request"]);
+    let seen = wait_lines(&lines, &mut printed, &["member=Notify", "payme: a payment request", "a book"]);
     assert!(
         seen.contains("bob's &lt;b&gt;books&lt;/b&gt; asks for 0.37 EUR: a book"),
         "the shop, the amount and the description, the shop's text escaped for the body's markup: {seen}"
