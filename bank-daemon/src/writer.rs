@@ -108,7 +108,24 @@ impl Writer {
         E: Retry + Send + 'static,
         F: FnMut(&mut dyn Tx) -> Result<R, E> + Send + 'static,
     {
-        let (job, reply) = job(f);
+        Ok(self.run_then(f, |_| ()).await?.map(|(r, ())| r))
+    }
+
+    /// As [`Writer::run`], and once `f` has succeeded, `then` is called with its result on
+    /// the writer thread *before* the group commit, so work that depends on the outcome
+    /// (an RSA signature, on another thread) runs while the commit waits for the disk.
+    /// `then` must be quick and must not block: it starts work, it does not do it. What it
+    /// starts must not leave the bank unless this returns `Ok(Ok(..))`: the commit may
+    /// still fail, and then nothing `f` did took effect.
+    pub async fn run_then<R, P, E, F, G>(&self, f: F, then: G) -> Result<Result<(R, P), E>, WriteError>
+    where
+        R: Send + 'static,
+        P: Send + 'static,
+        E: Retry + Send + 'static,
+        F: FnMut(&mut dyn Tx) -> Result<R, E> + Send + 'static,
+        G: FnOnce(&R) -> P + Send + 'static,
+    {
+        let (job, reply) = job_then(f, then);
         self.jobs.send(job).await.map_err(|_| WriteError::Stopped)?;
         reply.await.map_err(|_| WriteError::Stopped)?
     }
@@ -116,11 +133,13 @@ impl Writer {
 
 /// Wraps `f` as a job for a batch: its own savepoint, and its result held back until the
 /// batch's commit decides what the caller is told.
-fn job<R, E, F>(mut f: F) -> (Job, Reply<R, E>)
+fn job_then<R, P, E, F, G>(mut f: F, then: G) -> (Job, Reply<(R, P), E>)
 where
     R: Send + 'static,
+    P: Send + 'static,
     E: Retry + Send + 'static,
     F: FnMut(&mut dyn Tx) -> Result<R, E> + Send + 'static,
+    G: FnOnce(&R) -> P + Send + 'static,
 {
     let (reply_tx, reply_rx) = oneshot::channel();
     let job: Job = Box::new(move |tx: &mut dyn Tx| {
@@ -148,6 +167,17 @@ where
             }
             tracing::debug!(attempt, "retrying a write after a conflict");
         }
+        // Started before the commit, used only after it (see `run_then`). An unsound
+        // savepoint rolls the whole batch back: nothing is started for it.
+        let result = match result {
+            Some(Ok(r)) if sound => {
+                let p = then(&r);
+                Some(Ok((r, p)))
+            }
+            Some(Ok(_)) => None,
+            Some(Err(e)) => Some(Err(e)),
+            None => None,
+        };
         let finish: Finish = Box::new(move |committed: Result<(), String>| {
             let out = match (result, committed) {
                 (Some(Err(e)), Ok(())) => Ok(Err(e)),
@@ -236,14 +266,69 @@ impl Readers {
 #[error("CPU job failed")]
 pub struct CpuJobFailed;
 
-/// Runs CPU-bound work (RSA, X25519, Argon2) on the rayon pool, one thread per core, so the
+/// Runs CPU-bound work (RSA, X25519, Argon2) on the CPU pool, one thread per core, so the
 /// async workers stay free to accept and read.
 pub async fn cpu<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, CpuJobFailed> {
+    start_cpu(f).done().await
+}
+
+/// CPU-bound work started on the CPU pool ([`start_cpu`]), to be awaited later.
+pub struct CpuJob<R>(oneshot::Receiver<R>);
+
+impl<R> CpuJob<R> {
+    pub async fn done(self) -> Result<R, CpuJobFailed> {
+        self.0.await.map_err(|_| CpuJobFailed)
+    }
+}
+
+/// Starts `f` on the CPU pool and returns at once (from any thread: it never blocks).
+pub fn start_cpu<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> CpuJob<R> {
     let (tx, rx) = oneshot::channel();
-    rayon::spawn(move || {
+    // A job that panics drops its sender: the caller gets `CpuJobFailed`.
+    let job: CpuTask = Box::new(move || {
         let _ = tx.send(f());
     });
-    rx.await.map_err(|_| CpuJobFailed)
+    if let Err(std::sync::mpsc::SendError(job)) = pool().send(job) {
+        // No pool thread could be started: run the job here rather than lose it.
+        job();
+    }
+    CpuJob(rx)
+}
+
+type CpuTask = Box<dyn FnOnce() + Send>;
+
+/// The CPU pool: one thread per core, each waiting on a shared queue. Unlike a
+/// work-stealing pool, an idle thread sleeps at once instead of spinning (yielding in a
+/// loop) for more work, which on a small machine takes the core from the very processes
+/// (wallets, the database) the bank is waiting for.
+fn pool() -> &'static std::sync::mpsc::Sender<CpuTask> {
+    static POOL: std::sync::OnceLock<std::sync::mpsc::Sender<CpuTask>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<CpuTask>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        for i in 0..n {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new().name(format!("payme-cpu-{i}")).spawn(move || loop {
+                // The lock is held only while taking a job, never while running it.
+                let next = match rx.lock() {
+                    Ok(q) => q.recv(),
+                    Err(_) => return,
+                };
+                match next {
+                    Ok(job) => {
+                        // A panicking job (a bug) must not take the thread with it.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                    Err(_) => return,
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a CPU pool thread");
+            }
+        }
+        tx
+    })
 }
 
 #[cfg(test)]
@@ -263,6 +348,57 @@ mod tests {
         move |tx| tx.issue(&[row(n)]).map(|_| ()).map_err(|e| e.to_string())
     }
 
+    fn job<R, E, F>(f: F) -> (Job, Reply<(R, ()), E>)
+    where
+        R: Send + 'static,
+        E: Retry + Send + 'static,
+        F: FnMut(&mut dyn Tx) -> Result<R, E> + Send + 'static,
+    {
+        job_then(f, |_| ())
+    }
+
+    /// `then` is called with a job's result when the job has run, before the batch
+    /// commits (so work it starts overlaps the commit); never for a job that refused; and
+    /// a commit that then fails is reported as failed, whatever `then` started.
+    #[test]
+    fn then_starts_before_the_commit_and_only_for_jobs_that_succeeded() {
+        use std::sync::{Arc, Mutex};
+        let mut store = SqliteStore::in_memory().unwrap();
+        let started = Arc::new(Mutex::new(Vec::new()));
+        let (s1, s2) = (started.clone(), started.clone());
+        let (a, ra) = job_then(
+            |tx: &mut dyn Tx| tx.issue(&[row(1)]).map(|_| 7u64).map_err(|e| e.to_string()),
+            move |r: &u64| {
+                s1.lock().unwrap().push(*r);
+                "signing"
+            },
+        );
+        let (b, rb) = job_then(
+            |_: &mut dyn Tx| Err::<u64, String>("refused".into()),
+            move |r: &u64| {
+                s2.lock().unwrap().push(*r);
+                "signing"
+            },
+        );
+        let mut tx = store.begin().unwrap();
+        let (finish_a, sound_a) = a(tx.as_mut());
+        let (finish_b, sound_b) = b(tx.as_mut());
+        assert!(sound_a && sound_b);
+        assert_eq!(*started.lock().unwrap(), vec![7], "started before the commit, for the job that succeeded only");
+        tx.rollback().unwrap();
+        finish_a(Err("disk full".into()));
+        finish_b(Err("disk full".into()));
+        assert!(matches!(ra.blocking_recv().unwrap(), Err(WriteError::Commit(_))));
+        assert!(matches!(rb.blocking_recv().unwrap(), Err(WriteError::Commit(_))));
+        assert_eq!(serials(&mut store), 0);
+
+        // Committed: the caller gets the result and what `then` started.
+        let (c, rc) =
+            job_then(|tx: &mut dyn Tx| tx.issue(&[row(3)]).map(|_| 3u64).map_err(|e| e.to_string()), |r: &u64| r * 10);
+        run_batch(&mut store, &mut vec![c]);
+        assert!(matches!(rc.blocking_recv().unwrap(), Ok(Ok((3, 30)))));
+    }
+
     fn serials(store: &mut SqliteStore) -> u64 {
         store.begin_read().unwrap().circulation().unwrap().count
     }
@@ -279,9 +415,9 @@ mod tests {
         });
         let (c, rc) = job(insert(3));
         run_batch(&mut store, &mut vec![a, b, c]);
-        assert!(matches!(ra.blocking_recv().unwrap(), Ok(Ok(()))));
+        assert!(matches!(ra.blocking_recv().unwrap(), Ok(Ok(((), ())))));
         assert!(matches!(rb.blocking_recv().unwrap(), Ok(Err(ref e)) if e == "refused after writing"));
-        assert!(matches!(rc.blocking_recv().unwrap(), Ok(Ok(()))));
+        assert!(matches!(rc.blocking_recv().unwrap(), Ok(Ok(((), ())))));
         assert_eq!(serials(&mut store), 2, "1 and 3 kept, the refused job's 2 rolled back");
     }
 
@@ -307,7 +443,7 @@ mod tests {
         // The writer goes on: the next batch commits.
         let (d, rd) = job(insert(4));
         run_batch(&mut store, &mut vec![d]);
-        assert!(matches!(rd.blocking_recv().unwrap(), Ok(Ok(()))));
+        assert!(matches!(rd.blocking_recv().unwrap(), Ok(Ok(((), ())))));
         assert_eq!(serials(&mut store), 1);
     }
 
@@ -337,7 +473,7 @@ mod tests {
         });
         let (c, rc) = job(|_: &mut dyn Tx| Err::<(), String>("refused".into()));
         run_batch(&mut store, &mut vec![a, b, c]);
-        assert!(matches!(ra.blocking_recv().unwrap(), Ok(Ok(3))));
+        assert!(matches!(ra.blocking_recv().unwrap(), Ok(Ok((3, ())))));
         assert!(matches!(rb.blocking_recv().unwrap(), Ok(Err(StoreError::Db(_)))));
         assert_eq!(forever.load(std::sync::atomic::Ordering::SeqCst), ATTEMPTS);
         assert!(matches!(rc.blocking_recv().unwrap(), Ok(Err(_))));

@@ -36,28 +36,39 @@ pub async fn handle(
     let n_old = old.len();
     // Step 1, before any signing: the coins handed in are spent (one winner per serial,
     // whichever node it asks) and the request reserved; a retry finds the reservation.
-    let reserved = bank
+    let (reserved, minting) = bank
         .writer
-        .run(move |tx| {
-            crate::handlers::record_nonce(tx, &nonce_random, nonce_expiry)?;
-            if let Some(previous) = tx.issued(&request_id)? {
-                if previous.input_hash != input_hash || previous.balance.is_some() {
-                    return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another request"));
+        .run_then(
+            move |tx| {
+                crate::handlers::record_nonce(tx, &nonce_random, nonce_expiry)?;
+                if let Some(previous) = tx.issued(&request_id)? {
+                    if previous.input_hash != input_hash || previous.balance.is_some() {
+                        return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another request"));
+                    }
+                    return Ok(previous);
                 }
-                return Ok(previous);
-            }
-            match tx.spend(&old)? {
-                Spend::Missing(s) => return Err(not_in_circulation(&s)),
-                Spend::Spent(spent) => super::check_spent(&old_rows, &spent)?,
-            }
-            let row =
-                IssuedRow { request_id, input_hash, plan: plan_blob.clone(), coins: None, balance: None, time: now };
-            tx.reserve_issue(&row)?;
-            Ok::<IssuedRow, Refuse>(row)
-        })
+                match tx.spend(&old)? {
+                    Spend::Missing(s) => return Err(not_in_circulation(&s)),
+                    Spend::Spent(spent) => super::check_spent(&old_rows, &spent)?,
+                }
+                let row = IssuedRow {
+                    request_id,
+                    input_hash,
+                    plan: plan_blob.clone(),
+                    coins: None,
+                    balance: None,
+                    time: now,
+                };
+                tx.reserve_issue(&row)?;
+                Ok::<IssuedRow, Refuse>(row)
+            },
+            // Signing starts while the reservation's commit waits for the disk; the coins
+            // are issued (step 3) only after that commit.
+            super::minting(&bank),
+        )
         .await??;
     let retried = reserved.coins.is_some();
-    let coins = super::finish_issue(&bank, reserved).await?;
+    let coins = super::finish_issue(&bank, reserved, minting).await?;
     if retried {
         tracing::info!(amount = %total, "exchange retried; same coins returned");
     } else {

@@ -8,7 +8,7 @@ pub mod exchange_coins;
 pub mod withdraw_coins;
 
 use crate::store::{IssuedRow, SerialRow, StoreError};
-use crate::writer::{cpu, CpuJobFailed, WriteError};
+use crate::writer::{cpu, start_cpu, CpuJobFailed, WriteError};
 use crate::Bank;
 use pmtp_proto::coin::{Coin, CoinBody, Serial};
 use pmtp_proto::frame::{Frame, ProtoError};
@@ -215,9 +215,10 @@ pub async fn verify_coins(bank: &Arc<Bank>, coins: Vec<Coin>, now: u64) -> Resul
     }
     let b = bank.clone();
     cpu(move || {
-        use rayon::prelude::*;
+        // One after the other: coins of one batch share a root, which the first one's
+        // RSA verification puts in the cache for the rest (a hash path each).
         let verified: Result<Vec<_>, _> =
-            coins.par_iter().map(|c| c.verify_among(&b.bank_id, b.coin_keys(), now)).collect();
+            coins.iter().map(|c| c.verify_among(&b.bank_id, b.coin_keys(), now)).collect();
         let verified = verified?;
         let total = Amount::checked_sum(verified.iter().map(|c| c.value()))
             .map_err(|_| Refuse::new(ReasonCode::INVALID_AMOUNT, "coin total overflows"))?;
@@ -302,13 +303,23 @@ pub fn plan_denominations(bank: &Bank, amount: Amount, asked: &[Denomination]) -
 /// id. A request already finished (by an earlier try, here or at another node) returns
 /// the coins stored then; if two finish one request at once, the database lets one win
 /// and the other returns the winner's coins.
-pub(crate) async fn finish_issue(bank: &Arc<Bank>, row: IssuedRow) -> Result<Vec<Coin>, Refuse> {
+pub(crate) async fn finish_issue(
+    bank: &Arc<Bank>,
+    row: IssuedRow,
+    minting: Option<Minting>,
+) -> Result<Vec<Coin>, Refuse> {
     if let Some(blob) = &row.coins {
         return withdraw_coins::decode_issued(blob);
     }
-    let plan: Vec<Denomination> = bincode::deserialize(&row.plan)
-        .map_err(|_| Refuse::new(ReasonCode::INTERNAL, "the stored request is damaged"))?;
-    let fresh = mint(bank, plan, row.time).await?;
+    let minting = match minting {
+        Some(m) => m,
+        None => {
+            let plan: Vec<Denomination> = bincode::deserialize(&row.plan)
+                .map_err(|_| Refuse::new(ReasonCode::INTERNAL, "the stored request is damaged"))?;
+            start_mint(bank, plan, row.time)
+        }
+    };
+    let fresh = minting.done().await??;
     let rows: Vec<SerialRow> = fresh
         .iter()
         .map(|c| SerialRow { serial: c.serial(), value: c.value(), expiry: c.body().expiry, key_id: c.body().key_id })
@@ -345,7 +356,7 @@ pub async fn resume_issues(bank: &Arc<Bank>, now: u64, min_age: u64) -> Result<u
     let mut done = 0;
     for row in stale.into_iter().filter(|r| r.time.saturating_add(min_age) <= now) {
         let id = hex::encode(row.request_id);
-        finish_issue(bank, row).await?;
+        finish_issue(bank, row, None).await?;
         tracing::info!(request = %id, "finished an interrupted withdrawal or exchange");
         done += 1;
     }
@@ -355,11 +366,12 @@ pub async fn resume_issues(bank: &Arc<Bank>, now: u64, min_age: u64) -> Result<u
 /// Signs new coins for `plan`: one RSA signature over the Merkle root of their bodies
 /// (coin format 2), on the CPU pool. Their serials are not yet in circulation: the caller
 /// issues them ([`finish_issue`]), or throws the coins away. Signing is the costly step of
-/// a request, so it comes after the request has been paid for (step 1).
-pub async fn mint(bank: &Arc<Bank>, plan: Vec<Denomination>, now: u64) -> Result<Vec<Coin>, Refuse> {
+/// a request, so it starts only once the request has been paid for (step 1 ran, and its
+/// commit is under way: see [`minting`]).
+pub fn start_mint(bank: &Arc<Bank>, plan: Vec<Denomination>, now: u64) -> Minting {
     let b = bank.clone();
     let expiry = now.saturating_add(bank.config.coin_lifetime_secs);
-    cpu(move || {
+    start_cpu(move || {
         let mut rng = b.rng();
         let key_id = b.identity.signing.verifying_key().key_id();
         let bodies = plan
@@ -375,5 +387,22 @@ pub async fn mint(bank: &Arc<Bank>, plan: Vec<Denomination>, now: u64) -> Result
             .collect();
         Coin::mint_batch(bodies, &b.identity.signing).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))
     })
-    .await?
+}
+
+/// New coins being signed ([`start_mint`]).
+pub type Minting = crate::writer::CpuJob<Result<Vec<Coin>, Refuse>>;
+
+/// For [`crate::writer::Writer::run_then`] after step 1 (the reservation): starts signing the
+/// reserved request's coins while its commit waits for the disk. Nothing is started for a
+/// retry whose coins were issued already, or a reservation whose plan cannot be read
+/// (finish_issue reports that).
+pub(crate) fn minting(bank: &Arc<Bank>) -> impl FnOnce(&IssuedRow) -> Option<Minting> + Send + 'static {
+    let bank = bank.clone();
+    move |row| {
+        if row.coins.is_some() {
+            return None;
+        }
+        let plan: Vec<Denomination> = bincode::deserialize(&row.plan).ok()?;
+        Some(start_mint(&bank, plan, row.time))
+    }
 }

@@ -50,39 +50,44 @@ pub async fn handle(
     // Step 1, before paying for signatures: check and reserve. The debit refuses to go
     // below zero in the statement itself, so two nodes debiting one account can never
     // overdraw it; a retry by request id finds the reservation (or the coins) instead.
-    let reserved = bank
+    let (reserved, minting) = bank
         .writer
-        .run(move |tx| {
-            crate::handlers::record_nonce(tx, &nonce_random, nonce_expiry)?;
-            if let Some(previous) = tx.issued(&request_id)? {
-                if previous.input_hash != input_hash || previous.balance.is_none() {
-                    return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another request"));
+        .run_then(
+            move |tx| {
+                crate::handlers::record_nonce(tx, &nonce_random, nonce_expiry)?;
+                if let Some(previous) = tx.issued(&request_id)? {
+                    if previous.input_hash != input_hash || previous.balance.is_none() {
+                        return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another request"));
+                    }
+                    return Ok(previous);
                 }
-                return Ok(previous);
-            }
-            let Some(balance) = tx.debit(id, amount, now, EntryKind::Withdrawal, "coins withdrawn")? else {
-                let have = tx.account(id)?.map(|a| a.balance).unwrap_or_default();
-                return Err(insufficient(have, amount));
-            };
-            if reset_failures {
-                tx.set_login_failures(id, 0, 0)?;
-            }
-            let row = IssuedRow {
-                request_id,
-                input_hash,
-                plan: plan_blob.clone(),
-                coins: None,
-                balance: Some(balance),
-                time: now,
-            };
-            tx.reserve_issue(&row)?;
-            Ok::<IssuedRow, Refuse>(row)
-        })
+                let Some(balance) = tx.debit(id, amount, now, EntryKind::Withdrawal, "coins withdrawn")? else {
+                    let have = tx.account(id)?.map(|a| a.balance).unwrap_or_default();
+                    return Err(insufficient(have, amount));
+                };
+                if reset_failures {
+                    tx.set_login_failures(id, 0, 0)?;
+                }
+                let row = IssuedRow {
+                    request_id,
+                    input_hash,
+                    plan: plan_blob.clone(),
+                    coins: None,
+                    balance: Some(balance),
+                    time: now,
+                };
+                tx.reserve_issue(&row)?;
+                Ok::<IssuedRow, Refuse>(row)
+            },
+            // Signing starts while the reservation's commit waits for the disk; the coins
+            // are issued (step 3) only after that commit.
+            super::minting(&bank),
+        )
         .await??;
     let balance = reserved.balance.unwrap_or_default();
     let retried = reserved.coins.is_some();
     // Steps 2 and 3: sign outside any transaction, then issue.
-    let coins = super::finish_issue(&bank, reserved).await?;
+    let coins = super::finish_issue(&bank, reserved, minting).await?;
     if retried {
         tracing::info!(account = %id, amount = %amount, "withdrawal retried; same coins returned");
     } else {
