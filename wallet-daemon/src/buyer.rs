@@ -115,9 +115,11 @@ async fn decide_and_pay(
         return Err(WalletError::new(ReasonCode::UNKNOWN_MERCHANT, "this wallet pays only merchants it already knows"));
     }
     // Refused at once when the wallet cannot pay, before the person is asked to approve.
-    can_pay(w, ask).await?;
     let auto = known && policy.auto_approve_limit > 0 && amount.minor_units() <= policy.auto_approve_limit;
     if !auto {
+        // Nobody is asked to approve what the wallet cannot pay. (Paid by policy, the
+        // coin choice in `pay` finds the same shortfall.)
+        can_pay(w, ask).await?;
         ask_person(w, ask, merchant, known, peer).await?;
     }
     if !known {
@@ -140,8 +142,10 @@ pub(crate) async fn funds_for(w: &Arc<Wallet>, amount: Amount, accepted: &[BankI
     let accepted: Vec<String> = accepted.iter().map(|b| b.as_str().to_owned()).collect();
     for bank in w.banks.keys().filter(|b| accepted.is_empty() || accepted.contains(b)) {
         let b = bank.clone();
-        let rows = w.db.call(move |c, _| store::values_in(c, CoinState::Available, &b)).await?;
-        let held = Amount::checked_sum(rows.iter().map(|r| r.1.value()));
+        let counts = w.db.call(move |c, _| store::counts_in(c, CoinState::Available, &b)).await?;
+        let held = counts
+            .iter()
+            .try_fold(Amount::ZERO, |sum, (d, n)| d.value().checked_mul(*n as u64).and_then(|v| sum.checked_add(v)));
         if held.is_ok_and(|h| h >= amount) {
             return Ok(());
         }
@@ -303,16 +307,33 @@ pub(crate) async fn reserve_for(
         for _attempt in 0..8 {
             let locked = w.coin_lock.lock().await;
             let b = bank.clone();
-            let rows = w.db.call(move |c, _| store::values_in(c, CoinState::Available, &b)).await?;
-            let denoms: Vec<Denomination> = rows.iter().map(|r| r.1).collect();
+            let counts = w.db.call(move |c, _| store::counts_in(c, CoinState::Available, &b)).await?;
+            // One entry per coin, largest first: coins of one value are alike to choose.
+            let denoms: Vec<Denomination> = counts.iter().flat_map(|(d, n)| std::iter::repeat_n(*d, *n)).collect();
             match select_exact(&denoms, amount) {
                 Ok(idx) => {
-                    let serials: Vec<Serial> = idx.iter().map(|&i| rows[i].0).collect();
+                    let mut per_value: Vec<(Denomination, usize)> = Vec::new();
+                    for &i in &idx {
+                        match per_value.iter_mut().find(|(d, _)| *d == denoms[i]) {
+                            Some((_, n)) => *n += 1,
+                            None => per_value.push((denoms[i], 1)),
+                        }
+                    }
                     let record = record.clone();
                     let claims = w.in_flight.clone();
+                    let (b, chosen) = (bank.clone(), idx.len());
                     let reserved =
                         w.db.call(move |c, vault| {
                             let tx = c.transaction()?;
+                            let mut serials = Vec::new();
+                            for (d, n) in &per_value {
+                                serials.extend(store::serials_of_value(&tx, CoinState::Available, &b, *d, *n)?);
+                            }
+                            if serials.len() != chosen {
+                                // Counted but not found (the coin lock makes this damage):
+                                // choose again.
+                                return Ok(None);
+                            }
                             // Opening the chosen coins quarantines any damaged one.
                             let coins = store::coins_by_serial(&tx, vault, &serials)?;
                             if coins.len() != serials.len() {
@@ -338,7 +359,15 @@ pub(crate) async fn reserve_for(
                     }
                 }
                 Err(SelectError::NeedsExchange { missing, break_index, .. }) => {
-                    let (serial, value, _) = rows[break_index];
+                    let value = denoms[break_index];
+                    let b = bank.clone();
+                    let Some(serial) =
+                        w.db.call(move |c, _| store::serials_of_value(c, CoinState::Available, &b, value, 1))
+                            .await?
+                            .pop()
+                    else {
+                        continue;
+                    };
                     if exchanges == 2 {
                         break;
                     }

@@ -314,9 +314,27 @@ async fn collect_inner(w: &Arc<Wallet>, req: &CollectRequest, order: store::Orde
         Ok(()) => incoming_record(w, &ask.body, peer).map(|r| (pay.coins.clone(), r)),
         Err(e) => Err(e),
     };
-    let recorded = match recorded {
-        Ok((coins, r)) => record(w, coins, r, order, None).await,
-        Err(e) => Err(e),
+    // The receipt is signed on a blocking thread while the payment's commit waits for the
+    // disk (one RSA signature off the purchase's critical path). It is sent only if the
+    // bank accepts the coins: then the payment's completion and the receipt are stored in
+    // the same transaction as the bank's answer.
+    let receipt_body = Receipt {
+        merchant: w.public.name.clone(),
+        merchant_fingerprint: w.public.fingerprint(),
+        amount,
+        description_hash: description_hash(description.as_str()),
+        coins_hash: pmtp_proto::coin::coins_hash(pay.coins.iter().map(|c| &c.0.body.serial)),
+        request: ask.body.nonce.random,
+        time: w.now(),
+    };
+    let (recorded, receipt) = match recorded {
+        Ok((coins, r)) => {
+            let signer = w.clone();
+            let signing = tokio::task::spawn_blocking(move || Signed::sign(receipt_body, &signer.identity.signing));
+            let (recorded, receipt) = tokio::join!(record(w, coins, r, order, None), signing);
+            (recorded, Some(receipt))
+        }
+        Err(e) => (Err(e), None),
     };
     let (payment, op, claims) = match recorded {
         Ok(Recorded::New(p, op, claims)) => (p, op, claims),
@@ -330,21 +348,10 @@ async fn collect_inner(w: &Arc<Wallet>, req: &CollectRequest, order: store::Orde
             return Ok(Collected::refused(&e));
         }
     };
-    // Signed now, sent only if the bank accepts the coins: then the payment's completion
-    // and the receipt are stored in the same transaction as the bank's answer.
-    let receipt = Signed::sign(
-        Receipt {
-            merchant: w.public.name.clone(),
-            merchant_fingerprint: w.public.fingerprint(),
-            amount,
-            description_hash: description_hash(description.as_str()),
-            coins_hash: pmtp_proto::coin::coins_hash(pay.coins.iter().map(|c| &c.0.body.serial)),
-            request: ask.body.nonce.random,
-            time: w.now(),
-        },
-        &w.identity.signing,
-    )
-    .map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?;
+    let receipt = receipt
+        .ok_or_else(internal)?
+        .map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?
+        .map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?;
     let blob = bincode::serialize(&receipt).map_err(|e| WalletError::new(ReasonCode::INTERNAL, e.to_string()))?;
     let paid_order = store::PaidOrder {
         order,

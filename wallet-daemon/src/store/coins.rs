@@ -289,6 +289,49 @@ pub fn values_in(conn: &Connection, state: CoinState, bank: &str) -> Result<Vec<
     Ok(out)
 }
 
+/// How many coins of each value one bank has in `state`, largest value first, as the
+/// clear columns say (counted in the index, nothing read from the table, nothing
+/// decrypted): what coin choice needs. Rows whose value is no denomination, or whose
+/// value or expiry is not an integer (damage), are left out, as [`values_in`] leaves them.
+pub fn counts_in(conn: &Connection, state: CoinState, bank: &str) -> Result<Vec<(Denomination, usize)>, DbError> {
+    let mut st = conn.prepare_cached(
+        "SELECT value, COUNT(*) FROM coins WHERE state = ?1 AND bank_id = ?2 AND typeof(value) = 'integer' \
+         AND typeof(expiry) = 'integer' AND expiry >= 0 GROUP BY value ORDER BY value DESC",
+    )?;
+    let rows = st.query_map(params![state.as_str(), bank], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (value, count) = r?;
+        if let Ok(d) = Denomination::try_from(value.max(0) as u64) {
+            out.push((d, usize::try_from(count).unwrap_or(0)));
+        }
+    }
+    Ok(out)
+}
+
+/// The first `n` serials (in serial order) of one bank's coins of value `value` in
+/// `state`: the coins [`counts_in`] counted, as coin choice takes them.
+pub fn serials_of_value(
+    conn: &Connection,
+    state: CoinState,
+    bank: &str,
+    value: Denomination,
+    n: usize,
+) -> Result<Vec<Serial>, DbError> {
+    let mut st = conn.prepare_cached(
+        "SELECT serial FROM coins WHERE state = ?1 AND bank_id = ?2 AND value = ?3 \
+         AND typeof(expiry) = 'integer' AND expiry >= 0 ORDER BY serial LIMIT ?4",
+    )?;
+    let value = i64::try_from(u64::from(value)).map_err(|_| DbError::Other("a denomination out of range".into()))?;
+    let n = i64::try_from(n).unwrap_or(i64::MAX);
+    let rows = st.query_map(params![state.as_str(), bank, value, n], |r| r.get::<_, Vec<u8>>(0))?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(Serial(r?.try_into().map_err(|_| DbError::Other("a stored serial is not 16 bytes".into()))?));
+    }
+    Ok(out)
+}
+
 /// The sound coins among these serials, decrypted, in the order asked; damaged ones are
 /// quarantined and left out (the caller compares lengths, and chooses again).
 pub fn coins_by_serial(conn: &Connection, vault: &Vault, serials: &[Serial]) -> Result<Vec<Coin>, DbError> {
