@@ -342,23 +342,43 @@ fn purchases(rt: &tokio::runtime::Runtime, bank: &TestBank, cli: &Cli, pid: &[u3
             .replace("max_connections_per_ip = 8", "max_connections_per_ip = 1024")
     });
     let merchant = TestWallet::start("merchant", "127.0.0.3", bank, Some(0), |c| c);
-    // Pin the merchant once (the person approves), then the policy pays.
+    // Pin the merchant once (the person approves, paying with a first coin), then the
+    // policy pays.
+    let bsock = buyer.dir.path().join("control.sock");
+    rt.block_on(wallet_daemon_call(
+        &bsock,
+        serde_json::json!({"cmd": "withdraw", "bank": null, "amount": 8, "password": PASSWORD}),
+    ))
+    .map_err(|e| format!("the buyer's first withdrawal failed: {e}"))?;
     let sock = merchant.dir.path().join("control.sock");
     let from = buyer.addr.clone();
     let first = {
         let (sock, from) = (sock.clone(), from.clone());
         std::thread::spawn(move || control_collect_blocking(&sock, &from))
     };
-    let p = buyer.wait_pending();
-    buyer.ok(&["approve", &p["id"].to_string()]);
+    // The buyer's request appears, or the merchant's collect ends first (it failed).
+    let mut pending = None;
+    for _ in 0..300 {
+        if first.is_finished() {
+            break;
+        }
+        if let Some(p) = buyer.ok(&["pending"]).as_array().and_then(|a| a.first().cloned()) {
+            pending = Some(p);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Some(p) = pending {
+        buyer.ok(&["approve", &p["id"].to_string()]);
+    }
     first
         .join()
         .map_err(|_| "the first purchase's thread failed".to_owned())?
+        .and_then(|v| if v["outcome"] == "paid" { Ok(v) } else { Err(v.to_string()) })
         .map_err(|e| format!("the first purchase (pinning the merchant) failed: {e}"))?;
     // Coins of exactly the price (8), one per purchase: a withdrawal of 8 is one coin.
     let expected = ((cli.duration as f64) * 400.0) as usize + 200;
     log(cli.json, &format!("purchase: withdrawing {expected} coins of 8 into the buyer's wallet"));
-    let bsock = buyer.dir.path().join("control.sock");
     rt.block_on(async {
         let mut tasks = Vec::new();
         for chunk in 0..8 {
