@@ -63,6 +63,10 @@ pub struct Stats {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Stalls: periods of a second or more in which no request completed (as the peers'
+    /// benchmark counts them), and their total length.
+    pub stalls: usize,
+    pub stall_secs: f64,
     /// Bank CPU seconds (user + system) spent during the scenario, all nodes together.
     pub bank_cpu_secs: f64,
     /// The bank's peak resident memory so far, KiB (the largest node's).
@@ -98,7 +102,7 @@ pub async fn drive(
     for _ in 0..clients {
         let queue = queue.clone();
         workers.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
+            let (mut lat, mut done_at) = (Vec::new(), Vec::new());
             let (mut ok, mut failed, mut first_error) = (0usize, 0usize, None);
             let mut conn: Conn = None;
             while Instant::now() < deadline {
@@ -113,6 +117,7 @@ pub async fn drive(
                     Ok(()) => {
                         ok += 1;
                         lat.push(t.elapsed());
+                        done_at.push(start.elapsed());
                     }
                     Err(e) => {
                         failed += 1;
@@ -120,13 +125,14 @@ pub async fn drive(
                     }
                 }
             }
-            (lat, ok, failed, first_error)
+            (lat, done_at, ok, failed, first_error)
         }));
     }
-    let (mut lat, mut ok, mut failed, mut first_error) = (Vec::new(), 0, 0, None);
+    let (mut lat, mut done_at, mut ok, mut failed, mut first_error) = (Vec::new(), Vec::new(), 0, 0, None);
     for w in workers {
-        if let Ok((l, o, f, e)) = w.await {
+        if let Ok((l, d, o, f, e)) = w.await {
             lat.extend(l);
+            done_at.extend(d);
             ok += o;
             failed += f;
             if first_error.is_none() {
@@ -135,6 +141,7 @@ pub async fn drive(
         }
     }
     let seconds = start.elapsed().as_secs_f64();
+    let (stalls, stall_secs) = stalls(&mut done_at, Duration::from_secs(1));
     lat.sort();
     let pct = |q: f64| {
         if lat.is_empty() {
@@ -155,10 +162,30 @@ pub async fn drive(
         p90_ms: pct(0.9),
         p99_ms: pct(0.99),
         max_ms: lat.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0),
+        stalls,
+        stall_secs,
         bank_cpu_secs: cpu() - cpu0,
         bank_peak_rss_kib: bank_pids.iter().map(|p| peak_rss_kib(*p)).max().unwrap_or(0),
         first_error,
     }
+}
+
+/// The gaps of at least `min` between the start and the first completion, or between one
+/// completion and the next (`done_at`: completion times since the start): how many, and
+/// their total length in seconds.
+pub fn stalls(done_at: &mut [Duration], min: Duration) -> (usize, f64) {
+    done_at.sort();
+    let mut last = Duration::ZERO;
+    let (mut n, mut total) = (0, 0.0);
+    for &d in done_at.iter() {
+        let gap = d.saturating_sub(last);
+        if gap >= min {
+            n += 1;
+            total += gap.as_secs_f64();
+        }
+        last = d;
+    }
+    (n, total)
 }
 
 /// User + system CPU seconds of a process (from /proc; 100 ticks a second on Linux).
@@ -220,7 +247,7 @@ pub fn table(cal: &Calibration, stats: &[Stats]) -> String {
         cal.cores, cal.sign_per_sec, cal.verify_per_sec
     );
     s.push_str(&format!(
-        "{:<22} {:>7} {:>7} {:>6} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}\n",
+        "{:<22} {:>7} {:>7} {:>6} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>9}\n",
         "scenario",
         "clients",
         "ok",
@@ -231,12 +258,13 @@ pub fn table(cal: &Calibration, stats: &[Stats]) -> String {
         "p90 ms",
         "p99 ms",
         "max ms",
+        "stalls",
         "bank cpu",
         "peak RSS"
     ));
     for x in stats {
         s.push_str(&format!(
-            "{:<22} {:>7} {:>7} {:>6} {:>9.1} {:>9.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7.1}s {:>7}MiB\n",
+            "{:<22} {:>7} {:>7} {:>6} {:>9.1} {:>9.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>7.1}s {:>7}MiB\n",
             x.scenario,
             x.clients,
             x.ok,
@@ -247,6 +275,7 @@ pub fn table(cal: &Calibration, stats: &[Stats]) -> String {
             x.p90_ms,
             x.p99_ms,
             x.max_ms,
+            x.stalls,
             x.bank_cpu_secs,
             x.bank_peak_rss_kib / 1024
         ));
@@ -255,4 +284,22 @@ pub fn table(cal: &Calibration, stats: &[Stats]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stall_is_a_second_without_any_completion() {
+        let ms = Duration::from_millis;
+        // Steady completions, then 1.2 s of nothing, then more: one stall of 1.2 s.
+        let mut done = vec![ms(900), ms(100), ms(200), ms(2100), ms(2200)];
+        let (n, secs) = stalls(&mut done, Duration::from_secs(1));
+        assert_eq!(n, 1);
+        assert!((secs - 1.2).abs() < 1e-9);
+        // Nothing completed in the first 1.5 s: that counts too.
+        assert_eq!(stalls(&mut [ms(1500), ms(1600)], Duration::from_secs(1)).0, 1);
+        assert_eq!(stalls(&mut [ms(10), ms(990), ms(1980)], Duration::from_secs(1)).0, 0);
+    }
 }

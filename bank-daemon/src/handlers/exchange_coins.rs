@@ -1,9 +1,10 @@
 //! exchange_coins: valid coins in, new coins of the same total out. No account, no
 //! identity (the bank learns only the network address). The coins handed in are checked
-//! (signatures), then spent and the request reserved in one transaction, before any new
-//! coin is signed; the new serials go into circulation in a second transaction
-//! ([`super::finish_issue`]), which a retry or the background round finishes if the
-//! first one's node stopped in between.
+//! (signatures, then a read that they are still in circulation) before any new coin is
+//! signed; one transaction then spends them, records the request and puts the new coins
+//! in circulation. A retry gets the coins of its first try; a reservation left by an
+//! earlier version's two-step exchange is finished by its retry or the background round
+//! ([`super::finish_issue`]).
 
 use super::{plan_denominations, verify_coins, Refuse};
 use crate::store::{IssuedRow, Spend};
@@ -34,41 +35,44 @@ pub async fn handle(
     let plan_blob = bincode::serialize(&plan).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))?;
     let nonce_expiry = bank.nonce_expiry(&req.nonce);
     let n_old = old.len();
-    // Step 1, before any signing: the coins handed in are spent (one winner per serial,
-    // whichever node it asks) and the request reserved; a retry finds the reservation.
-    let (reserved, minting) = bank
+    // A read first: a retry gets its coins back, and coins spent already are refused,
+    // before anything is signed.
+    let spent_check = old.clone();
+    let (earlier, missing) =
+        bank.readers.read(move |tx| Ok((tx.issued(&request_id)?, tx.first_missing_serial(&spent_check)?))).await?;
+    if let (None, Some(s)) = (&earlier, missing) {
+        return Err(not_in_circulation(&s));
+    }
+    let fresh = if earlier.is_none() { Some(super::Fresh::sign(&bank, plan, now).await?) } else { None };
+    let issue = fresh.as_ref().map(|f| f.issue.clone());
+    // One transaction: the coins handed in are spent (one winner per serial, whichever
+    // node it asks), the request recorded and the new coins put in circulation. A retry
+    // finds the request's row instead.
+    let (reserved, issued) = bank
         .writer
-        .run_then(
-            move |tx| {
-                crate::handlers::record_nonce(tx, &nonce_random, nonce_expiry)?;
-                if let Some(previous) = tx.issued(&request_id)? {
-                    if previous.input_hash != input_hash || previous.balance.is_some() {
-                        return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another request"));
-                    }
-                    return Ok(previous);
+        .run(move |tx| {
+            crate::handlers::record_nonce(tx, &nonce_random, nonce_expiry)?;
+            if let Some(previous) = tx.issued(&request_id)? {
+                if previous.input_hash != input_hash || previous.balance.is_some() {
+                    return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another request"));
                 }
-                match tx.spend(&old)? {
-                    Spend::Missing(s) => return Err(not_in_circulation(&s)),
-                    Spend::Spent(spent) => super::check_spent(&old_rows, &spent)?,
-                }
-                let row = IssuedRow {
-                    request_id,
-                    input_hash,
-                    plan: plan_blob.clone(),
-                    coins: None,
-                    balance: None,
-                    time: now,
-                };
-                tx.reserve_issue(&row)?;
-                Ok::<IssuedRow, Refuse>(row)
-            },
-            // Signing starts while the reservation's commit waits for the disk; the coins
-            // are issued (step 3) only after that commit.
-            super::minting(&bank),
-        )
+                return Ok((previous, false));
+            }
+            match tx.spend(&old)? {
+                Spend::Missing(s) => return Err(not_in_circulation(&s)),
+                Spend::Spent(spent) => super::check_spent(&old_rows, &spent)?,
+            }
+            let row =
+                IssuedRow { request_id, input_hash, plan: plan_blob.clone(), coins: None, balance: None, time: now };
+            tx.reserve_issue(&row)?;
+            if let Some(issue) = &issue {
+                issue.run(tx, &request_id)?;
+            }
+            Ok::<_, Refuse>((row, issue.is_some()))
+        })
         .await??;
     let retried = reserved.coins.is_some();
-    let coins = super::finish_issue(&bank, reserved, minting).await?;
+    let coins = super::issued_coins(&bank, reserved, issued, fresh).await?;
     if retried {
         tracing::info!(amount = %total, "exchange retried; same coins returned");
     } else {

@@ -156,15 +156,16 @@ where
     let reply_nonce = Nonce::new(&mut bank.rng(), bank.local_ip(peer), now);
     let key = req.session_key().clone();
     let b = bank.clone();
-    let sealed = cpu(move || match result {
+    // Sealed here, not on the CPU pool: a reply is encrypted with the request's session
+    // key (AES-GCM, microseconds), and a hop to another thread costs more than that.
+    let sealed: Result<_, CpuJobFailed> = Ok(match result {
         Ok(resp) => Frame::seal_session(&mut b.rng(), &key, &resp),
         Err(r) => {
             tracing::info!(code = %r.code, reason = %r.text, request = %Q::ID, "refused");
             let refusal: Q::Refusal = Refusal { code: r.code, text: reason_text(&r.text), nonce: reply_nonce }.into();
             Frame::seal_session(&mut b.rng(), &key, &refusal)
         }
-    })
-    .await;
+    });
     match sealed {
         Ok(Ok(f)) => f,
         // The bank failed to encode or seal its own answer: not the requester's doing.
@@ -303,23 +304,13 @@ pub fn plan_denominations(bank: &Bank, amount: Amount, asked: &[Denomination]) -
 /// id. A request already finished (by an earlier try, here or at another node) returns
 /// the coins stored then; if two finish one request at once, the database lets one win
 /// and the other returns the winner's coins.
-pub(crate) async fn finish_issue(
-    bank: &Arc<Bank>,
-    row: IssuedRow,
-    minting: Option<Minting>,
-) -> Result<Vec<Coin>, Refuse> {
+pub(crate) async fn finish_issue(bank: &Arc<Bank>, row: IssuedRow) -> Result<Vec<Coin>, Refuse> {
     if let Some(blob) = &row.coins {
         return withdraw_coins::decode_issued(blob);
     }
-    let minting = match minting {
-        Some(m) => m,
-        None => {
-            let plan: Vec<Denomination> = bincode::deserialize(&row.plan)
-                .map_err(|_| Refuse::new(ReasonCode::INTERNAL, "the stored request is damaged"))?;
-            start_mint(bank, plan, row.time)
-        }
-    };
-    let fresh = minting.done().await??;
+    let plan: Vec<Denomination> = bincode::deserialize(&row.plan)
+        .map_err(|_| Refuse::new(ReasonCode::INTERNAL, "the stored request is damaged"))?;
+    let fresh = start_mint(bank, plan, row.time).done().await??;
     let rows: Vec<SerialRow> = fresh
         .iter()
         .map(|c| SerialRow { serial: c.serial(), value: c.value(), expiry: c.body().expiry, key_id: c.body().key_id })
@@ -356,7 +347,7 @@ pub async fn resume_issues(bank: &Arc<Bank>, now: u64, min_age: u64) -> Result<u
     let mut done = 0;
     for row in stale.into_iter().filter(|r| r.time.saturating_add(min_age) <= now) {
         let id = hex::encode(row.request_id);
-        finish_issue(bank, row, None).await?;
+        finish_issue(bank, row).await?;
         tracing::info!(request = %id, "finished an interrupted withdrawal or exchange");
         done += 1;
     }
@@ -392,17 +383,52 @@ pub fn start_mint(bank: &Arc<Bank>, plan: Vec<Denomination>, now: u64) -> Mintin
 /// New coins being signed ([`start_mint`]).
 pub type Minting = crate::writer::CpuJob<Result<Vec<Coin>, Refuse>>;
 
-/// For [`crate::writer::Writer::run_then`] after step 1 (the reservation): starts signing the
-/// reserved request's coins while its commit waits for the disk. Nothing is started for a
-/// retry whose coins were issued already, or a reservation whose plan cannot be read
-/// (finish_issue reports that).
-pub(crate) fn minting(bank: &Arc<Bank>) -> impl FnOnce(&IssuedRow) -> Option<Minting> + Send + 'static {
-    let bank = bank.clone();
-    move |row| {
-        if row.coins.is_some() {
-            return None;
+/// Coins signed before the one transaction that takes the payment for them and puts them
+/// in circulation (a withdrawal's debit, an exchange's spent coins): one commit per
+/// request. They are signed only for a request that a read found payable and new; the
+/// transaction checks again, and coins it does not issue are thrown away unseen.
+pub(crate) struct Fresh {
+    pub coins: Vec<Coin>,
+    pub issue: Issue,
+}
+
+/// What puts [`Fresh`] coins in circulation, inside the writer's transaction.
+#[derive(Clone)]
+pub(crate) struct Issue {
+    rows: Vec<SerialRow>,
+    blob: Vec<u8>,
+}
+
+impl Fresh {
+    pub async fn sign(bank: &Arc<Bank>, plan: Vec<Denomination>, now: u64) -> Result<Fresh, Refuse> {
+        let coins = start_mint(bank, plan, now).done().await??;
+        let rows = coins.iter().map(row_of).collect();
+        let blob = bincode::serialize(&coins).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))?;
+        Ok(Fresh { coins, issue: Issue { rows, blob } })
+    }
+}
+
+impl Issue {
+    /// Issues the coins under `request_id`, reserved in this same transaction.
+    pub fn run(&self, tx: &mut dyn crate::store::Tx, request_id: &[u8; 16]) -> Result<(), Refuse> {
+        if tx.complete_issue(request_id, &self.rows, &self.blob)? {
+            Ok(())
+        } else {
+            Err(Refuse::new(ReasonCode::INTERNAL, "the bank lost track of this request; try again"))
         }
-        let plan: Vec<Denomination> = bincode::deserialize(&row.plan).ok()?;
-        Some(start_mint(&bank, plan, row.time))
+    }
+}
+
+/// The coins of a withdrawal or exchange whose transaction ran: the fresh ones it issued,
+/// or (a retry, or a request not signed for beforehand) those of `row`, finished now.
+pub(crate) async fn issued_coins(
+    bank: &Arc<Bank>,
+    row: IssuedRow,
+    issued: bool,
+    fresh: Option<Fresh>,
+) -> Result<Vec<Coin>, Refuse> {
+    match fresh {
+        Some(f) if issued => Ok(f.coins),
+        _ => finish_issue(bank, row).await,
     }
 }

@@ -1,13 +1,16 @@
 //! withdraw_coins: debit an account and hand out new coins.
 //!
 //! Order: the owner's signature (no password oracle without the private key), then the
-//! password (with back-off after repeated failures), then three persisted steps: one
-//! transaction records the nonce, debits the balance (refused if it would go negative)
-//! and reserves the request; the coins are signed on all cores outside any transaction;
-//! a second transaction puts their serials in circulation and stores them under the
-//! request id ([`super::finish_issue`]). Coins leave the bank only after that commit. A
-//! request interrupted between the steps is finished by its retry (at any node) or by
-//! the background round ([`super::resume_issues`]): the debit is never lost.
+//! password (with back-off after repeated failures). Then, for a new request the balance
+//! covers (read with the account), the coins are signed on the CPU pool outside any
+//! transaction, and one transaction records the nonce, debits the balance (refused if it
+//! would go negative), records the request and puts the coins' serials in circulation
+//! under its id. Coins leave the bank only after that commit; coins a refused or failed
+//! transaction did not issue are thrown away. A request not signed for beforehand (a
+//! retry, or a balance that grew since the read) is reserved first and finished by a
+//! second transaction ([`super::finish_issue`]), and a reservation left by a node that
+//! stopped between the two is finished by its retry (at any node) or by the background
+//! round ([`super::resume_issues`]): the debit is never lost.
 
 use super::{cpu, plan_denominations, Refuse};
 use crate::store::IssuedRow;
@@ -32,10 +35,13 @@ pub async fn handle(
     }
     let plan = plan_denominations(&bank, body.amount, &body.denominations)?;
     let id = bank.authenticate(&req.body.account, body.name.as_str(), req.clone(), now).await?;
-    let account = bank.account(id).await?;
+    let request_id = body.request_id;
+    let (account, earlier) = bank.readers.read(move |tx| Ok((tx.account(id)?, tx.issued(&request_id)?))).await?;
+    let account =
+        account.ok_or_else(|| Refuse::new(ReasonCode::UNKNOWN_ACCOUNT, format!("no account {id} at this bank")))?;
     bank.check_password(&account, body.password.expose(), now).await?;
 
-    let (id, amount, nonce_random, request_id) = (account.id, body.amount, body.nonce.random, body.request_id);
+    let (id, amount, nonce_random) = (account.id, body.amount, body.nonce.random);
     let input_hash = pmtp_proto::keys::tagged_hash(
         b"payme withdraw request",
         &[
@@ -47,47 +53,55 @@ pub async fn handle(
     let plan_blob = bincode::serialize(&plan).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))?;
     let nonce_expiry = bank.nonce_expiry(&body.nonce);
     let reset_failures = account.failed_attempts > 0;
-    // Step 1, before paying for signatures: check and reserve. The debit refuses to go
-    // below zero in the statement itself, so two nodes debiting one account can never
-    // overdraw it; a retry by request id finds the reservation (or the coins) instead.
-    let (reserved, minting) = bank
+    // Signed only for a new request the balance covers (a retry gets its coins back; a
+    // balance too low is refused by the debit below, before any signature).
+    let fresh = if earlier.is_none() && account.balance >= amount {
+        Some(super::Fresh::sign(&bank, plan, now).await?)
+    } else {
+        None
+    };
+    let issue = fresh.as_ref().map(|f| f.issue.clone());
+    // One transaction: the nonce, the debit (which refuses to go below zero in the
+    // statement itself, so two nodes debiting one account can never overdraw it), the
+    // request's row and, when signed already, the coins in circulation. A retry by
+    // request id finds the row (and its coins) instead.
+    let (reserved, issued) = bank
         .writer
-        .run_then(
-            move |tx| {
-                crate::handlers::record_nonce(tx, &nonce_random, nonce_expiry)?;
-                if let Some(previous) = tx.issued(&request_id)? {
-                    if previous.input_hash != input_hash || previous.balance.is_none() {
-                        return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another request"));
-                    }
-                    return Ok(previous);
+        .run(move |tx| {
+            crate::handlers::record_nonce(tx, &nonce_random, nonce_expiry)?;
+            if let Some(previous) = tx.issued(&request_id)? {
+                if previous.input_hash != input_hash || previous.balance.is_none() {
+                    return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another request"));
                 }
-                let Some(balance) = tx.debit(id, amount, now, EntryKind::Withdrawal, "coins withdrawn")? else {
-                    let have = tx.account(id)?.map(|a| a.balance).unwrap_or_default();
-                    return Err(insufficient(have, amount));
-                };
-                if reset_failures {
-                    tx.set_login_failures(id, 0, 0)?;
-                }
-                let row = IssuedRow {
-                    request_id,
-                    input_hash,
-                    plan: plan_blob.clone(),
-                    coins: None,
-                    balance: Some(balance),
-                    time: now,
-                };
-                tx.reserve_issue(&row)?;
-                Ok::<IssuedRow, Refuse>(row)
-            },
-            // Signing starts while the reservation's commit waits for the disk; the coins
-            // are issued (step 3) only after that commit.
-            super::minting(&bank),
-        )
+                return Ok((previous, false));
+            }
+            let Some(balance) = tx.debit(id, amount, now, EntryKind::Withdrawal, "coins withdrawn")? else {
+                let have = tx.account(id)?.map(|a| a.balance).unwrap_or_default();
+                return Err(insufficient(have, amount));
+            };
+            if reset_failures {
+                tx.set_login_failures(id, 0, 0)?;
+            }
+            let row = IssuedRow {
+                request_id,
+                input_hash,
+                plan: plan_blob.clone(),
+                coins: None,
+                balance: Some(balance),
+                time: now,
+            };
+            tx.reserve_issue(&row)?;
+            if let Some(issue) = &issue {
+                issue.run(tx, &request_id)?;
+            }
+            Ok::<_, Refuse>((row, issue.is_some()))
+        })
         .await??;
     let balance = reserved.balance.unwrap_or_default();
     let retried = reserved.coins.is_some();
-    // Steps 2 and 3: sign outside any transaction, then issue.
-    let coins = super::finish_issue(&bank, reserved, minting).await?;
+    // Not signed beforehand (a retry, or a balance that grew since the read): the
+    // reservation is finished in a second transaction, as after a crash.
+    let coins = super::issued_coins(&bank, reserved, issued, fresh).await?;
     if retried {
         tracing::info!(account = %id, amount = %amount, "withdrawal retried; same coins returned");
     } else {
