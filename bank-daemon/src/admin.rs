@@ -197,6 +197,7 @@ pub fn open_bank(
     let store = crate::store::pg::in_own_thread(|| {
         let mut store = open_checked(dir, &location, &node)?;
         check_at_start(dir, store.as_mut())?;
+        store.checkpoint_in_background()?;
         Ok::<_, AdminError>(store)
     })?;
     tracing::info!(store = %location.describe(), node = %node, "store opened");

@@ -361,6 +361,13 @@ pub trait Store: Send {
     /// Called once when the daemon stops cleanly: leaves nothing for crash recovery
     /// (SQLite: copies the WAL into the database and empties it).
     fn checkpoint(&mut self) -> Result<(), StoreError>;
+    /// For the serving daemon's writer: from now on, copying the log into the database
+    /// (SQLite's checkpoint, an fsync of the database file) happens on a thread of its own,
+    /// not inside a commit that a request is waiting for. A store whose server does that
+    /// already (PostgreSQL) does nothing.
+    fn checkpoint_in_background(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 impl Counters {

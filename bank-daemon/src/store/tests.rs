@@ -82,6 +82,45 @@ mod sqlite_file {
         assert_eq!(mode, "wal");
     }
 
+    /// The serving writer leaves checkpoints to a thread of its own: its commits take the
+    /// log past the threshold, and the thread (not a commit) copies it into the database
+    /// file, which grows while the writer goes on.
+    #[test]
+    fn a_thread_of_its_own_copies_the_log_into_the_database() {
+        use pmtp_proto::keys::KeyId;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bank.db");
+        let mut s = sqlite::SqliteStore::open(&path).unwrap();
+        s.checkpoint_in_background().unwrap();
+        let db_len = || std::fs::metadata(&path).unwrap().len();
+        let before = db_len();
+        let row = |n: u32| {
+            let mut serial = [0u8; 16];
+            serial[..4].copy_from_slice(&n.to_be_bytes());
+            SerialRow { serial: Serial(serial), value: Amount::new(1), expiry: 100, key_id: KeyId([0; 8]) }
+        };
+        // Commits of 500 serials until the log holds more pages than the threshold
+        // (bounded: a few hundred commits).
+        let wal_len = || std::fs::metadata(dir.path().join("bank.db-wal")).map(|m| m.len()).unwrap_or(0);
+        let past = (u64::try_from(sqlite::CHECKPOINT_PAGES).unwrap() + 100) * 4096;
+        let mut issued = 0u32;
+        while wal_len() < past && issued < 1_000_000 {
+            let mut tx = s.begin().unwrap();
+            let rows: Vec<SerialRow> = (0..500).map(|i| row(issued + i)).collect();
+            assert!(tx.issue(&rows).unwrap());
+            tx.commit().unwrap();
+            issued += 500;
+        }
+        assert!(wal_len() >= past, "the log never grew past the threshold");
+        // Bounded: the thread's passive checkpoint lands within seconds.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while db_len() <= before && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(db_len() > before, "the log was not copied into the database");
+        assert_eq!(s.begin_read().unwrap().circulation().unwrap().count, u64::from(issued));
+    }
+
     #[test]
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();

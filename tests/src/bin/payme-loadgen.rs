@@ -377,7 +377,7 @@ fn purchases(rt: &tokio::runtime::Runtime, bank: &TestBank, cli: &Cli, pid: &[u3
         .and_then(|v| if v["outcome"] == "paid" { Ok(v) } else { Err(v.to_string()) })
         .map_err(|e| format!("the first purchase (pinning the merchant) failed: {e}"))?;
     // Coins of exactly the price (8), one per purchase: a withdrawal of 8 is one coin.
-    let expected = ((cli.duration as f64) * 400.0) as usize + 200;
+    let expected = ((cli.duration as f64) * 700.0) as usize + 200;
     log(cli.json, &format!("purchase: withdrawing {expected} coins of 8 into the buyer's wallet"));
     rt.block_on(async {
         let mut tasks = Vec::new();
