@@ -54,28 +54,7 @@ impl AckSigner {
     /// Signs `ack` (with whatever else is waiting).
     pub async fn sign(&self, ack: DepositAck) -> Result<BatchSigned<DepositAck>, String> {
         let (tx, rx) = oneshot::channel();
-        self.jobs.send((ack, tx)).await.map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
-    }
-
-    /// Starts signing `ack` without waiting (from the database writer's thread, while the
-    /// deposit's commit is under way); `None` when the signer's queue is full, and then
-    /// the caller signs after the commit instead.
-    pub fn begin(&self, ack: DepositAck) -> Option<Signing> {
-        let (tx, rx) = oneshot::channel();
-        self.jobs.try_send((ack, tx)).ok().map(|()| Signing(rx))
-    }
-}
-
-fn stopped() -> String {
-    "the acknowledgement signer stopped".to_owned()
-}
-
-/// An acknowledgement being signed ([`AckSigner::begin`]).
-pub struct Signing(oneshot::Receiver<Result<BatchSigned<DepositAck>, String>>);
-
-impl Signing {
-    pub async fn signed(self) -> Result<BatchSigned<DepositAck>, String> {
-        self.0.await.map_err(|_| stopped())?
+        self.jobs.send((ack, tx)).await.map_err(|_| "the acknowledgement signer stopped".to_owned())?;
+        rx.await.map_err(|_| "the acknowledgement signer stopped".to_owned())?
     }
 }

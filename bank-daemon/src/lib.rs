@@ -71,6 +71,9 @@ pub struct Bank {
     owners: dashmap::DashMap<AccountId, (String, Arc<pmtp_proto::keys::PeerKeys>)>,
     /// Signs deposit acknowledgements in batches.
     pub acks: acks::AckSigner,
+    /// Serials handed in by exchanges being signed for now ([`handlers::exchange_coins`]):
+    /// one coin sent in many concurrent exchanges gets one signature, not one each.
+    pub exchanging: dashmap::DashSet<pmtp_proto::Serial>,
     /// Where handlers, purges and clearing get the time: the system clock, or one a test
     /// moves ([`Bank::with_clock`]).
     pub clock: Arc<dyn Clock>,
@@ -116,6 +119,7 @@ impl Bank {
         let acks = acks::AckSigner::start(ack_key, config.limits.commit_batch);
         Ok(Bank {
             acks,
+            exchanging: dashmap::DashSet::new(),
             owners: dashmap::DashMap::new(),
             peers,
             clearing_in_flight: Mutex::new(std::collections::HashSet::new()),

@@ -108,24 +108,7 @@ impl Writer {
         E: Retry + Send + 'static,
         F: FnMut(&mut dyn Tx) -> Result<R, E> + Send + 'static,
     {
-        Ok(self.run_then(f, |_| ()).await?.map(|(r, ())| r))
-    }
-
-    /// As [`Writer::run`], and once `f` has succeeded, `then` is called with its result on
-    /// the writer thread *before* the group commit, so work that depends on the outcome
-    /// (an RSA signature, on another thread) runs while the commit waits for the disk.
-    /// `then` must be quick and must not block: it starts work, it does not do it. What it
-    /// starts must not leave the bank unless this returns `Ok(Ok(..))`: the commit may
-    /// still fail, and then nothing `f` did took effect.
-    pub async fn run_then<R, P, E, F, G>(&self, f: F, then: G) -> Result<Result<(R, P), E>, WriteError>
-    where
-        R: Send + 'static,
-        P: Send + 'static,
-        E: Retry + Send + 'static,
-        F: FnMut(&mut dyn Tx) -> Result<R, E> + Send + 'static,
-        G: FnOnce(&R) -> P + Send + 'static,
-    {
-        let (job, reply) = job_then(f, then);
+        let (job, reply) = job(f);
         self.jobs.send(job).await.map_err(|_| WriteError::Stopped)?;
         reply.await.map_err(|_| WriteError::Stopped)?
     }
@@ -133,13 +116,11 @@ impl Writer {
 
 /// Wraps `f` as a job for a batch: its own savepoint, and its result held back until the
 /// batch's commit decides what the caller is told.
-fn job_then<R, P, E, F, G>(mut f: F, then: G) -> (Job, Reply<(R, P), E>)
+fn job<R, E, F>(mut f: F) -> (Job, Reply<R, E>)
 where
     R: Send + 'static,
-    P: Send + 'static,
     E: Retry + Send + 'static,
     F: FnMut(&mut dyn Tx) -> Result<R, E> + Send + 'static,
-    G: FnOnce(&R) -> P + Send + 'static,
 {
     let (reply_tx, reply_rx) = oneshot::channel();
     let job: Job = Box::new(move |tx: &mut dyn Tx| {
@@ -167,17 +148,6 @@ where
             }
             tracing::debug!(attempt, "retrying a write after a conflict");
         }
-        // Started before the commit, used only after it (see `run_then`). An unsound
-        // savepoint rolls the whole batch back: nothing is started for it.
-        let result = match result {
-            Some(Ok(r)) if sound => {
-                let p = then(&r);
-                Some(Ok((r, p)))
-            }
-            Some(Ok(_)) => None,
-            Some(Err(e)) => Some(Err(e)),
-            None => None,
-        };
         let finish: Finish = Box::new(move |committed: Result<(), String>| {
             let out = match (result, committed) {
                 (Some(Err(e)), Ok(())) => Ok(Err(e)),
@@ -348,57 +318,6 @@ mod tests {
         move |tx| tx.issue(&[row(n)]).map(|_| ()).map_err(|e| e.to_string())
     }
 
-    fn job<R, E, F>(f: F) -> (Job, Reply<(R, ()), E>)
-    where
-        R: Send + 'static,
-        E: Retry + Send + 'static,
-        F: FnMut(&mut dyn Tx) -> Result<R, E> + Send + 'static,
-    {
-        job_then(f, |_| ())
-    }
-
-    /// `then` is called with a job's result when the job has run, before the batch
-    /// commits (so work it starts overlaps the commit); never for a job that refused; and
-    /// a commit that then fails is reported as failed, whatever `then` started.
-    #[test]
-    fn then_starts_before_the_commit_and_only_for_jobs_that_succeeded() {
-        use std::sync::{Arc, Mutex};
-        let mut store = SqliteStore::in_memory().unwrap();
-        let started = Arc::new(Mutex::new(Vec::new()));
-        let (s1, s2) = (started.clone(), started.clone());
-        let (a, ra) = job_then(
-            |tx: &mut dyn Tx| tx.issue(&[row(1)]).map(|_| 7u64).map_err(|e| e.to_string()),
-            move |r: &u64| {
-                s1.lock().unwrap().push(*r);
-                "signing"
-            },
-        );
-        let (b, rb) = job_then(
-            |_: &mut dyn Tx| Err::<u64, String>("refused".into()),
-            move |r: &u64| {
-                s2.lock().unwrap().push(*r);
-                "signing"
-            },
-        );
-        let mut tx = store.begin().unwrap();
-        let (finish_a, sound_a) = a(tx.as_mut());
-        let (finish_b, sound_b) = b(tx.as_mut());
-        assert!(sound_a && sound_b);
-        assert_eq!(*started.lock().unwrap(), vec![7], "started before the commit, for the job that succeeded only");
-        tx.rollback().unwrap();
-        finish_a(Err("disk full".into()));
-        finish_b(Err("disk full".into()));
-        assert!(matches!(ra.blocking_recv().unwrap(), Err(WriteError::Commit(_))));
-        assert!(matches!(rb.blocking_recv().unwrap(), Err(WriteError::Commit(_))));
-        assert_eq!(serials(&mut store), 0);
-
-        // Committed: the caller gets the result and what `then` started.
-        let (c, rc) =
-            job_then(|tx: &mut dyn Tx| tx.issue(&[row(3)]).map(|_| 3u64).map_err(|e| e.to_string()), |r: &u64| r * 10);
-        run_batch(&mut store, &mut vec![c]);
-        assert!(matches!(rc.blocking_recv().unwrap(), Ok(Ok((3, 30)))));
-    }
-
     fn serials(store: &mut SqliteStore) -> u64 {
         store.begin_read().unwrap().circulation().unwrap().count
     }
@@ -415,9 +334,9 @@ mod tests {
         });
         let (c, rc) = job(insert(3));
         run_batch(&mut store, &mut vec![a, b, c]);
-        assert!(matches!(ra.blocking_recv().unwrap(), Ok(Ok(((), ())))));
+        assert!(matches!(ra.blocking_recv().unwrap(), Ok(Ok(()))));
         assert!(matches!(rb.blocking_recv().unwrap(), Ok(Err(ref e)) if e == "refused after writing"));
-        assert!(matches!(rc.blocking_recv().unwrap(), Ok(Ok(((), ())))));
+        assert!(matches!(rc.blocking_recv().unwrap(), Ok(Ok(()))));
         assert_eq!(serials(&mut store), 2, "1 and 3 kept, the refused job's 2 rolled back");
     }
 
@@ -443,7 +362,7 @@ mod tests {
         // The writer goes on: the next batch commits.
         let (d, rd) = job(insert(4));
         run_batch(&mut store, &mut vec![d]);
-        assert!(matches!(rd.blocking_recv().unwrap(), Ok(Ok(((), ())))));
+        assert!(matches!(rd.blocking_recv().unwrap(), Ok(Ok(()))));
         assert_eq!(serials(&mut store), 1);
     }
 
@@ -473,7 +392,7 @@ mod tests {
         });
         let (c, rc) = job(|_: &mut dyn Tx| Err::<(), String>("refused".into()));
         run_batch(&mut store, &mut vec![a, b, c]);
-        assert!(matches!(ra.blocking_recv().unwrap(), Ok(Ok((3, ())))));
+        assert!(matches!(ra.blocking_recv().unwrap(), Ok(Ok(3))));
         assert!(matches!(rb.blocking_recv().unwrap(), Ok(Err(StoreError::Db(_)))));
         assert_eq!(forever.load(std::sync::atomic::Ordering::SeqCst), ATTEMPTS);
         assert!(matches!(rc.blocking_recv().unwrap(), Ok(Err(_))));

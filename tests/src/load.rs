@@ -141,7 +141,7 @@ pub async fn drive(
         }
     }
     let seconds = start.elapsed().as_secs_f64();
-    let (stalls, stall_secs) = stalls(&mut done_at, Duration::from_secs(1));
+    let (stalls, stall_secs) = stalls(&mut done_at, start.elapsed(), Duration::from_secs(1));
     lat.sort();
     let pct = |q: f64| {
         if lat.is_empty() {
@@ -170,14 +170,14 @@ pub async fn drive(
     }
 }
 
-/// The gaps of at least `min` between the start and the first completion, or between one
-/// completion and the next (`done_at`: completion times since the start): how many, and
-/// their total length in seconds.
-pub fn stalls(done_at: &mut [Duration], min: Duration) -> (usize, f64) {
+/// The gaps of at least `min` between the start and the first completion, between one
+/// completion and the next, or between the last and the end (`done_at`: completion times
+/// since the start; `end`: the scenario's length): how many, and their total in seconds.
+pub fn stalls(done_at: &mut [Duration], end: Duration, min: Duration) -> (usize, f64) {
     done_at.sort();
     let mut last = Duration::ZERO;
     let (mut n, mut total) = (0, 0.0);
-    for &d in done_at.iter() {
+    for &d in done_at.iter().chain(std::iter::once(&end.max(last))) {
         let gap = d.saturating_sub(last);
         if gap >= min {
             n += 1;
@@ -295,11 +295,15 @@ mod tests {
         let ms = Duration::from_millis;
         // Steady completions, then 1.2 s of nothing, then more: one stall of 1.2 s.
         let mut done = vec![ms(900), ms(100), ms(200), ms(2100), ms(2200)];
-        let (n, secs) = stalls(&mut done, Duration::from_secs(1));
+        let (n, secs) = stalls(&mut done, ms(2300), Duration::from_secs(1));
         assert_eq!(n, 1);
         assert!((secs - 1.2).abs() < 1e-9);
         // Nothing completed in the first 1.5 s: that counts too.
-        assert_eq!(stalls(&mut [ms(1500), ms(1600)], Duration::from_secs(1)).0, 1);
-        assert_eq!(stalls(&mut [ms(10), ms(990), ms(1980)], Duration::from_secs(1)).0, 0);
+        assert_eq!(stalls(&mut [ms(1500), ms(1600)], ms(1700), Duration::from_secs(1)).0, 1);
+        assert_eq!(stalls(&mut [ms(10), ms(990), ms(1980)], ms(2000), Duration::from_secs(1)).0, 0);
+        // Nothing after 0.5 s of a 3 s scenario: a stall at the end.
+        assert_eq!(stalls(&mut [ms(500)], ms(3000), Duration::from_secs(1)), (1, 2.5));
+        // Nothing at all.
+        assert_eq!(stalls(&mut [], ms(3000), Duration::from_secs(1)), (1, 3.0));
     }
 }

@@ -332,6 +332,7 @@ pub(crate) async fn reserve_for(
                             if serials.len() != chosen {
                                 // Counted but not found (the coin lock makes this damage):
                                 // choose again.
+                                tracing::warn!(bank = %b, "coins counted for a payment were not found; choosing again");
                                 return Ok(None);
                             }
                             // Opening the chosen coins quarantines any damaged one.
@@ -353,7 +354,7 @@ pub(crate) async fn reserve_for(
                     match reserved {
                         Some(r) => return Ok(r),
                         None => {
-                            tracing::warn!(bank = %bank, "a chosen coin was damaged and is quarantined; choosing again");
+                            tracing::warn!(bank = %bank, "a chosen coin could not be taken; choosing again");
                             continue;
                         }
                     }

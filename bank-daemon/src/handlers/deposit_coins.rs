@@ -31,7 +31,7 @@ pub async fn handle(
         let row =
             crate::clearing::deposit(&bank, account_id, body.request_id, &body.nonce, local, peer_id, foreign, hash)
                 .await?;
-        return answer(&bank, row, None, peer, now).await;
+        return answer(&bank, row, peer, now).await;
     }
     let (coins, total) = verify_coins(&bank, local, now).await?;
     let mut rows: Vec<_> = coins.iter().map(|c| super::row_of(c.coin())).collect();
@@ -39,40 +39,34 @@ pub async fn handle(
     let hash = coins_hash(rows.iter().map(|r| &r.serial));
     let (id, request_id, nonce_random) = (account_id, body.request_id, body.nonce.random);
     let nonce_expiry = bank.nonce_expiry(&body.nonce);
-    let signer = bank.clone();
-    let (row, signing) = bank
+    let row = bank
         .writer
-        .run_then(
-            move |tx| {
-                crate::handlers::record_nonce(tx, &nonce_random, nonce_expiry)?;
-                if let Some(previous) = tx.deposit(&request_id)? {
-                    if previous.account == id && previous.coins_hash == hash {
-                        return Ok(previous);
-                    }
-                    return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another deposit"));
+        .run(move |tx| {
+            crate::handlers::record_nonce(tx, &nonce_random, nonce_expiry)?;
+            if let Some(previous) = tx.deposit(&request_id)? {
+                if previous.account == id && previous.coins_hash == hash {
+                    return Ok(previous);
                 }
-                let serials: Vec<_> = rows.iter().map(|r| r.serial).collect();
-                match tx.spend(&serials)? {
-                    Spend::Missing(s) => {
-                        return Err(Refuse::new(
-                            ReasonCode::COIN_NOT_IN_CIRCULATION,
-                            format!("coin {s} is not in circulation (already spent); nothing was deposited"),
-                        ))
-                    }
-                    Spend::Spent(spent) => super::check_spent(&rows, &spent)?,
+                return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another deposit"));
+            }
+            let serials: Vec<_> = rows.iter().map(|r| r.serial).collect();
+            match tx.spend(&serials)? {
+                Spend::Missing(s) => {
+                    return Err(Refuse::new(
+                        ReasonCode::COIN_NOT_IN_CIRCULATION,
+                        format!("coin {s} is not in circulation (already spent); nothing was deposited"),
+                    ))
                 }
-                let balance = tx.credit(id, total, now, EntryKind::Deposit, "coins deposited")?;
-                let row = DepositRow { request_id, account: id, amount: total, coins_hash: hash, balance, time: now };
-                tx.insert_deposit(&row)?;
-                Ok(row)
-            },
-            // The acknowledgement is signed while the commit waits for the disk; it is
-            // sent only once the commit has succeeded.
-            move |row| signer.acks.begin(ack_of(&signer, row)),
-        )
+                Spend::Spent(spent) => super::check_spent(&rows, &spent)?,
+            }
+            let balance = tx.credit(id, total, now, EntryKind::Deposit, "coins deposited")?;
+            let row = DepositRow { request_id, account: id, amount: total, coins_hash: hash, balance, time: now };
+            tx.insert_deposit(&row)?;
+            Ok(row)
+        })
         .await??;
     tracing::info!(account = %id, amount = %row.amount, coins = coins.len(), "deposit");
-    answer(&bank, row, signing, peer, now).await
+    answer(&bank, row, peer, now).await
 }
 
 fn ack_of(bank: &Bank, row: &DepositRow) -> DepositAck {
@@ -87,20 +81,15 @@ fn ack_of(bank: &Bank, row: &DepositRow) -> DepositAck {
     }
 }
 
-/// The answer to a deposit that is done (committed): its acknowledgement, signed already
-/// (`signing`, started before the commit) or now.
-async fn answer(
-    bank: &Arc<Bank>,
-    row: DepositRow,
-    signing: Option<crate::acks::Signing>,
-    peer: IpAddr,
-    now: u64,
-) -> Result<DepositCoinsResponse, Refuse> {
-    let signed = match signing {
-        Some(s) => s.signed().await,
-        None => bank.acks.sign(ack_of(bank, &row)).await,
-    };
-    let ack = signed
+/// The answer to a deposit that is done: its acknowledgement, signed only after the
+/// deposit's commit. (Signed before it, an acknowledgement could share a Merkle root with
+/// one whose commit then failed, and a depositor holding both proofs could rebuild a
+/// signed acknowledgement of a deposit that never happened.)
+async fn answer(bank: &Arc<Bank>, row: DepositRow, peer: IpAddr, now: u64) -> Result<DepositCoinsResponse, Refuse> {
+    let ack = bank
+        .acks
+        .sign(ack_of(bank, &row))
+        .await
         .map_err(|e| Refuse::new(ReasonCode::INTERNAL, format!("deposit done, acknowledgement not signed: {e}")))?;
     Ok(DepositCoinsResponse { ack, nonce: Nonce::new(&mut bank.rng(), bank.local_ip(peer), now) })
 }

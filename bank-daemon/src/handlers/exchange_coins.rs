@@ -43,6 +43,13 @@ pub async fn handle(
     if let (None, Some(s)) = (&earlier, missing) {
         return Err(not_in_circulation(&s));
     }
+    // The read cannot see a concurrent exchange of the same coins: the serials are
+    // claimed here (this node) until the transaction has run, so only one of them is
+    // signed for; the others are refused without a signature and may retry.
+    let _claim = match earlier {
+        None => Some(Claim::take(&bank, &old)?),
+        Some(_) => None,
+    };
     let fresh = if earlier.is_none() { Some(super::Fresh::sign(&bank, plan, now).await?) } else { None };
     let issue = fresh.as_ref().map(|f| f.issue.clone());
     // One transaction: the coins handed in are spent (one winner per serial, whichever
@@ -79,6 +86,37 @@ pub async fn handle(
         tracing::info!(amount = %total, coins_in = n_old, coins_out = coins.len(), "exchange");
     }
     Ok(ExchangeCoinsResponse { coins, nonce: Nonce::new(&mut bank.rng(), bank.local_ip(peer), now) })
+}
+
+/// Serials claimed by one exchange in [`Bank::exchanging`], released when dropped.
+struct Claim<'b> {
+    bank: &'b Bank,
+    serials: Vec<pmtp_proto::Serial>,
+}
+
+impl<'b> Claim<'b> {
+    fn take(bank: &'b Bank, serials: &[pmtp_proto::Serial]) -> Result<Claim<'b>, Refuse> {
+        let mut claim = Claim { bank, serials: Vec::with_capacity(serials.len()) };
+        for s in serials {
+            if !bank.exchanging.insert(*s) {
+                // Dropping `claim` releases the serials taken so far.
+                return Err(Refuse::new(
+                    ReasonCode::BUSY,
+                    format!("coin {s} is being exchanged by another request; try again in a moment"),
+                ));
+            }
+            claim.serials.push(*s);
+        }
+        Ok(claim)
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        for s in &self.serials {
+            self.bank.exchanging.remove(s);
+        }
+    }
 }
 
 fn not_in_circulation(s: &pmtp_proto::Serial) -> Refuse {

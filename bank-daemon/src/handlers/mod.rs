@@ -158,22 +158,21 @@ where
     let b = bank.clone();
     // Sealed here, not on the CPU pool: a reply is encrypted with the request's session
     // key (AES-GCM, microseconds), and a hop to another thread costs more than that.
-    let sealed: Result<_, CpuJobFailed> = Ok(match result {
+    let sealed = match result {
         Ok(resp) => Frame::seal_session(&mut b.rng(), &key, &resp),
         Err(r) => {
             tracing::info!(code = %r.code, reason = %r.text, request = %Q::ID, "refused");
             let refusal: Q::Refusal = Refusal { code: r.code, text: reason_text(&r.text), nonce: reply_nonce }.into();
             Frame::seal_session(&mut b.rng(), &key, &refusal)
         }
-    });
+    };
     match sealed {
-        Ok(Ok(f)) => f,
+        Ok(f) => f,
         // The bank failed to encode or seal its own answer: not the requester's doing.
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::error!(error = %e, request = %Q::ID, "sealing the reply failed");
             internal(refusal_id, "the bank could not seal its answer; try again with the same request id")
         }
-        Err(_) => internal(refusal_id, "the bank could not seal its answer; try again with the same request id"),
     }
 }
 
@@ -356,9 +355,9 @@ pub async fn resume_issues(bank: &Arc<Bank>, now: u64, min_age: u64) -> Result<u
 
 /// Signs new coins for `plan`: one RSA signature over the Merkle root of their bodies
 /// (coin format 2), on the CPU pool. Their serials are not yet in circulation: the caller
-/// issues them ([`finish_issue`]), or throws the coins away. Signing is the costly step of
-/// a request, so it starts only once the request has been paid for (step 1 ran, and its
-/// commit is under way: see [`minting`]).
+/// issues them, or throws the coins away. Signing is the costly step of a request, so it
+/// starts only for a request found new and payable ([`Fresh::sign`]), or one already paid
+/// for ([`finish_issue`]).
 pub fn start_mint(bank: &Arc<Bank>, plan: Vec<Denomination>, now: u64) -> Minting {
     let b = bank.clone();
     let expiry = now.saturating_add(bank.config.coin_lifetime_secs);

@@ -161,6 +161,29 @@ pub struct SqliteStore {
     conn: Connection,
     /// The counter shard this connection's operations update.
     node: String,
+    /// The background checkpoint thread, once started ([`Store::checkpoint_in_background`]).
+    checkpointer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SqliteStore {
+    /// Stops the background checkpoint thread, if any: the WAL hook (holding the thread's
+    /// wake-up) is removed, so the thread ends after the checkpoint it may be running,
+    /// and is joined; its connection is closed when this returns.
+    fn stop_checkpointer(&mut self) {
+        if let Some(thread) = self.checkpointer.take() {
+            let no_hook: Option<fn(&mut rusqlite::hooks::Wal, std::ffi::c_int) -> rusqlite::Result<()>> = None;
+            if let Err(e) = self.conn.wal_hook(no_hook) {
+                tracing::warn!(error = %e, "cannot remove the WAL hook");
+            }
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.stop_checkpointer();
+    }
 }
 
 impl SqliteStore {
@@ -170,7 +193,7 @@ impl SqliteStore {
         // 64 MiB of page cache (SQLite's default is 2 MiB): the upper levels of the serials'
         // B-trees stay in memory when millions of serials are in circulation.
         conn.pragma_update(None, "cache_size", -65_536).map_err(db)?;
-        let mut s = SqliteStore { conn, node: DEFAULT_NODE.into() };
+        let mut s = SqliteStore { conn, node: DEFAULT_NODE.into(), checkpointer: None };
         s.migrate()?;
         Ok(s)
     }
@@ -179,12 +202,16 @@ impl SqliteStore {
     pub fn open_reader(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db)?;
-        Ok(SqliteStore { conn, node: DEFAULT_NODE.into() })
+        Ok(SqliteStore { conn, node: DEFAULT_NODE.into(), checkpointer: None })
     }
 
     /// An in-memory database (tests).
     pub fn in_memory() -> Result<Self, StoreError> {
-        let mut s = SqliteStore { conn: Connection::open_in_memory().map_err(db)?, node: DEFAULT_NODE.into() };
+        let mut s = SqliteStore {
+            conn: Connection::open_in_memory().map_err(db)?,
+            node: DEFAULT_NODE.into(),
+            checkpointer: None,
+        };
         s.migrate()?;
         Ok(s)
     }
@@ -226,6 +253,9 @@ impl Store for SqliteStore {
     }
 
     fn checkpoint(&mut self) -> Result<(), StoreError> {
+        // The background thread first: a checkpoint of its own running now would make
+        // this one busy.
+        self.stop_checkpointer();
         // TRUNCATE: every frame copied into the database and the WAL emptied, so a clean
         // stop leaves no WAL for the next start to recover (and nothing there to damage).
         let (busy, _, _): (i64, i64, i64) = self
@@ -254,9 +284,15 @@ impl Store for SqliteStore {
         let Some(path) = self.conn.path().filter(|p| !p.is_empty()).map(std::path::PathBuf::from) else {
             return Ok(()); // in memory: no log
         };
+        if self.checkpointer.is_some() {
+            return Ok(());
+        }
         let checkpointer = open_durable(&path)?;
+        // After a checkpoint lets the log start over, SQLite truncates the file to this
+        // (64 MiB), so a burst that grew it does not leave it large.
+        self.conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024).map_err(db)?;
         let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("payme-db-checkpoint".into())
             .spawn(move || {
                 // Ends when the writer's connection (holding `wake`) is closed.
@@ -269,11 +305,18 @@ impl Store for SqliteStore {
                 }
             })
             .map_err(|e| StoreError::Db(DbError::new(DbErrorKind::Io, format!("cannot start the checkpoint thread: {e}"))))?;
-        // Replaces SQLite's automatic checkpoint (itself a WAL hook).
+        self.checkpointer = Some(thread);
+        // Replaces SQLite's automatic checkpoint (itself a WAL hook). The hook runs after
+        // the commit is durable, and never fails it: an error returned here would reach
+        // the writer as a failed COMMIT of work that is in fact committed.
         self.conn
             .wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: std::ffi::c_int| {
                 if pages >= BACKSTOP_PAGES {
-                    return wal.checkpoint();
+                    // Busy when the thread is checkpointing: it is catching up already.
+                    if let Err(e) = wal.checkpoint() {
+                        tracing::debug!(error = %e, pages, "writer's own checkpoint did not run");
+                    }
+                    return Ok(());
                 }
                 if pages >= CHECKPOINT_PAGES {
                     // Full: a wake-up is pending already.

@@ -206,9 +206,9 @@ const SCHEMA: &[(i64, &str)] = &[
     (
         7,
         "
-    -- Coin choice (store::values_in) reads serial, value and expiry of one bank's coins in
-    -- one state, in its order, from this index alone: no row of the table (with its sealed
-    -- coin) is read for it.
+    -- Coin choice (store::counts_in, store::serials_of_value) counts one bank's coins in one
+    -- state by value and reads the chosen serials from this index alone: no row of the
+    -- table (with its sealed coin) is read for it.
     CREATE INDEX coins_choice ON coins(state, bank_id, value DESC, serial, expiry);
     DROP INDEX coins_state;
     ",
