@@ -239,20 +239,6 @@ pub struct CpuJobFailed;
 /// Runs CPU-bound work (RSA, X25519, Argon2) on the CPU pool, one thread per core, so the
 /// async workers stay free to accept and read.
 pub async fn cpu<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, CpuJobFailed> {
-    start_cpu(f).done().await
-}
-
-/// CPU-bound work started on the CPU pool ([`start_cpu`]), to be awaited later.
-pub struct CpuJob<R>(oneshot::Receiver<R>);
-
-impl<R> CpuJob<R> {
-    pub async fn done(self) -> Result<R, CpuJobFailed> {
-        self.0.await.map_err(|_| CpuJobFailed)
-    }
-}
-
-/// Starts `f` on the CPU pool and returns at once (from any thread: it never blocks).
-pub fn start_cpu<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> CpuJob<R> {
     let (tx, rx) = oneshot::channel();
     // A job that panics drops its sender: the caller gets `CpuJobFailed`.
     let job: CpuTask = Box::new(move || {
@@ -262,7 +248,7 @@ pub fn start_cpu<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> C
         // No pool thread could be started: run the job here rather than lose it.
         job();
     }
-    CpuJob(rx)
+    rx.await.map_err(|_| CpuJobFailed)
 }
 
 type CpuTask = Box<dyn FnOnce() + Send>;

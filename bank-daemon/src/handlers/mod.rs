@@ -8,7 +8,7 @@ pub mod exchange_coins;
 pub mod withdraw_coins;
 
 use crate::store::{IssuedRow, SerialRow, StoreError};
-use crate::writer::{cpu, start_cpu, CpuJobFailed, WriteError};
+use crate::writer::{cpu, CpuJobFailed, WriteError};
 use crate::Bank;
 use pmtp_proto::coin::{Coin, CoinBody, Serial};
 use pmtp_proto::frame::{Frame, ProtoError};
@@ -309,7 +309,7 @@ pub(crate) async fn finish_issue(bank: &Arc<Bank>, row: IssuedRow) -> Result<Vec
     }
     let plan: Vec<Denomination> = bincode::deserialize(&row.plan)
         .map_err(|_| Refuse::new(ReasonCode::INTERNAL, "the stored request is damaged"))?;
-    let fresh = start_mint(bank, plan, row.time).done().await??;
+    let fresh = mint(bank, plan, row.time).await?;
     let rows: Vec<SerialRow> = fresh
         .iter()
         .map(|c| SerialRow { serial: c.serial(), value: c.value(), expiry: c.body().expiry, key_id: c.body().key_id })
@@ -358,10 +358,10 @@ pub async fn resume_issues(bank: &Arc<Bank>, now: u64, min_age: u64) -> Result<u
 /// issues them, or throws the coins away. Signing is the costly step of a request, so it
 /// starts only for a request found new and payable ([`Fresh::sign`]), or one already paid
 /// for ([`finish_issue`]).
-pub fn start_mint(bank: &Arc<Bank>, plan: Vec<Denomination>, now: u64) -> Minting {
+pub async fn mint(bank: &Arc<Bank>, plan: Vec<Denomination>, now: u64) -> Result<Vec<Coin>, Refuse> {
     let b = bank.clone();
     let expiry = now.saturating_add(bank.config.coin_lifetime_secs);
-    start_cpu(move || {
+    cpu(move || {
         let mut rng = b.rng();
         let key_id = b.identity.signing.verifying_key().key_id();
         let bodies = plan
@@ -377,10 +377,8 @@ pub fn start_mint(bank: &Arc<Bank>, plan: Vec<Denomination>, now: u64) -> Mintin
             .collect();
         Coin::mint_batch(bodies, &b.identity.signing).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))
     })
+    .await?
 }
-
-/// New coins being signed ([`start_mint`]).
-pub type Minting = crate::writer::CpuJob<Result<Vec<Coin>, Refuse>>;
 
 /// Coins signed before the one transaction that takes the payment for them and puts them
 /// in circulation (a withdrawal's debit, an exchange's spent coins): one commit per
@@ -400,7 +398,7 @@ pub(crate) struct Issue {
 
 impl Fresh {
     pub async fn sign(bank: &Arc<Bank>, plan: Vec<Denomination>, now: u64) -> Result<Fresh, Refuse> {
-        let coins = start_mint(bank, plan, now).done().await??;
+        let coins = mint(bank, plan, now).await?;
         let rows = coins.iter().map(row_of).collect();
         let blob = bincode::serialize(&coins).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))?;
         Ok(Fresh { coins, issue: Issue { rows, blob } })
