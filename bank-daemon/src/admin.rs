@@ -152,6 +152,10 @@ pub fn rotate_key(
         return Err(refused("the new key is the old one (a test key pool reused?); nothing changed"));
     }
     let new = Identity { name: old.name.clone(), signing: fresh.signing, x25519: old.x25519.clone() };
+    // Coins stored unsigned are signed by a retry with the key they name: sign them all
+    // now, while that key is still here.
+    let mut store = open_store(dir)?;
+    let signed = sign_unsigned_issues(store.as_mut(), &old.signing)?;
     // The retired key first: if the next steps fail, the bank still accepts every coin.
     let path = retired_file(dir);
     let mut retired = match std::fs::read_to_string(&path) {
@@ -165,12 +169,40 @@ pub fn rotate_key(
     keyfile::fs::write_atomic(&dir.key(), &sealed, 0o600)?;
     let public = new.public();
     keyfile::fs::write_atomic(&dir.public(), format!("{}\n", public.to_text()).as_bytes(), 0o644)?;
-    let mut store = open_store(dir)?;
     let mut tx = store.begin()?;
-    let what = format!("key {old_id} retired; key {} signs from now on", new.signing.verifying_key().key_id());
+    let what = format!(
+        "key {old_id} retired ({signed} requests' coins signed with it first); key {} signs from now on",
+        new.signing.verifying_key().key_id()
+    );
     tx.audit_event(now(), "key_rotate", &what)?;
     tx.commit()?;
     Ok((old_id, new.signing.verifying_key().key_id(), public))
+}
+
+/// Signs, with `key`, the coins of finished withdrawals and exchanges stored as bodies
+/// only ([`crate::store::UNSIGNED_COINS`]), so that a retry finds them signed once `key`
+/// is gone. Returns how many requests it signed.
+pub fn sign_unsigned_issues(
+    store: &mut dyn crate::store::Store,
+    key: &pmtp_proto::keys::SigningKey,
+) -> Result<usize, AdminError> {
+    let mut signed = 0;
+    loop {
+        let mut tx = store.begin()?;
+        let rows = tx.unsigned_issues(256)?;
+        if rows.is_empty() {
+            return Ok(signed);
+        }
+        for row in rows {
+            let blob = row.coins.unwrap_or_default();
+            let coins = crate::handlers::stored_coins(&blob, key).map_err(|r| refused(r.text))?;
+            let coins = bincode::serialize(&coins).map_err(|e| refused(e.to_string()))?;
+            if tx.sign_issue(&row.request_id, &blob, &coins)? {
+                signed += 1;
+            }
+        }
+        tx.commit()?;
+    }
 }
 
 /// Opens the data directory for serving: lock, config, key, store, writer, readers.

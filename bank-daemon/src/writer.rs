@@ -239,6 +239,15 @@ pub struct CpuJobFailed;
 /// Runs CPU-bound work (RSA, X25519, Argon2) on the CPU pool, one thread per core, so the
 /// async workers stay free to accept and read.
 pub async fn cpu<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, CpuJobFailed> {
+    cpu_start(f).await
+}
+
+/// As [`cpu`], but the job is queued now, before the returned future is first polled: the
+/// caller can do other work (a commit) while it runs. Dropping the future throws the
+/// result away; the job still runs.
+pub fn cpu_start<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> impl std::future::Future<Output = Result<R, CpuJobFailed>> + Send {
     let (tx, rx) = oneshot::channel();
     // A job that panics drops its sender: the caller gets `CpuJobFailed`.
     let job: CpuTask = Box::new(move || {
@@ -248,7 +257,7 @@ pub async fn cpu<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R
         // No pool thread could be started: run the job here rather than lose it.
         job();
     }
-    rx.await.map_err(|_| CpuJobFailed)
+    async move { rx.await.map_err(|_| CpuJobFailed) }
 }
 
 type CpuTask = Box<dyn FnOnce() + Send>;

@@ -135,6 +135,32 @@ async fn retried_withdraw_and_exchange_return_the_same_coins() {
     assert!(text.contains("in circulation 30"), "{text}");
 }
 
+/// The bank stores a request's coins as bodies and signs them while it commits; a retry
+/// signs them again. A key rotation signs every stored request with the old key before the
+/// key goes, so a retry after it still gets the same coins, not a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_after_a_key_rotation_return_the_same_coins() {
+    let mut bank = TestBank::start();
+    let alice = bank.holder(1, "alice", 100);
+    let c = bank.client();
+    let first =
+        c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, [5; 16], Amount::new(30), vec![]).await.unwrap();
+    let x1 = c.exchange([6; 16], first.coins[..1].to_vec(), vec![]).await.unwrap();
+    bank.stop();
+    let o = payme_bank(bank.dir.path(), &["key", "rotate"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    bank.restart();
+    // The harness's client still holds the old key, which these coins must verify under.
+    let c = bank.client();
+    let again =
+        c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, [5; 16], Amount::new(30), vec![]).await.unwrap();
+    assert_eq!(first.coins, again.coins);
+    let x2 = c.exchange([6; 16], first.coins[..1].to_vec(), vec![]).await.unwrap();
+    assert_eq!(x1.coins, x2.coins);
+    assert_eq!(bank.balance(&alice).await, Amount::new(70), "debited once");
+    bank.assert_audit();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_name_signature_and_funds() {
     let bank = TestBank::start();

@@ -50,7 +50,7 @@ pub async fn handle(
         None => Some(Claim::take(&bank, &old)?),
         Some(_) => None,
     };
-    let fresh = if earlier.is_none() { Some(super::Fresh::sign(&bank, plan, now).await?) } else { None };
+    let fresh = if earlier.is_none() { Some(super::Fresh::start(&bank, &plan, now)?) } else { None };
     let issue = fresh.as_ref().map(|f| f.issue.clone());
     // One transaction: the coins handed in are spent (one winner per serial, whichever
     // node it asks), the request recorded and the new coins put in circulation. A retry

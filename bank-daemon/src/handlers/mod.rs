@@ -228,8 +228,12 @@ pub async fn verify_coins(bank: &Arc<Bank>, coins: Vec<Coin>, now: u64) -> Resul
 }
 
 /// The serial row a coin stands for: what the bank stored when it minted it.
-pub fn row_of(c: &Coin) -> crate::store::SerialRow {
-    crate::store::SerialRow { serial: c.serial(), value: c.value(), expiry: c.body().expiry, key_id: c.body().key_id }
+pub fn row_of(c: &Coin) -> SerialRow {
+    row_of_body(c.body())
+}
+
+fn row_of_body(b: &CoinBody) -> SerialRow {
+    SerialRow { serial: b.serial, value: b.value.value(), expiry: b.expiry, key_id: b.key_id }
 }
 
 /// Checks that the rows a spend (or hold) took out of circulation are the coins handed in:
@@ -304,16 +308,13 @@ pub fn plan_denominations(bank: &Bank, amount: Amount, asked: &[Denomination]) -
 /// the coins stored then; if two finish one request at once, the database lets one win
 /// and the other returns the winner's coins.
 pub(crate) async fn finish_issue(bank: &Arc<Bank>, row: IssuedRow) -> Result<Vec<Coin>, Refuse> {
-    if let Some(blob) = &row.coins {
-        return withdraw_coins::decode_issued(blob);
+    if let Some(blob) = row.coins {
+        return coins_of(bank, blob).await;
     }
     let plan: Vec<Denomination> = bincode::deserialize(&row.plan)
         .map_err(|_| Refuse::new(ReasonCode::INTERNAL, "the stored request is damaged"))?;
     let fresh = mint(bank, plan, row.time).await?;
-    let rows: Vec<SerialRow> = fresh
-        .iter()
-        .map(|c| SerialRow { serial: c.serial(), value: c.value(), expiry: c.body().expiry, key_id: c.body().key_id })
-        .collect();
+    let rows: Vec<SerialRow> = fresh.iter().map(row_of).collect();
     let blob = bincode::serialize(&fresh).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))?;
     let request_id = row.request_id;
     let earlier = bank
@@ -330,8 +331,47 @@ pub(crate) async fn finish_issue(bank: &Arc<Bank>, row: IssuedRow) -> Result<Vec
         .await??;
     match earlier {
         None => Ok(fresh),
-        Some(blob) => withdraw_coins::decode_issued(&blob),
+        Some(blob) => coins_of(bank, blob).await,
     }
+}
+
+/// The coins stored for a finished request. Bodies stored unsigned
+/// ([`crate::store::UNSIGNED_COINS`]) are signed again on the CPU pool: the same bytes as
+/// the first time, since the Merkle root and the PKCS#1 v1.5 signature are deterministic.
+pub(crate) async fn coins_of(bank: &Arc<Bank>, blob: Vec<u8>) -> Result<Vec<Coin>, Refuse> {
+    if !blob.starts_with(crate::store::UNSIGNED_COINS) {
+        return stored_coins(&blob, &bank.identity.signing);
+    }
+    let b = bank.clone();
+    cpu(move || stored_coins(&blob, &b.identity.signing)).await?
+}
+
+/// [`coins_of`], with `key` for bodies stored unsigned; they must name it. Key rotation
+/// uses it to sign every such row with the old key before the key goes.
+pub(crate) fn stored_coins(blob: &[u8], key: &pmtp_proto::keys::SigningKey) -> Result<Vec<Coin>, Refuse> {
+    let damaged = || Refuse::new(ReasonCode::INTERNAL, "stored coins are damaged");
+    let Some(bodies) = blob.strip_prefix(crate::store::UNSIGNED_COINS) else {
+        return bincode::deserialize(blob).map_err(|_| damaged());
+    };
+    let bodies: Vec<CoinBody> = bincode::deserialize(bodies).map_err(|_| damaged())?;
+    sign_bodies(bodies, key)
+}
+
+/// One RSA signature over the Merkle root of `bodies` (coin format 2), which must name
+/// `key`: a body under another key (a node that missed a key rotation) is refused rather
+/// than signed with a key its id does not match.
+fn sign_bodies(bodies: Vec<CoinBody>, key: &pmtp_proto::keys::SigningKey) -> Result<Vec<Coin>, Refuse> {
+    let id = key.verifying_key().key_id();
+    if let Some(other) = bodies.iter().find(|b| b.key_id != id) {
+        return Err(Refuse::new(
+            ReasonCode::INTERNAL,
+            format!(
+                "these coins were made under key {}, which this bank no longer signs with; ask the bank's operator",
+                other.key_id
+            ),
+        ));
+    }
+    Coin::mint_batch(bodies, key).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))
 }
 
 /// How old a reserved request must be before the background round finishes it (its own
@@ -356,36 +396,42 @@ pub async fn resume_issues(bank: &Arc<Bank>, now: u64, min_age: u64) -> Result<u
 /// Signs new coins for `plan`: one RSA signature over the Merkle root of their bodies
 /// (coin format 2), on the CPU pool. Their serials are not yet in circulation: the caller
 /// issues them, or throws the coins away. Signing is the costly step of a request, so it
-/// starts only for a request found new and payable ([`Fresh::sign`]), or one already paid
+/// starts only for a request found new and payable ([`Fresh::start`]), or one already paid
 /// for ([`finish_issue`]).
 pub async fn mint(bank: &Arc<Bank>, plan: Vec<Denomination>, now: u64) -> Result<Vec<Coin>, Refuse> {
+    let bodies = bodies(bank, &plan, now);
     let b = bank.clone();
-    let expiry = now.saturating_add(bank.config.coin_lifetime_secs);
-    cpu(move || {
-        let mut rng = b.rng();
-        let key_id = b.identity.signing.verifying_key().key_id();
-        let bodies = plan
-            .iter()
-            .map(|d| CoinBody {
-                value: *d,
-                serial: Serial::random(&mut rng),
-                bank_id: b.bank_id.clone(),
-                bank_addr: b.public_addr.clone(),
-                expiry,
-                key_id,
-            })
-            .collect();
-        Coin::mint_batch(bodies, &b.identity.signing).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))
-    })
-    .await?
+    cpu(move || sign_bodies(bodies, &b.identity.signing)).await?
 }
 
-/// Coins signed before the one transaction that takes the payment for them and puts them
-/// in circulation (a withdrawal's debit, an exchange's spent coins): one commit per
-/// request. They are signed only for a request that a read found payable and new; the
-/// transaction checks again, and coins it does not issue are thrown away unseen.
+/// New coin bodies for `plan`: random serials, expiring a coin lifetime after `now`,
+/// under the bank's signing key.
+fn bodies(bank: &Bank, plan: &[Denomination], now: u64) -> Vec<CoinBody> {
+    let mut rng = bank.rng();
+    let key_id = bank.identity.signing.verifying_key().key_id();
+    let expiry = now.saturating_add(bank.config.coin_lifetime_secs);
+    plan.iter()
+        .map(|d| CoinBody {
+            value: *d,
+            serial: Serial::random(&mut rng),
+            bank_id: bank.bank_id.clone(),
+            bank_addr: bank.public_addr.clone(),
+            expiry,
+            key_id,
+        })
+        .collect()
+}
+
+type Signing = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Coin>, Refuse>> + Send>>;
+
+/// Coins of a request that a read found payable and new, put in circulation by the one
+/// transaction that takes the payment for them (a withdrawal's debit, an exchange's spent
+/// coins): one commit per request. Their signature is made on the CPU pool while that
+/// transaction commits, so the request waits for the longer of the two, not their sum;
+/// the transaction stores the bodies ([`crate::store::UNSIGNED_COINS`]), which a retry
+/// signs again. Coins the transaction does not issue are thrown away unseen.
 pub(crate) struct Fresh {
-    pub coins: Vec<Coin>,
+    signing: Signing,
     pub issue: Issue,
 }
 
@@ -397,14 +443,18 @@ pub(crate) struct Issue {
 }
 
 impl Fresh {
-    pub async fn sign(bank: &Arc<Bank>, plan: Vec<Denomination>, now: u64) -> Result<Fresh, Refuse> {
-        let coins = mint(bank, plan, now).await?;
-        let rows = coins.iter().map(row_of).collect();
-        let blob = bincode::serialize(&coins).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))?;
-        Ok(Fresh { coins, issue: Issue { rows, blob } })
+    /// Makes the bodies and starts their signature.
+    pub fn start(bank: &Arc<Bank>, plan: &[Denomination], now: u64) -> Result<Fresh, Refuse> {
+        let bodies = bodies(bank, plan, now);
+        let rows = bodies.iter().map(row_of_body).collect();
+        let encoded = bincode::serialize(&bodies).map_err(|e| Refuse::new(ReasonCode::INTERNAL, e.to_string()))?;
+        let blob = [&crate::store::UNSIGNED_COINS[..], &encoded].concat();
+        let b = bank.clone();
+        let job = crate::writer::cpu_start(move || sign_bodies(bodies, &b.identity.signing));
+        let signing: Signing = Box::pin(async move { job.await? });
+        Ok(Fresh { signing, issue: Issue { rows, blob } })
     }
 }
-
 impl Issue {
     /// Issues the coins under `request_id`, reserved in this same transaction.
     pub fn run(&self, tx: &mut dyn crate::store::Tx, request_id: &[u8; 16]) -> Result<(), Refuse> {
@@ -425,7 +475,7 @@ pub(crate) async fn issued_coins(
     fresh: Option<Fresh>,
 ) -> Result<Vec<Coin>, Refuse> {
     match fresh {
-        Some(f) if issued => Ok(f.coins),
+        Some(f) if issued => f.signing.await,
         _ => finish_issue(bank, row).await,
     }
 }

@@ -56,7 +56,7 @@ pub async fn handle(
     // Signed only for a new request the balance covers (a retry gets its coins back; a
     // balance too low is refused by the debit below, before any signature).
     let fresh = if earlier.is_none() && account.balance >= amount {
-        Some(super::Fresh::sign(&bank, plan, now).await?)
+        Some(super::Fresh::start(&bank, &plan, now)?)
     } else {
         None
     };
@@ -112,10 +112,6 @@ pub async fn handle(
 
 fn insufficient(balance: Amount, amount: Amount) -> Refuse {
     Refuse::new(ReasonCode::INSUFFICIENT_FUNDS, format!("balance {balance} is less than {amount}"))
-}
-
-pub(crate) fn decode_issued(blob: &[u8]) -> Result<Vec<pmtp_proto::Coin>, Refuse> {
-    bincode::deserialize(blob).map_err(|_| Refuse::new(ReasonCode::INTERNAL, "stored coins are damaged"))
 }
 
 /// Checks an Argon2id password hash (CPU pool).

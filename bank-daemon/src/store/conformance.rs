@@ -30,6 +30,7 @@ pub const SINGLE: &[(&str, SingleTest)] = &[
     ("expiry_is_counted", expiry_is_counted),
     ("requests_are_remembered", requests_are_remembered),
     ("issue_is_reserved_then_completed_once", issue_is_reserved_then_completed_once),
+    ("unsigned_coins_are_found_and_signed_once", unsigned_coins_are_found_and_signed_once),
     ("clearing_holds_then_settles_or_undoes", clearing_holds_then_settles_or_undoes),
 ];
 
@@ -258,6 +259,33 @@ pub fn issue_is_reserved_then_completed_once(store: &mut dyn Store) {
     let c = tx.counters().unwrap();
     assert_eq!((c.minted_value, c.minted_count), (Amount::new(3), 2));
     assert_eq!(tx.purge_requests(100, 10).unwrap(), 1, "the finished one");
+    tx.commit().unwrap();
+    assert_books_balance(store);
+}
+
+pub fn unsigned_coins_are_found_and_signed_once(store: &mut dyn Store) {
+    let bodies = [&super::UNSIGNED_COINS[..], b"bodies"].concat();
+    let mut tx = store.begin().unwrap();
+    for (id, time) in [(1, 5), (2, 3), (3, 4)] {
+        tx.reserve_issue(&reserved(id, time)).unwrap();
+    }
+    assert!(tx.complete_issue(&[1; 16], &[row(1, 2, 100)], &bodies).unwrap());
+    assert!(tx.complete_issue(&[2; 16], &[row(2, 2, 100)], &bodies).unwrap());
+    // Signed coins, and a blob that only shares a shorter start, are not unsigned.
+    assert!(tx.complete_issue(&[3; 16], &[row(3, 2, 100)], &super::UNSIGNED_COINS[..7]).unwrap());
+    tx.commit().unwrap();
+    let mut tx = store.begin().unwrap();
+    let found: Vec<_> = tx.unsigned_issues(10).unwrap().into_iter().map(|r| r.request_id[0]).collect();
+    assert_eq!(found, vec![2, 1], "oldest first, only the unsigned");
+    assert_eq!(tx.unsigned_issues(1).unwrap().len(), 1, "limited");
+    assert!(tx.sign_issue(&[2; 16], &bodies, b"signed").unwrap());
+    assert!(!tx.sign_issue(&[2; 16], &bodies, b"signed again").unwrap(), "signed once");
+    assert!(!tx.sign_issue(&[9; 16], &bodies, b"signed").unwrap(), "no such request");
+    tx.commit().unwrap();
+    let mut tx = store.begin().unwrap();
+    assert_eq!(tx.issued(&[2; 16]).unwrap().unwrap().coins.as_deref(), Some(&b"signed"[..]));
+    let found: Vec<_> = tx.unsigned_issues(10).unwrap().into_iter().map(|r| r.request_id[0]).collect();
+    assert_eq!(found, vec![1]);
     tx.commit().unwrap();
     assert_books_balance(store);
 }

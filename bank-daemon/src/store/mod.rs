@@ -186,6 +186,14 @@ pub struct DepositRow {
 /// `None`; signing happens outside any transaction; [`Tx::complete_issue`] then puts the
 /// new serials in circulation and stores the coins. A reserved request whose signing was
 /// interrupted (a crash, a lost node) is finished by a retry or by the next start.
+/// How an [`IssuedRow`]'s `coins` blob starts when it holds the coins' bodies only:
+/// `UNSIGNED_COINS` then bincode of the `Vec<CoinBody>`. A withdrawal or exchange commits
+/// its coins this way while their signature is being made, and a retry signs the bodies
+/// again, byte for byte the same (a Merkle root and a PKCS#1 v1.5 signature are
+/// deterministic). Any other blob is bincode of the signed `Vec<Coin>`, whose first eight
+/// bytes are a length these bytes could never be.
+pub const UNSIGNED_COINS: &[u8; 8] = b"PMTPBODY";
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IssuedRow {
     pub request_id: [u8; 16],
@@ -193,7 +201,8 @@ pub struct IssuedRow {
     pub input_hash: [u8; 32],
     /// bincode of the `Vec<Denomination>` to mint.
     pub plan: Vec<u8>,
-    /// bincode of the `Vec<Coin>` that was minted; `None` while only reserved.
+    /// bincode of the `Vec<Coin>` that was minted (or their bodies, see
+    /// [`UNSIGNED_COINS`]); `None` while only reserved.
     pub coins: Option<Vec<u8>>,
     /// The account balance after a withdrawal; `None` for an exchange.
     pub balance: Option<Amount>,
@@ -326,6 +335,12 @@ pub trait Tx {
     fn complete_issue(&mut self, request_id: &[u8; 16], rows: &[SerialRow], coins: &[u8]) -> Result<bool, StoreError>;
     /// Requests reserved and not yet finished, oldest first.
     fn reserved_issues(&mut self, limit: usize) -> Result<Vec<IssuedRow>, StoreError>;
+    /// Finished requests whose stored coins are bodies not yet signed (their blob starts
+    /// with [`UNSIGNED_COINS`]), up to `limit`. Key rotation signs them with the old key first.
+    fn unsigned_issues(&mut self, limit: usize) -> Result<Vec<IssuedRow>, StoreError>;
+    /// Replaces a finished request's stored coins `unsigned` (exactly) with the signed
+    /// `coins`; false, and nothing changed, if the row holds something else.
+    fn sign_issue(&mut self, request_id: &[u8; 16], unsigned: &[u8], coins: &[u8]) -> Result<bool, StoreError>;
     /// Forgets deposit and issue records made before `before` (retention), up to `limit`.
     /// Reserved requests are kept until finished.
     fn purge_requests(&mut self, before: u64, limit: usize) -> Result<u64, StoreError>;

@@ -747,6 +747,24 @@ impl Tx for PgTx<'_> {
         rows.iter().map(to_issued).collect()
     }
 
+    fn unsigned_issues(&mut self, limit: usize) -> Result<Vec<IssuedRow>, StoreError> {
+        let prefix = &super::UNSIGNED_COINS[..];
+        let rows = self.query(
+            "SELECT request_id, input_hash, plan, coins, balance, time FROM issued
+             WHERE substring(coins from 1 for $2) = $1 ORDER BY time LIMIT $3",
+            &[&prefix, &(prefix.len() as i32), &i(limit as u64)?],
+        )?;
+        rows.iter().map(to_issued).collect()
+    }
+
+    fn sign_issue(&mut self, request_id: &[u8; 16], unsigned: &[u8], coins: &[u8]) -> Result<bool, StoreError> {
+        let n = self.exec(
+            "UPDATE issued SET coins = $3 WHERE request_id = $1 AND coins = $2",
+            &[&&request_id[..], &unsigned, &coins],
+        )?;
+        Ok(n == 1)
+    }
+
     fn purge_requests(&mut self, before: u64, limit: usize) -> Result<u64, StoreError> {
         let (before, limit) = (i(before)?, i(limit as u64)?);
         let a = self.exec(

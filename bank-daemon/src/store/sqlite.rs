@@ -898,6 +898,25 @@ impl Tx for SqliteTx<'_> {
         rows.map(|r| r.map_err(db).and_then(to_issued)).collect()
     }
 
+    fn unsigned_issues(&mut self, limit: usize) -> Result<Vec<IssuedRow>, StoreError> {
+        let mut st = self
+            .tx
+            .prepare_cached(
+                "SELECT request_id, input_hash, plan, coins, balance, time FROM issued
+                 WHERE substr(coins, 1, ?2) = ?1 ORDER BY time LIMIT ?3",
+            )
+            .map_err(db)?;
+        let prefix = &super::UNSIGNED_COINS[..];
+        let rows = st.query_map(params![prefix, prefix.len() as i64, i(limit as u64)?], issued_raw).map_err(db)?;
+        rows.map(|r| r.map_err(db).and_then(to_issued)).collect()
+    }
+
+    fn sign_issue(&mut self, request_id: &[u8; 16], unsigned: &[u8], coins: &[u8]) -> Result<bool, StoreError> {
+        let mut st =
+            self.tx.prepare_cached("UPDATE issued SET coins = ?3 WHERE request_id = ?1 AND coins = ?2").map_err(db)?;
+        Ok(st.execute(params![&request_id[..], unsigned, coins]).map_err(db)? == 1)
+    }
+
     fn purge_requests(&mut self, before: u64, limit: usize) -> Result<u64, StoreError> {
         let mut n = 0;
         for (table, done) in [("issued", "AND coins IS NOT NULL"), ("deposits", "")] {
