@@ -161,6 +161,30 @@ async fn retries_after_a_key_rotation_return_the_same_coins() {
     bank.assert_audit();
 }
 
+/// A merchant prepares (connects and signs) its deposit while it records the payment, and
+/// sends it only once that is durable: a prepared deposit dropped unsent deposits nothing,
+/// and one sent is credited once, with an acknowledgement for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_deposit_counts_only_once_sent() {
+    let bank = TestBank::start();
+    let alice = bank.holder(1, "alice", 100);
+    let shop = bank.holder(2, "shop", 0);
+    let c = bank.client();
+    let w =
+        c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, rid(), Amount::new(40), vec![]).await.unwrap();
+    let dropped = c.prepare_deposit(&shop.identity, shop.account, "shop", [3; 16], w.coins.clone()).await.unwrap();
+    assert_eq!(dropped.request().body.request_id, [3; 16]);
+    drop(dropped);
+    assert_eq!(bank.balance(&shop).await, Amount::ZERO, "nothing sent, nothing deposited");
+    let prepared = c.prepare_deposit(&shop.identity, shop.account, "shop", [4; 16], w.coins.clone()).await.unwrap();
+    let d = c.send_deposit(prepared).await.unwrap();
+    let ack = d.ack.verify(&c.keys.verifying).unwrap();
+    assert_eq!((ack.amount, ack.balance, ack.request_id), (Amount::new(40), Amount::new(40), [4; 16]));
+    assert_eq!(bank.balance(&shop).await, Amount::new(40));
+    let text = bank.assert_audit();
+    assert!(text.contains("in circulation 0 (0 serials)"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_name_signature_and_funds() {
     let bank = TestBank::start();

@@ -112,6 +112,33 @@ pub async fn connect(addr: &str, bind_ip: Option<IpAddr>) -> std::io::Result<Tcp
     Err(last)
 }
 
+/// A request connected and sealed by [`BankClient::prepare`], not sent yet. Dropped, it
+/// closes the connection unsent.
+pub struct Prepared<Q> {
+    framed: Framed<TcpStream, PmtpCodec>,
+    request: Q,
+    frame: Frame,
+}
+
+impl<Q: Request> Prepared<Q> {
+    /// The request as it will be sent.
+    pub fn request(&self) -> &Q {
+        &self.request
+    }
+}
+
+/// A deposit connected and signed by [`BankClient::prepare_deposit`], not sent yet.
+pub struct PreparedDeposit {
+    prepared: Prepared<DepositCoinsRequest>,
+    hash: [u8; 32],
+}
+
+impl PreparedDeposit {
+    pub fn request(&self) -> &DepositCoinsRequest {
+        self.prepared.request()
+    }
+}
+
 impl BankClient {
     pub fn new(addr: impl Into<String>, bank: &PublicIdentity) -> Result<Self, ClientError> {
         let keys = bank.parse().map_err(|e| ClientError::BadAnswer(format!("bank key: {e}")))?;
@@ -135,6 +162,17 @@ impl BankClient {
         Q: Request,
         F: FnOnce(IpAddr, u64) -> Result<Q, ClientError>,
     {
+        self.send(self.prepare(build).await?).await
+    }
+
+    /// The first half of [`BankClient::call`]: connects and builds (and seals) the request,
+    /// sending nothing yet. A caller can prepare a request (its signature) while it makes
+    /// durable what the request depends on, then [`BankClient::send`] it.
+    pub async fn prepare<Q, F>(&self, build: F) -> Result<Prepared<Q>, ClientError>
+    where
+        Q: Request,
+        F: FnOnce(IpAddr, u64) -> Result<Q, ClientError>,
+    {
         let stream = tokio::time::timeout(self.timeout, connect(&self.addr, self.bind_ip))
             .await
             .map_err(|_| ClientError::Connect { addr: self.addr.clone(), message: "timed out".into() })?
@@ -143,7 +181,13 @@ impl BankClient {
         let local = stream.local_addr().map_err(|e| ClientError::Io(e.to_string()))?.ip();
         let request = build(local, self.clock.now())?;
         let frame = Frame::seal_to(&mut entropy::rng(&*self.entropy), &self.keys.x25519, &request)?;
-        let mut framed = Framed::new(stream, PmtpCodec::default());
+        Ok(Prepared { framed: Framed::new(stream, PmtpCodec::default()), request, frame })
+    }
+
+    /// The second half of [`BankClient::call`]: sends a prepared request and returns the
+    /// bank's response, or its refusal as an error.
+    pub async fn send<Q: Request>(&self, prepared: Prepared<Q>) -> Result<Q::Response, ClientError> {
+        let Prepared { mut framed, request, frame } = prepared;
         let exchange = async {
             framed.send(frame).await.map_err(|e| ClientError::Io(e.to_string()))?;
             match framed.next().await {
@@ -249,10 +293,22 @@ impl BankClient {
         request_id: [u8; 16],
         coins: Vec<Coin>,
     ) -> Result<DepositCoinsResponse, ClientError> {
+        self.send_deposit(self.prepare_deposit(owner, account, name, request_id, coins).await?).await
+    }
+
+    /// Connects and signs a deposit without sending it ([`BankClient::prepare`]).
+    pub async fn prepare_deposit(
+        &self,
+        owner: &Identity,
+        account: AccountId,
+        name: &str,
+        request_id: [u8; 16],
+        coins: Vec<Coin>,
+    ) -> Result<PreparedDeposit, ClientError> {
         let name = Name::new(name).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
         let hash = coins_hash(coins.iter().map(|c| &c.0.body.serial));
-        let resp = self
-            .call::<DepositCoinsRequest, _>(|ip, now| {
+        let prepared = self
+            .prepare::<DepositCoinsRequest, _>(|ip, now| {
                 let mut rng = entropy::rng(&*self.entropy);
                 let body = DepositCoins {
                     account,
@@ -265,6 +321,15 @@ impl BankClient {
                 Signed::sign(body, &owner.signing).map_err(|e| ClientError::BadAnswer(e.to_string()))
             })
             .await?;
+        Ok(PreparedDeposit { prepared, hash })
+    }
+
+    /// Sends a prepared deposit and checks the bank's acknowledgement: signed by the bank,
+    /// for these coins, this request and this account.
+    pub async fn send_deposit(&self, deposit: PreparedDeposit) -> Result<DepositCoinsResponse, ClientError> {
+        let PreparedDeposit { prepared, hash } = deposit;
+        let (request_id, account) = (prepared.request.body.request_id, prepared.request.body.account);
+        let resp = self.send(prepared).await?;
         let ack = resp
             .ack
             .verify(&self.keys.verifying)

@@ -110,6 +110,8 @@ pub fn accepted_banks(w: &Wallet) -> Vec<String> {
 /// buyer, amount and item, and a refusal otherwise. At most
 /// `merchant.max_concurrent_collects` orders are collected at once; more are `busy`.
 pub async fn collect(w: &Arc<Wallet>, req: CollectRequest) -> Collected {
+    // An order id drawn here is new: no payment can hold it yet.
+    let drawn = req.order.is_none();
     let order = req.order.unwrap_or_else(|| rng::bytes(&mut w.rng()));
     let req = CollectRequest { order: Some(order), ..req };
     let started = {
@@ -149,7 +151,7 @@ pub async fn collect(w: &Arc<Wallet>, req: CollectRequest) -> Collected {
         }
     };
     let leaving = Leaving { map: &w.collects, order };
-    let out = match collect_new(w, &req, order).await {
+    let out = match collect_new(w, &req, order, drawn).await {
         Ok(c) => c,
         Err(e) => {
             // The text may quote the buyer's wallet: WalletError holds it escaped.
@@ -169,8 +171,13 @@ fn internal() -> WalletError {
 }
 
 /// A collect for an order nobody is collecting now: paid already, or collect it.
-async fn collect_new(w: &Arc<Wallet>, req: &CollectRequest, order: store::OrderId) -> Result<Collected, WalletError> {
-    let paid = w.db.call(move |c, _| store::paid_order(c, &order)).await?;
+async fn collect_new(
+    w: &Arc<Wallet>,
+    req: &CollectRequest,
+    order: store::OrderId,
+    drawn: bool,
+) -> Result<Collected, WalletError> {
+    let paid = if drawn { None } else { w.db.call(move |c, _| store::paid_order(c, &order)).await? };
     match paid {
         None => collect_inner(w, req, order).await,
         Some(p) if p.buyer == req.from && p.amount == req.amount && p.item == req.item && p.expires > w.now() => {
@@ -331,14 +338,19 @@ async fn collect_inner(w: &Arc<Wallet>, req: &CollectRequest, order: store::Orde
         Ok((coins, r)) => {
             let signer = w.clone();
             let signing = tokio::task::spawn_blocking(move || Signed::sign(receipt_body, &signer.identity.signing));
-            let (recorded, receipt) = tokio::join!(record(w, coins, r, order, None), signing);
-            (recorded, Some(receipt))
+            // The deposit that validates the coins is connected and signed meanwhile too;
+            // it is sent only once the payment and its operation are recorded.
+            let request_id: [u8; 16] = rng::bytes(&mut w.rng());
+            let deposit = prepare_deposit(w, coins.clone(), request_id);
+            let (recorded, receipt, prepared) =
+                tokio::join!(record(w, coins, r, order, None, request_id), signing, deposit);
+            (recorded.map(|r| (r, prepared)), Some(receipt))
         }
         Err(e) => (Err(e), None),
     };
-    let (payment, op, claims) = match recorded {
-        Ok(Recorded::New(p, op, claims)) => (p, op, claims),
-        Ok(Recorded::Taken(..)) => {
+    let (payment, op, claims, prepared) = match recorded {
+        Ok((Recorded::New(p, op, claims), prepared)) => (p, op, claims, prepared),
+        Ok((Recorded::Taken(..), _)) => {
             let e = WalletError::new(ReasonCode::UNEXPECTED_PAYMENT, "this order is already paid");
             refuse(w, &mut conn, &key, &e).await;
             return Ok(Collected::refused(&e));
@@ -362,7 +374,7 @@ async fn collect_inner(w: &Arc<Wallet>, req: &CollectRequest, order: store::Orde
         receipt: blob.clone(),
         expires: w.now().saturating_add(w.config.merchant.order_lifetime_secs),
     };
-    let validated = validate_and_finish(w, payment, op, blob.clone(), Some(paid_order)).await;
+    let validated = validate_and_finish(w, payment, op, prepared, blob.clone(), Some(paid_order)).await;
     drop(claims);
     if let Err(e) = validated {
         refuse(w, &mut conn, &key, &e).await;
@@ -381,6 +393,27 @@ async fn collect_inner(w: &Arc<Wallet>, req: &CollectRequest, order: store::Orde
         merchant_fingerprint: w.public.fingerprint().to_string(),
         order: hex::encode(order),
     })
+}
+
+/// The deposit that will validate `coins` (all of one bank, into our account there),
+/// connected and signed ahead; `None` when validation is not such a deposit, or the bank
+/// cannot be reached now (the operation's own try then says why).
+async fn prepare_deposit(
+    w: &Arc<Wallet>,
+    coins: Vec<Coin>,
+    request_id: [u8; 16],
+) -> Option<pmtp_client::PreparedDeposit> {
+    if validation_kind(w) != OpKind::Deposit {
+        return None;
+    }
+    let mut banks = coins.iter().map(|c| validation_bank(w, c));
+    let bank = banks.next()?;
+    if banks.any(|b| b != bank) {
+        return None;
+    }
+    let entry = w.bank(&bank).ok()?;
+    let (account, name) = entry.account.clone()?;
+    entry.client.prepare_deposit(&w.identity, account, &name, request_id, coins).await.ok()
 }
 
 /// The payment row of coins received for `ask`.
@@ -485,13 +518,13 @@ pub(crate) async fn record(
     record: store::NewPayment,
     order: store::OrderId,
     claim_row: Option<store::PaidOrder>,
+    request_id: [u8; 16],
 ) -> Result<Recorded, WalletError> {
     let amount = record.amount;
     let mut banks: Vec<String> = coins.iter().map(|c| validation_bank(w, c)).collect();
     banks.dedup();
     let one_bank = if banks.len() == 1 { banks.pop() } else { None };
     let kind = validation_kind(w);
-    let request_id: [u8; 16] = rng::bytes(&mut w.rng());
     let b = one_bank.clone();
     let (payments, operations) = (w.in_flight.clone(), w.ops_in_flight.clone());
     let recorded =
@@ -552,6 +585,7 @@ pub(crate) async fn validate_and_finish(
     w: &Arc<Wallet>,
     payment: i64,
     op: Option<store::Op>,
+    prepared: Option<pmtp_client::PreparedDeposit>,
     blob: Vec<u8>,
     order_row: Option<store::PaidOrder>,
 ) -> Result<(), WalletError> {
@@ -564,7 +598,7 @@ pub(crate) async fn validate_and_finish(
                     None => Ok(()),
                 }
             });
-            match ops::run_op_then(w, &op, vec![], Some(done)).await {
+            match ops::run_op_prepared(w, &op, vec![], prepared, Some(done)).await {
                 Ok(_) => Ok(()),
                 Err(e) => Err(fail_payment(w, payment, e).await.unwrap_or_else(|e| e)),
             }

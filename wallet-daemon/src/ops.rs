@@ -227,6 +227,18 @@ pub async fn run_op_then(
     denominations: Vec<Denomination>,
     on_done: Option<OnDone>,
 ) -> Result<Vec<Coin>, WalletError> {
+    run_op_prepared(w, op, denominations, None, on_done).await
+}
+
+/// [`run_op_then`], sending `prepared` (connected and signed while the operation was being
+/// recorded) if it is this deposit's request: its id, account and coins.
+pub async fn run_op_prepared(
+    w: &Arc<Wallet>,
+    op: &Op,
+    denominations: Vec<Denomination>,
+    prepared: Option<pmtp_client::PreparedDeposit>,
+    on_done: Option<OnDone>,
+) -> Result<Vec<Coin>, WalletError> {
     let entry = w.bank(&op.bank)?;
     let op_id = op.id;
     let rows = w.db.call(move |c, vault| store::coins_of_op(c, vault, op_id)).await?;
@@ -252,7 +264,19 @@ pub async fn run_op_then(
             let (account, name) = entry.account.clone().ok_or_else(|| {
                 WalletError::new(ReasonCode::UNKNOWN_ACCOUNT, format!("no account at bank {}", op.bank))
             })?;
-            entry.client.deposit(&w.identity, account, &name, op.request_id, coins.clone()).await.map(|_| vec![])
+            let mine = |p: &pmtp_client::PreparedDeposit| {
+                let body = &p.request().body;
+                let mut theirs: Vec<Serial> = body.coins.iter().map(|c| c.serial()).collect();
+                let mut ours = serials.clone();
+                theirs.sort_unstable();
+                ours.sort_unstable();
+                body.request_id == op.request_id && body.account == account && theirs == ours
+            };
+            match prepared.filter(mine) {
+                Some(p) => entry.client.send_deposit(p).await,
+                None => entry.client.deposit(&w.identity, account, &name, op.request_id, coins.clone()).await,
+            }
+            .map(|_| vec![])
         }
         OpKind::Withdraw => return Err(WalletError::new(ReasonCode::INTERNAL, "not a coin operation")),
     };

@@ -222,11 +222,12 @@ pub async fn settle(w: &Arc<Wallet>, req: SettleRequest) -> Result<Settled, Wall
         request: order.to_vec(),
         http: None,
     };
-    let (payment, op, claims) = match merchant::record(w, pay.coins.clone(), record, order, Some(row)).await? {
-        Recorded::New(p, op, claims) => (p, op, claims),
-        Recorded::Taken(held, state) => return held_answer(&held, state, &coins_hash),
-    };
-    let validated = merchant::validate_and_finish(w, payment, op, blob, None).await;
+    let (payment, op, claims) =
+        match merchant::record(w, pay.coins.clone(), record, order, Some(row), rng::bytes(&mut w.rng())).await? {
+            Recorded::New(p, op, claims) => (p, op, claims),
+            Recorded::Taken(held, state) => return held_answer(&held, state, &coins_hash),
+        };
+    let validated = merchant::validate_and_finish(w, payment, op, None, blob, None).await;
     drop(claims);
     if let Err(e) = validated {
         // Refused by the bank for good: the order is free again. Not known yet: the order

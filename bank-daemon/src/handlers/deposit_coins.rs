@@ -31,21 +31,29 @@ pub async fn handle(
         let row =
             crate::clearing::deposit(&bank, account_id, body.request_id, &body.nonce, local, peer_id, foreign, hash)
                 .await?;
-        return answer(&bank, row, peer, now).await;
+        return answer(&bank, row, None, peer, now).await;
     }
+    let _in_flight = bank.acks.enter();
     let (coins, total) = verify_coins(&bank, local, now).await?;
     let mut rows: Vec<_> = coins.iter().map(|c| super::row_of(c.coin())).collect();
     rows.sort_unstable_by_key(|r| r.serial);
     let hash = coins_hash(rows.iter().map(|r| &r.serial));
     let (id, request_id, nonce_random) = (account_id, body.request_id, body.nonce.random);
     let nonce_expiry = bank.nonce_expiry(&body.nonce);
-    let row = bank
+    let b = bank.clone();
+    // Alone, the acknowledgement is signed while the deposit commits (released only once it
+    // is durable; see crate::acks).
+    let presign = move |row: DepositRow| {
+        let presigned = b.acks.alone().then(|| crate::acks::sign_alone(&b, ack_of(&b, &row)));
+        Ok((row, presigned))
+    };
+    let (row, presigned) = bank
         .writer
         .run(move |tx| {
             crate::handlers::record_nonce(tx, &nonce_random, nonce_expiry)?;
             if let Some(previous) = tx.deposit(&request_id)? {
                 if previous.account == id && previous.coins_hash == hash {
-                    return Ok(previous);
+                    return presign(previous);
                 }
                 return Err(Refuse::new(ReasonCode::MALFORMED, "request id already used for another deposit"));
             }
@@ -62,11 +70,11 @@ pub async fn handle(
             let balance = tx.credit(id, total, now, EntryKind::Deposit, "coins deposited")?;
             let row = DepositRow { request_id, account: id, amount: total, coins_hash: hash, balance, time: now };
             tx.insert_deposit(&row)?;
-            Ok(row)
+            presign(row)
         })
         .await??;
     tracing::info!(account = %id, amount = %row.amount, coins = coins.len(), "deposit");
-    answer(&bank, row, peer, now).await
+    answer(&bank, row, presigned, peer, now).await
 }
 
 fn ack_of(bank: &Bank, row: &DepositRow) -> DepositAck {
@@ -81,16 +89,20 @@ fn ack_of(bank: &Bank, row: &DepositRow) -> DepositAck {
     }
 }
 
-/// The answer to a deposit that is done: its acknowledgement, signed only after the
-/// deposit's commit. (Signed before it, an acknowledgement could share a Merkle root with
-/// one whose commit then failed, and a depositor holding both proofs could rebuild a
-/// signed acknowledgement of a deposit that never happened.)
-async fn answer(bank: &Arc<Bank>, row: DepositRow, peer: IpAddr, now: u64) -> Result<DepositCoinsResponse, Refuse> {
-    let ack = bank
-        .acks
-        .sign(ack_of(bank, &row))
-        .await
-        .map_err(|e| Refuse::new(ReasonCode::INTERNAL, format!("deposit done, acknowledgement not signed: {e}")))?;
+/// The answer to a deposit that is done (committed): its acknowledgement, signed in a
+/// batch of committed ones, or `presigned` as a batch of its own (see crate::acks).
+async fn answer(
+    bank: &Arc<Bank>,
+    row: DepositRow,
+    presigned: Option<crate::acks::Presigned>,
+    peer: IpAddr,
+    now: u64,
+) -> Result<DepositCoinsResponse, Refuse> {
+    let ack = match presigned {
+        Some(signing) => signing.await,
+        None => bank.acks.sign(ack_of(bank, &row)).await,
+    }
+    .map_err(|e| Refuse::new(ReasonCode::INTERNAL, format!("deposit done, acknowledgement not signed: {e}")))?;
     Ok(DepositCoinsResponse { ack, nonce: Nonce::new(&mut bank.rng(), bank.local_ip(peer), now) })
 }
 
