@@ -155,7 +155,7 @@ pub fn rotate_key(
     // Coins stored unsigned are signed by a retry with the key they name: sign them all
     // now, while that key is still here.
     let mut store = open_store(dir)?;
-    let signed = sign_unsigned_issues(store.as_mut(), &old.signing)?;
+    let (signed, unsignable) = sign_unsigned_issues(store.as_mut(), &old.signing)?;
     // The retired key first: if the next steps fail, the bank still accepts every coin.
     let path = retired_file(dir);
     let mut retired = match std::fs::read_to_string(&path) {
@@ -170,10 +170,17 @@ pub fn rotate_key(
     let public = new.public();
     keyfile::fs::write_atomic(&dir.public(), format!("{}\n", public.to_text()).as_bytes(), 0o644)?;
     let mut tx = store.begin()?;
-    let what = format!(
+    let mut what = format!(
         "key {old_id} retired ({signed} requests' coins signed with it first); key {} signs from now on",
         new.signing.verifying_key().key_id()
     );
+    if !unsignable.is_empty() {
+        what.push_str(&format!(
+            "; {} requests' stored coins could not be signed with it (their retries are refused): {}",
+            unsignable.len(),
+            unsignable.join(" ")
+        ));
+    }
     tx.audit_event(now(), "key_rotate", &what)?;
     tx.commit()?;
     Ok((old_id, new.signing.verifying_key().key_id(), public))
@@ -181,21 +188,31 @@ pub fn rotate_key(
 
 /// Signs, with `key`, the coins of finished withdrawals and exchanges stored as bodies
 /// only ([`crate::store::UNSIGNED_COINS`]), so that a retry finds them signed once `key`
-/// is gone. Returns how many requests it signed.
+/// is gone. Returns how many requests it signed, and the ids of those it could not (bodies
+/// under another key, or damaged): they are named, not allowed to block a rotation.
 pub fn sign_unsigned_issues(
     store: &mut dyn crate::store::Store,
     key: &pmtp_proto::keys::SigningKey,
-) -> Result<usize, AdminError> {
-    let mut signed = 0;
+) -> Result<(usize, Vec<String>), AdminError> {
+    let (mut signed, mut failed) = (0, Vec::new());
+    let mut after = None;
     loop {
         let mut tx = store.begin()?;
-        let rows = tx.unsigned_issues(256)?;
-        if rows.is_empty() {
-            return Ok(signed);
-        }
+        let rows = tx.unsigned_issues(after, 256)?;
+        let Some(last) = rows.last() else {
+            return Ok((signed, failed));
+        };
+        after = Some((last.time, last.request_id));
         for row in rows {
             let blob = row.coins.unwrap_or_default();
-            let coins = crate::handlers::stored_coins(&blob, key).map_err(|r| refused(r.text))?;
+            let coins = match crate::handlers::stored_coins(&blob, key) {
+                Ok(c) => c,
+                Err(r) => {
+                    tracing::warn!(request = %hex::encode(row.request_id), reason = %r.text, "stored coins not signed");
+                    failed.push(hex::encode(row.request_id));
+                    continue;
+                }
+            };
             let coins = bincode::serialize(&coins).map_err(|e| refused(e.to_string()))?;
             if tx.sign_issue(&row.request_id, &blob, &coins)? {
                 signed += 1;

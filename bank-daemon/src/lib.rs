@@ -74,6 +74,9 @@ pub struct Bank {
     /// Serials handed in by exchanges being signed for now ([`handlers::exchange_coins`]):
     /// one coin sent in many concurrent exchanges gets one signature, not one each.
     pub exchanging: dashmap::DashSet<pmtp_proto::Serial>,
+    /// Coins issued with their bodies stored unsigned, signed since: written back by the
+    /// background round ([`handlers::write_back_signed`]) so a retry reads them.
+    pub signed_back: Mutex<Vec<handlers::SignedBack>>,
     /// Where handlers, purges and clearing get the time: the system clock, or one a test
     /// moves ([`Bank::with_clock`]).
     pub clock: Arc<dyn Clock>,
@@ -120,6 +123,7 @@ impl Bank {
         Ok(Bank {
             acks,
             exchanging: dashmap::DashSet::new(),
+            signed_back: Mutex::new(Vec::new()),
             owners: dashmap::DashMap::new(),
             peers,
             clearing_in_flight: Mutex::new(std::collections::HashSet::new()),

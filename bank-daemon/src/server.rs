@@ -52,6 +52,25 @@ pub async fn serve(bank: Arc<Bank>, listener: TcpListener, shutdown: impl Future
         });
     }
 
+    // Coins signed while their request committed are written over their stored bodies.
+    {
+        let (bank, token) = (bank.clone(), token.clone());
+        tracker.spawn(async move {
+            loop {
+                let stopping = tokio::select! {
+                    _ = token.cancelled() => true,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+                };
+                if let Err(e) = crate::handlers::write_back_signed(&bank).await {
+                    tracing::warn!(reason = %e.text, "writing back signed coins failed; their retries sign again");
+                }
+                if stopping {
+                    break;
+                }
+            }
+        });
+    }
+
     // Deposits waiting for a peer bank are retried until the peer answers.
     if !bank.peers.is_empty() {
         let (bank, token) = (bank.clone(), token.clone());

@@ -573,7 +573,8 @@ async fn doomed_requests_cost_no_signatures() {
         let amount = Amount::new(balance.minor_units() + 64);
         let e = c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, rid(), amount, vec![]).await;
         assert_eq!(code(&e.unwrap_err()), ReasonCode::INSUFFICIENT_FUNDS);
-        // A retry returns the coins it was given, and signs none.
+        // A retry returns the coins it was given: stored signed, or (until the background
+        // round writes them back) its stored bodies signed again, one signature for all 64.
         let again = c
             .withdraw(&alice.identity, alice.account, "alice", PASSWORD, retry_id, Amount::new(64), ones(64))
             .await
@@ -739,6 +740,38 @@ async fn clearing_resolved_in_process_when_the_peer_returns() {
 /// A withdrawal whose node stopped between its steps (debited and reserved, never signed)
 /// is finished by the background round: the coins are minted under its request id, they
 /// deposit, and the audit holds; a round before the grace period leaves it alone.
+/// A withdrawal's transaction stores its coins' bodies and the coins are signed meanwhile;
+/// the background round then writes the signed coins over the bodies, so a retry reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_coins_are_written_back_over_their_bodies() {
+    let mut bank = TestBank::start();
+    let alice = bank.holder(1, "alice", 100);
+    bank.stop();
+    let clock = std::sync::Arc::new(ManualClock::new(now()));
+    let served = InProcess::serve(&bank, clock.clone()).await;
+    let b = served.bank.clone().unwrap();
+    let c = served.client();
+    let request_id = rid();
+    let w = c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, request_id, Amount::new(12), vec![]).await;
+    let coins = w.unwrap().coins;
+    let stored = move || {
+        let b = b.clone();
+        async move { b.readers.read(move |tx| tx.issued(&request_id)).await.unwrap().unwrap().coins.unwrap() }
+    };
+    assert!(stored().await.starts_with(bank_daemon::store::UNSIGNED_COINS), "bodies first");
+    let b = served.bank.clone().unwrap();
+    assert_eq!(bank_daemon::handlers::write_back_signed(&b).await.unwrap(), 1);
+    assert_eq!(bank_daemon::handlers::write_back_signed(&b).await.unwrap(), 0, "once");
+    let signed: Vec<Coin> = bincode::deserialize(&stored().await).unwrap();
+    assert_eq!(signed, coins, "the very coins the withdrawal returned");
+    let again =
+        c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, request_id, Amount::new(12), vec![]).await;
+    assert_eq!(again.unwrap().coins, coins);
+    drop((b, stored)); // the writer stops when its last handle is gone
+    served.stop().await;
+    bank.assert_audit();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_withdrawal_is_finished_by_the_background_round() {
     use bank_daemon::store::IssuedRow;

@@ -475,7 +475,59 @@ pub(crate) async fn issued_coins(
     fresh: Option<Fresh>,
 ) -> Result<Vec<Coin>, Refuse> {
     match fresh {
-        Some(f) if issued => f.signing.await,
+        Some(f) if issued => {
+            let coins = f.signing.await?;
+            remember_signed(bank, row.request_id, f.issue.blob, &coins);
+            Ok(coins)
+        }
         _ => finish_issue(bank, row).await,
     }
+}
+
+/// A request's coins signed after its transaction stored their bodies, to be written back.
+pub struct SignedBack {
+    request_id: [u8; 16],
+    unsigned: Vec<u8>,
+    signed: Vec<u8>,
+}
+
+/// At most this many signed requests wait to be written back; past it, a request's bodies
+/// stay unsigned (a retry signs them again, key rotation signs them first).
+pub const MAX_SIGNED_BACK: usize = 65_536;
+
+fn remember_signed(bank: &Bank, request_id: [u8; 16], unsigned: Vec<u8>, coins: &[Coin]) {
+    let Ok(signed) = bincode::serialize(coins) else { return };
+    if let Ok(mut waiting) = bank.signed_back.lock() {
+        if waiting.len() < MAX_SIGNED_BACK {
+            waiting.push(SignedBack { request_id, unsigned, signed });
+        }
+    }
+}
+
+/// Writes the coins signed since their request committed ([`Fresh`]) over their stored
+/// bodies, a few hundred to a transaction, so that a retry of an older request reads its
+/// coins instead of signing them again, and a key rotation has few left to sign. Run by
+/// the background round every second and once more at a clean stop; what a crash loses
+/// stays unsigned, which is safe. Returns how many rows it signed.
+pub async fn write_back_signed(bank: &Arc<Bank>) -> Result<usize, Refuse> {
+    let waiting = match bank.signed_back.lock() {
+        Ok(mut w) => std::mem::take(&mut *w),
+        Err(_) => return Ok(0),
+    };
+    let mut written = 0;
+    let mut rest = waiting.into_iter().peekable();
+    while rest.peek().is_some() {
+        let chunk: Vec<SignedBack> = rest.by_ref().take(256).collect();
+        written += bank
+            .writer
+            .run(move |tx| {
+                let mut n = 0;
+                for s in &chunk {
+                    n += usize::from(tx.sign_issue(&s.request_id, &s.unsigned, &s.signed)?);
+                }
+                Ok::<_, Refuse>(n)
+            })
+            .await??;
+    }
+    Ok(written)
 }

@@ -2,11 +2,11 @@
 //!
 //! Order: the owner's signature (no password oracle without the private key), then the
 //! password (with back-off after repeated failures). Then, for a new request the balance
-//! covers (read with the account), the coins are signed on the CPU pool outside any
-//! transaction, and one transaction records the nonce, debits the balance (refused if it
-//! would go negative), records the request and puts the coins' serials in circulation
-//! under its id. Coins leave the bank only after that commit; coins a refused or failed
-//! transaction did not issue are thrown away. A request not signed for beforehand (a
+//! covers (read with the account), the coins' bodies are made and their signature started
+//! on the CPU pool, and meanwhile one transaction records the nonce, debits the balance
+//! (refused if it would go negative), records the request and puts the coins' serials in
+//! circulation under its id, with their bodies. Coins leave the bank only after that
+//! commit; coins a refused or failed transaction did not issue are thrown away. A request not signed for beforehand (a
 //! retry, or a balance that grew since the read) is reserved first and finished by a
 //! second transaction ([`super::finish_issue`]), and a reservation left by a node that
 //! stopped between the two is finished by its retry (at any node) or by the background

@@ -178,14 +178,6 @@ pub struct DepositRow {
     pub time: u64,
 }
 
-/// Coins minted for a withdrawal or exchange, kept so a retry with the same request id
-/// gets the same coins instead of being charged twice (or losing the coins).
-///
-/// Issuing is two persisted steps: [`Tx::reserve_issue`] records the request in the
-/// transaction that pays for it (a debit, or the coins handed in spent), with `coins`
-/// `None`; signing happens outside any transaction; [`Tx::complete_issue`] then puts the
-/// new serials in circulation and stores the coins. A reserved request whose signing was
-/// interrupted (a crash, a lost node) is finished by a retry or by the next start.
 /// How an [`IssuedRow`]'s `coins` blob starts when it holds the coins' bodies only:
 /// `UNSIGNED_COINS` then bincode of the `Vec<CoinBody>`. A withdrawal or exchange commits
 /// its coins this way while their signature is being made, and a retry signs the bodies
@@ -194,6 +186,17 @@ pub struct DepositRow {
 /// bytes are a length these bytes could never be.
 pub const UNSIGNED_COINS: &[u8; 8] = b"PMTPBODY";
 
+/// Coins minted for a withdrawal or exchange, kept so a retry with the same request id
+/// gets the same coins instead of being charged twice (or losing the coins).
+///
+/// Usually one transaction takes the payment, puts the serials in circulation and stores
+/// the coins' bodies ([`UNSIGNED_COINS`]) while they are signed; the signed coins are
+/// written over them later ([`Tx::sign_issue`]). Otherwise issuing is two persisted
+/// steps: [`Tx::reserve_issue`] records the request in the transaction that pays for it,
+/// with `coins` `None`; signing happens outside any transaction; [`Tx::complete_issue`]
+/// then puts the new serials in circulation and stores the coins. A reserved request
+/// whose signing was interrupted (a crash, a lost node) is finished by a retry or by the
+/// background round.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IssuedRow {
     pub request_id: [u8; 16],
@@ -336,8 +339,9 @@ pub trait Tx {
     /// Requests reserved and not yet finished, oldest first.
     fn reserved_issues(&mut self, limit: usize) -> Result<Vec<IssuedRow>, StoreError>;
     /// Finished requests whose stored coins are bodies not yet signed (their blob starts
-    /// with [`UNSIGNED_COINS`]), up to `limit`. Key rotation signs them with the old key first.
-    fn unsigned_issues(&mut self, limit: usize) -> Result<Vec<IssuedRow>, StoreError>;
+    /// with [`UNSIGNED_COINS`]), in (time, request id) order after `after`, up to `limit`.
+    /// Key rotation signs them with the old key first.
+    fn unsigned_issues(&mut self, after: Option<(u64, [u8; 16])>, limit: usize) -> Result<Vec<IssuedRow>, StoreError>;
     /// Replaces a finished request's stored coins `unsigned` (exactly) with the signed
     /// `coins`; false, and nothing changed, if the row holds something else.
     fn sign_issue(&mut self, request_id: &[u8; 16], unsigned: &[u8], coins: &[u8]) -> Result<bool, StoreError>;

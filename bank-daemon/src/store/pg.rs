@@ -747,12 +747,17 @@ impl Tx for PgTx<'_> {
         rows.iter().map(to_issued).collect()
     }
 
-    fn unsigned_issues(&mut self, limit: usize) -> Result<Vec<IssuedRow>, StoreError> {
+    fn unsigned_issues(&mut self, after: Option<(u64, [u8; 16])>, limit: usize) -> Result<Vec<IssuedRow>, StoreError> {
         let prefix = &super::UNSIGNED_COINS[..];
+        let (time, id) = match after {
+            Some((t, id)) => (i(t)?, id.to_vec()),
+            None => (-1, Vec::new()),
+        };
         let rows = self.query(
             "SELECT request_id, input_hash, plan, coins, balance, time FROM issued
-             WHERE substring(coins from 1 for $2) = $1 ORDER BY time LIMIT $3",
-            &[&prefix, &(prefix.len() as i32), &i(limit as u64)?],
+             WHERE substring(coins from 1 for $2) = $1 AND (time, request_id) > ($3, $4)
+             ORDER BY time, request_id LIMIT $5",
+            &[&prefix, &(prefix.len() as i32), &time, &id, &i(limit as u64)?],
         )?;
         rows.iter().map(to_issued).collect()
     }

@@ -898,16 +898,22 @@ impl Tx for SqliteTx<'_> {
         rows.map(|r| r.map_err(db).and_then(to_issued)).collect()
     }
 
-    fn unsigned_issues(&mut self, limit: usize) -> Result<Vec<IssuedRow>, StoreError> {
+    fn unsigned_issues(&mut self, after: Option<(u64, [u8; 16])>, limit: usize) -> Result<Vec<IssuedRow>, StoreError> {
         let mut st = self
             .tx
             .prepare_cached(
                 "SELECT request_id, input_hash, plan, coins, balance, time FROM issued
-                 WHERE substr(coins, 1, ?2) = ?1 ORDER BY time LIMIT ?3",
+                 WHERE substr(coins, 1, ?2) = ?1 AND (time > ?3 OR (time = ?3 AND request_id > ?4))
+                 ORDER BY time, request_id LIMIT ?5",
             )
             .map_err(db)?;
         let prefix = &super::UNSIGNED_COINS[..];
-        let rows = st.query_map(params![prefix, prefix.len() as i64, i(limit as u64)?], issued_raw).map_err(db)?;
+        let (time, id) = match after {
+            Some((t, id)) => (i(t)?, id.to_vec()),
+            None => (-1, Vec::new()),
+        };
+        let rows =
+            st.query_map(params![prefix, prefix.len() as i64, time, id, i(limit as u64)?], issued_raw).map_err(db)?;
         rows.map(|r| r.map_err(db).and_then(to_issued)).collect()
     }
 
