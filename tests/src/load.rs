@@ -94,6 +94,8 @@ pub async fn drive(
     bank_pids: &[u32],
 ) -> Stats {
     let cpu = || bank_pids.iter().map(|p| cpu_secs(*p)).sum::<f64>();
+    // On stderr, for whoever profiles the bank: the measured window starts now.
+    eprintln!("{scenario}: measuring, {clients} clients, at most {} s", duration.as_secs_f64());
     let queue = Arc::new(std::sync::Mutex::new(jobs.into_iter()));
     let cpu0 = cpu();
     let start = Instant::now();
