@@ -27,7 +27,8 @@ payme() { # label, loadgen arguments...
   local label=$1; shift
   note "payme $label"
   "$LG" --no-build --calibration-secs 0.5 "$@" > "$OUT/payme-$label.txt" 2>&1
-  grep -E "^(scenario|withdraw|exchange|deposit|purchase|calibration)" "$OUT/payme-$label.txt" | tee -a "$OUT/log.txt"
+  grep -E "^(scenario|withdraw|exchange|deposit|purchase|calibration)" "$OUT/payme-$label.txt" | grep -v measuring \
+    | tee -a "$OUT/log.txt"
 }
 COMMON="--max-seconds 60 --req-timeout 30 --quiet-wait 30"
 cdk() { # label, peer_bench arguments...
