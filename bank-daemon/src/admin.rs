@@ -175,10 +175,12 @@ pub fn rotate_key(
         new.signing.verifying_key().key_id()
     );
     if !unsignable.is_empty() {
+        // The first few by id (the log names them all).
+        let named = unsignable.iter().take(20).cloned().collect::<Vec<_>>().join(" ");
         what.push_str(&format!(
-            "; {} requests' stored coins could not be signed with it (their retries are refused): {}",
+            "; {} requests' stored coins could not be signed with it (their retries are refused): {named}{}",
             unsignable.len(),
-            unsignable.join(" ")
+            if unsignable.len() > 20 { " ..." } else { "" }
         ));
     }
     tx.audit_event(now(), "key_rotate", &what)?;

@@ -96,6 +96,10 @@ pub async fn serve(bank: Arc<Bank>, listener: TcpListener, shutdown: impl Future
     token.cancel();
     tracker.close();
     tracker.wait().await;
+    // Requests that finished after the write-back loop's last round.
+    if let Err(e) = crate::handlers::write_back_signed(&bank).await {
+        tracing::warn!(reason = %e.text, "writing back signed coins failed; their retries sign again");
+    }
 }
 
 async fn connection(bank: Arc<Bank>, stream: TcpStream, token: CancellationToken) {

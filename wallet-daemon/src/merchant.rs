@@ -396,13 +396,14 @@ async fn collect_inner(w: &Arc<Wallet>, req: &CollectRequest, order: store::Orde
 }
 
 /// The deposit that will validate `coins` (all of one bank, into our account there),
-/// connected and signed ahead; `None` when validation is not such a deposit, or the bank
-/// cannot be reached now (the operation's own try then says why).
+/// connected and signed ahead; the error when the bank cannot be reached now; `None` when
+/// validation is not such a deposit (or preparing it failed otherwise: the operation's own
+/// try then says why).
 async fn prepare_deposit(
     w: &Arc<Wallet>,
     coins: Vec<Coin>,
     request_id: [u8; 16],
-) -> Option<pmtp_client::PreparedDeposit> {
+) -> Option<Result<pmtp_client::PreparedDeposit, pmtp_client::ClientError>> {
     if validation_kind(w) != OpKind::Deposit {
         return None;
     }
@@ -413,7 +414,12 @@ async fn prepare_deposit(
     }
     let entry = w.bank(&bank).ok()?;
     let (account, name) = entry.account.clone()?;
-    entry.client.prepare_deposit(&w.identity, account, &name, request_id, coins).await.ok()
+    match entry.client.prepare_deposit(&w.identity, account, &name, request_id, coins).await {
+        Ok(p) => Some(Ok(p)),
+        // Unreachable: the operation's own try gives this error at once.
+        Err(e @ (pmtp_client::ClientError::Connect { .. } | pmtp_client::ClientError::Timeout)) => Some(Err(e)),
+        Err(_) => None,
+    }
 }
 
 /// The payment row of coins received for `ask`.
@@ -585,7 +591,7 @@ pub(crate) async fn validate_and_finish(
     w: &Arc<Wallet>,
     payment: i64,
     op: Option<store::Op>,
-    prepared: Option<pmtp_client::PreparedDeposit>,
+    prepared: Option<Result<pmtp_client::PreparedDeposit, pmtp_client::ClientError>>,
     blob: Vec<u8>,
     order_row: Option<store::PaidOrder>,
 ) -> Result<(), WalletError> {

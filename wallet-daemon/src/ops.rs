@@ -236,7 +236,7 @@ pub async fn run_op_prepared(
     w: &Arc<Wallet>,
     op: &Op,
     denominations: Vec<Denomination>,
-    prepared: Option<pmtp_client::PreparedDeposit>,
+    prepared: Option<Result<pmtp_client::PreparedDeposit, ClientError>>,
     on_done: Option<OnDone>,
 ) -> Result<Vec<Coin>, WalletError> {
     let entry = w.bank(&op.bank)?;
@@ -272,9 +272,19 @@ pub async fn run_op_prepared(
                 ours.sort_unstable();
                 body.request_id == op.request_id && body.account == account && theirs == ours
             };
-            match prepared.filter(mine) {
-                Some(p) => entry.client.send_deposit(p).await,
-                None => entry.client.deposit(&w.identity, account, &name, op.request_id, coins.clone()).await,
+            let deposit = || entry.client.deposit(&w.identity, account, &name, op.request_id, coins.clone());
+            match prepared {
+                // The bank could not be reached a moment ago: not tried twice in a row (the
+                // operation stays, for maintenance to send).
+                Some(Err(e)) => Err(e),
+                Some(Ok(p)) if mine(&p) => match entry.client.send_deposit(p).await {
+                    // A connection prepared while the payment committed and closed since
+                    // (an idle timeout): the same request again, on a new one. The bank
+                    // answers a request id it has seen with its first answer.
+                    Err(ClientError::Closed | ClientError::Io(_)) => deposit().await,
+                    sent => sent,
+                },
+                _ => deposit().await,
             }
             .map(|_| vec![])
         }

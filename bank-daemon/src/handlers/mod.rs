@@ -309,7 +309,7 @@ pub fn plan_denominations(bank: &Bank, amount: Amount, asked: &[Denomination]) -
 /// and the other returns the winner's coins.
 pub(crate) async fn finish_issue(bank: &Arc<Bank>, row: IssuedRow) -> Result<Vec<Coin>, Refuse> {
     if let Some(blob) = row.coins {
-        return coins_of(bank, blob).await;
+        return coins_of(bank, row.request_id, blob).await;
     }
     let plan: Vec<Denomination> = bincode::deserialize(&row.plan)
         .map_err(|_| Refuse::new(ReasonCode::INTERNAL, "the stored request is damaged"))?;
@@ -331,19 +331,27 @@ pub(crate) async fn finish_issue(bank: &Arc<Bank>, row: IssuedRow) -> Result<Vec
         .await??;
     match earlier {
         None => Ok(fresh),
-        Some(blob) => coins_of(bank, blob).await,
+        Some(blob) => coins_of(bank, request_id, blob).await,
     }
 }
 
 /// The coins stored for a finished request. Bodies stored unsigned
 /// ([`crate::store::UNSIGNED_COINS`]) are signed again on the CPU pool: the same bytes as
 /// the first time, since the Merkle root and the PKCS#1 v1.5 signature are deterministic.
-pub(crate) async fn coins_of(bank: &Arc<Bank>, blob: Vec<u8>) -> Result<Vec<Coin>, Refuse> {
+pub(crate) async fn coins_of(bank: &Arc<Bank>, request_id: [u8; 16], blob: Vec<u8>) -> Result<Vec<Coin>, Refuse> {
     if !blob.starts_with(crate::store::UNSIGNED_COINS) {
         return stored_coins(&blob, &bank.identity.signing);
     }
     let b = bank.clone();
-    cpu(move || stored_coins(&blob, &b.identity.signing)).await?
+    let (stored, coins) = cpu(move || {
+        let coins = stored_coins(&blob, &b.identity.signing);
+        (blob, coins)
+    })
+    .await?;
+    let coins = coins?;
+    // Signed again for a retry: written back too, so the next retry only reads.
+    remember_signed(bank, request_id, stored, &coins);
+    Ok(coins)
 }
 
 /// [`coins_of`], with `key` for bodies stored unsigned; they must name it. Key rotation
@@ -514,11 +522,11 @@ pub async fn write_back_signed(bank: &Arc<Bank>) -> Result<usize, Refuse> {
         Ok(mut w) => std::mem::take(&mut *w),
         Err(_) => return Ok(0),
     };
-    let mut written = 0;
+    let (mut written, mut failed) = (0, None);
     let mut rest = waiting.into_iter().peekable();
     while rest.peek().is_some() {
         let chunk: Vec<SignedBack> = rest.by_ref().take(256).collect();
-        written += bank
+        let done = bank
             .writer
             .run(move |tx| {
                 let mut n = 0;
@@ -527,7 +535,16 @@ pub async fn write_back_signed(bank: &Arc<Bank>) -> Result<usize, Refuse> {
                 }
                 Ok::<_, Refuse>(n)
             })
-            .await??;
+            .await;
+        // A chunk that failed stays unsigned (safe); the others are still written.
+        match done {
+            Ok(Ok(n)) => written += n,
+            Ok(Err(e)) => failed = Some(e),
+            Err(e) => failed = Some(e.into()),
+        }
     }
-    Ok(written)
+    match failed {
+        Some(e) if written == 0 => Err(e),
+        _ => Ok(written),
+    }
 }
