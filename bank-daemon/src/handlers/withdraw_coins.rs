@@ -34,9 +34,15 @@ pub async fn handle(
         ));
     }
     let plan = plan_denominations(&bank, body.amount, &body.denominations)?;
-    let id = bank.authenticate(&req.body.account, body.name.as_str(), req.clone(), now).await?;
-    let request_id = body.request_id;
-    let (account, earlier) = bank.readers.read(move |tx| Ok((tx.account(id)?, tx.issued(&request_id)?))).await?;
+    // The owner's signature is checked while the account and the request id are read (a
+    // primary-key read each): nothing read is used, or told, unless the signature holds.
+    let (claimed, request_id) = (req.body.account, body.request_id);
+    let (id, read) = tokio::join!(
+        bank.authenticate(&claimed, body.name.as_str(), req.clone(), now),
+        bank.readers.read(move |tx| Ok((tx.account(claimed)?, tx.issued(&request_id)?)))
+    );
+    let id = id?;
+    let (account, earlier) = read?;
     let account =
         account.ok_or_else(|| Refuse::new(ReasonCode::UNKNOWN_ACCOUNT, format!("no account {id} at this bank")))?;
     bank.check_password(&account, body.password.expose(), now).await?;
