@@ -241,23 +241,37 @@ pub async fn run_op_prepared(
 ) -> Result<Vec<Coin>, WalletError> {
     let entry = w.bank(&op.bank)?;
     let op_id = op.id;
-    let rows = w.db.call(move |c, vault| store::coins_of_op(c, vault, op_id)).await?;
-    let rows: Vec<_> = rows.into_iter().filter(|r| r.state != CoinState::Spent).collect();
-    if rows.is_empty() {
-        w.db.call(move |c, _| {
-            let tx = c.transaction()?;
-            store::end_op(&tx, op_id, OpState::Done, "")?;
-            tx.commit()?;
-            Ok(())
-        })
-        .await?;
-        return Ok(vec![]);
-    }
-    let coins: Vec<Coin> = rows.iter().map(|r| r.coin.clone()).collect();
+    // A deposit prepared for this operation holds the coins it was just recorded with
+    // (received from a buyer, none spent yet): no need to read them back.
+    let just_recorded = match &prepared {
+        Some(Ok(p)) if op.kind == OpKind::Deposit && p.request().body.request_id == op.request_id => {
+            Some(p.request().body.coins.clone())
+        }
+        _ => None,
+    };
+    let (coins, ours) = match just_recorded {
+        Some(coins) => (coins, false),
+        None => {
+            let rows = w.db.call(move |c, vault| store::coins_of_op(c, vault, op_id)).await?;
+            let rows: Vec<_> = rows.into_iter().filter(|r| r.state != CoinState::Spent).collect();
+            if rows.is_empty() {
+                w.db.call(move |c, _| {
+                    let tx = c.transaction()?;
+                    store::end_op(&tx, op_id, OpState::Done, "")?;
+                    tx.commit()?;
+                    Ok(())
+                })
+                .await?;
+                return Ok(vec![]);
+            }
+            // Coins received from a buyer are validated all or nothing: if the bank refuses
+            // one, none is kept (they are the buyer's to recover). Only our own coins are
+            // salvaged.
+            let ours = rows.iter().all(|r| r.state == CoinState::Pending);
+            (rows.into_iter().map(|r| r.coin).collect::<Vec<Coin>>(), ours)
+        }
+    };
     let serials: Vec<Serial> = coins.iter().map(|c| c.serial()).collect();
-    // Coins received from a buyer are validated all or nothing: if the bank refuses one,
-    // none is kept (they are the buyer's to recover). Only our own coins are salvaged.
-    let ours = rows.iter().all(|r| r.state == CoinState::Pending);
     let result: Result<Vec<Coin>, ClientError> = match op.kind {
         OpKind::Exchange => entry.client.exchange(op.request_id, coins.clone(), denominations).await.map(|r| r.coins),
         OpKind::Deposit => {
