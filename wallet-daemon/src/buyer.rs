@@ -142,7 +142,7 @@ pub(crate) async fn funds_for(w: &Arc<Wallet>, amount: Amount, accepted: &[BankI
     let accepted: Vec<String> = accepted.iter().map(|b| b.as_str().to_owned()).collect();
     for bank in w.banks.keys().filter(|b| accepted.is_empty() || accepted.contains(b)) {
         let b = bank.clone();
-        let counts = w.db.call(move |c, _| store::counts_in(c, CoinState::Available, &b)).await?;
+        let counts = w.db.call(move |c, _| store::counts_for(c, CoinState::Available, &b, amount)).await?;
         let held = counts
             .iter()
             .try_fold(Amount::ZERO, |sum, (d, n)| d.value().checked_mul(*n as u64).and_then(|v| sum.checked_add(v)));
@@ -307,7 +307,7 @@ pub(crate) async fn reserve_for(
         for _attempt in 0..8 {
             let locked = w.coin_lock.lock().await;
             let b = bank.clone();
-            let counts = w.db.call(move |c, _| store::counts_in(c, CoinState::Available, &b)).await?;
+            let counts = w.db.call(move |c, _| store::counts_for(c, CoinState::Available, &b, amount)).await?;
             // One entry per coin, largest first: coins of one value are alike to choose.
             let denoms: Vec<Denomination> = counts.iter().flat_map(|(d, n)| std::iter::repeat_n(*d, *n)).collect();
             match select_exact(&denoms, amount) {

@@ -309,6 +309,48 @@ pub fn counts_in(conn: &Connection, state: CoinState, bank: &str) -> Result<Vec<
     Ok(out)
 }
 
+/// [`counts_in`] for a payment of `amount`: of a value up to `amount`, at most
+/// `amount / value + 1` coins are counted, and of a larger value at most one. No exact
+/// choice can use more, the counted total reaches `amount` exactly when the full one does,
+/// and a coin to exchange is still found; but the work is a few index probes per value,
+/// not a count of every coin (a wallet holding thousands of coins of one value read them
+/// all for each payment).
+pub fn counts_for(
+    conn: &Connection,
+    state: CoinState,
+    bank: &str,
+    amount: Amount,
+) -> Result<Vec<(Denomination, usize)>, DbError> {
+    let mut below = conn.prepare_cached(
+        "SELECT value FROM coins WHERE state = ?1 AND bank_id = ?2 AND typeof(value) = 'integer' AND value < ?3 \
+         AND typeof(expiry) = 'integer' AND expiry >= 0 ORDER BY value DESC LIMIT 1",
+    )?;
+    let mut count = conn.prepare_cached(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM coins WHERE state = ?1 AND bank_id = ?2 AND value = ?3 \
+         AND typeof(expiry) = 'integer' AND expiry >= 0 LIMIT ?4)",
+    )?;
+    let mut out = Vec::new();
+    let mut under = i64::MAX;
+    // One round per distinct value held (at most 64 denominations; the bound also stops
+    // at rows whose damaged values are no denomination).
+    for _ in 0..4096 {
+        let Some(value) = below.query_row(params![state.as_str(), bank, under], |r| r.get::<_, i64>(0)).optional()?
+        else {
+            break;
+        };
+        under = value;
+        let Ok(d) = Denomination::try_from(value.max(0) as u64) else { continue };
+        let v = u64::from(d);
+        let cap = if v <= amount.minor_units() { amount.minor_units() / v + 1 } else { 1 };
+        let cap = i64::try_from(cap).unwrap_or(i64::MAX);
+        let n: i64 = count.query_row(params![state.as_str(), bank, value, cap], |r| r.get(0))?;
+        if n > 0 {
+            out.push((d, usize::try_from(n).unwrap_or(0)));
+        }
+    }
+    Ok(out)
+}
+
 /// The first `n` serials (in serial order) of one bank's coins of value `value` in
 /// `state`: the coins [`counts_in`] counted, as coin choice takes them.
 pub fn serials_of_value(
@@ -543,6 +585,43 @@ mod tests {
         })
         .unwrap();
         assert_eq!(db.with(|c| total(c, &db.vault, CoinState::Spent)).unwrap(), Amount::new(8));
+    }
+
+    #[test]
+    fn counts_for_a_payment_count_no_more_than_it_could_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("w.db"), Vault::new(&pmtp_proto::testing::identity(1))).unwrap();
+        let coins = sample_coins(&[1, 1, 1, 2, 2, 4, 8, 8, 8, 8, 16, 16]);
+        db.with(|c| {
+            let tx = c.transaction()?;
+            insert_coins(&tx, &db.vault, &coins, CoinState::Available, None)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .unwrap();
+        let bank = coins[0].body().bank_id.as_str().to_owned();
+        let counts = |amount: u64| {
+            db.with(|c| counts_for(c, CoinState::Available, &bank, Amount::new(amount)))
+                .unwrap()
+                .into_iter()
+                .map(|(d, n)| (u64::from(d), n))
+                .collect::<Vec<_>>()
+        };
+        // 5: one coin of each larger value, 5/4+1 = 2 fours (one held), 3 twos (two held),
+        // 6 ones (three held).
+        assert_eq!(counts(5), vec![(16, 1), (8, 1), (4, 1), (2, 2), (1, 3)]);
+        // 16: 16/8+1 = 3 eights of the four held; 16/16+1 = 2 sixteens.
+        assert_eq!(counts(16), vec![(16, 2), (8, 3), (4, 1), (2, 2), (1, 3)]);
+        // Large enough: every coin, as counts_in counts them.
+        let all: Vec<_> = db
+            .with(|c| counts_in(c, CoinState::Available, &bank))
+            .unwrap()
+            .into_iter()
+            .map(|(d, n)| (u64::from(d), n))
+            .collect();
+        assert_eq!(counts(1000), all);
+        assert!(counts(1).iter().all(|&(_, n)| n <= 2));
+        assert_eq!(db.with(|c| counts_for(c, CoinState::Pending, &bank, Amount::new(5))).unwrap(), vec![]);
     }
 
     fn sample_coins(values: &[u64]) -> Vec<Coin> {
