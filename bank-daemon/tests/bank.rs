@@ -285,6 +285,16 @@ struct InProcess {
     _lock: std::fs::File,
 }
 
+/// Opens alice's account (100) at `bank`, stops its binary and serves its directory in
+/// this process instead, on a clock the test moves.
+async fn alice_served_here(bank: &mut TestBank) -> (Holder, std::sync::Arc<ManualClock>, InProcess) {
+    let alice = bank.holder(1, "alice", 100);
+    bank.stop();
+    let clock = std::sync::Arc::new(ManualClock::new(now()));
+    let served = InProcess::serve(bank, clock.clone()).await;
+    (alice, clock, served)
+}
+
 impl InProcess {
     /// Serves `bank`'s directory (whose binary the caller has stopped) on 127.0.0.1:0.
     async fn serve(bank: &TestBank, clock: std::sync::Arc<ManualClock>) -> InProcess {
@@ -371,10 +381,7 @@ async fn a_bank_draws_serials_from_the_entropy_it_is_given() {
 async fn expired_coins_are_refused_and_purged() {
     let mut bank =
         TestBank::start_with("bank-a", |c| c.replace("coin_lifetime_secs = 31536000", "coin_lifetime_secs = 60"));
-    let alice = bank.holder(1, "alice", 100);
-    bank.stop();
-    let clock = std::sync::Arc::new(ManualClock::new(now()));
-    let served = InProcess::serve(&bank, clock.clone()).await;
+    let (alice, clock, served) = alice_served_here(&mut bank).await;
     let c = served.client();
     let w =
         c.withdraw(&alice.identity, alice.account, "alice", PASSWORD, rid(), Amount::new(12), vec![]).await.unwrap();
@@ -737,18 +744,12 @@ async fn clearing_resolved_in_process_when_the_peer_returns() {
     }
 }
 
-/// A withdrawal whose node stopped between its steps (debited and reserved, never signed)
-/// is finished by the background round: the coins are minted under its request id, they
-/// deposit, and the audit holds; a round before the grace period leaves it alone.
 /// A withdrawal's transaction stores its coins' bodies and the coins are signed meanwhile;
 /// the background round then writes the signed coins over the bodies, so a retry reads them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_coins_are_written_back_over_their_bodies() {
     let mut bank = TestBank::start();
-    let alice = bank.holder(1, "alice", 100);
-    bank.stop();
-    let clock = std::sync::Arc::new(ManualClock::new(now()));
-    let served = InProcess::serve(&bank, clock.clone()).await;
+    let (alice, _clock, served) = alice_served_here(&mut bank).await;
     let b = served.bank.clone().unwrap();
     let c = served.client();
     let request_id = rid();
@@ -772,14 +773,14 @@ async fn signed_coins_are_written_back_over_their_bodies() {
     bank.assert_audit();
 }
 
+/// A withdrawal whose node stopped between its steps (debited and reserved, never signed)
+/// is finished by the background round: the coins are minted under its request id, they
+/// deposit, and the audit holds; a round before the grace period leaves it alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_withdrawal_is_finished_by_the_background_round() {
     use bank_daemon::store::IssuedRow;
     let mut bank = TestBank::start();
-    let alice = bank.holder(1, "alice", 100);
-    bank.stop();
-    let clock = std::sync::Arc::new(ManualClock::new(now()));
-    let served = InProcess::serve(&bank, clock.clone()).await;
+    let (alice, clock, served) = alice_served_here(&mut bank).await;
     let b = served.bank.clone().unwrap();
     let t0 = clock.now();
     let plan = bincode::serialize(&Denomination::split(Amount::new(12)).unwrap()).unwrap();

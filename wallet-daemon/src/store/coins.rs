@@ -590,15 +590,7 @@ mod tests {
     #[test]
     fn counts_for_a_payment_count_no_more_than_it_could_use() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("w.db"), Vault::new(&pmtp_proto::testing::identity(1))).unwrap();
-        let coins = sample_coins(&[1, 1, 1, 2, 2, 4, 8, 8, 8, 8, 16, 16]);
-        db.with(|c| {
-            let tx = c.transaction()?;
-            insert_coins(&tx, &db.vault, &coins, CoinState::Available, None)?;
-            tx.commit()?;
-            Ok(())
-        })
-        .unwrap();
+        let (db, coins) = wallet_holding(dir.path(), &[1, 1, 1, 2, 2, 4, 8, 8, 8, 8, 16, 16]);
         let bank = coins[0].body().bank_id.as_str().to_owned();
         let counts = |amount: u64| {
             db.with(|c| counts_for(c, CoinState::Available, &bank, Amount::new(amount)))
@@ -624,6 +616,20 @@ mod tests {
         assert_eq!(db.with(|c| counts_for(c, CoinState::Pending, &bank, Amount::new(5))).unwrap(), vec![]);
     }
 
+    /// A wallet database in `dir` holding available coins of these values.
+    fn wallet_holding(dir: &std::path::Path, values: &[u64]) -> (Db, Vec<Coin>) {
+        let db = Db::open(&dir.join("w.db"), Vault::new(&pmtp_proto::testing::identity(1))).unwrap();
+        let coins = sample_coins(values);
+        db.with(|c| {
+            let tx = c.transaction()?;
+            insert_coins(&tx, &db.vault, &coins, CoinState::Available, None)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .unwrap();
+        (db, coins)
+    }
+
     fn sample_coins(values: &[u64]) -> Vec<Coin> {
         let bank = pmtp_proto::testing::samples::parties().bank;
         let mut rng = pmtp_proto::testing::TestRng(7);
@@ -646,15 +652,7 @@ mod tests {
     #[test]
     fn damaged_rows_are_quarantined_kept_reported_and_never_handed_out() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("w.db"), Vault::new(&pmtp_proto::testing::identity(1))).unwrap();
-        let coins = sample_coins(&[8, 16, 32, 4]);
-        db.with(|c| {
-            let tx = c.transaction()?;
-            insert_coins(&tx, &db.vault, &coins, CoinState::Available, None)?;
-            tx.commit()?;
-            Ok(())
-        })
-        .unwrap();
+        let (db, coins) = wallet_holding(dir.path(), &[8, 16, 32, 4]);
         // One ciphertext byte flipped; one clear value forged (the seal binds it); one
         // sealed column turned to text (damage of one row must not fail every read).
         db.with(|c| {
