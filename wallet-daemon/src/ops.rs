@@ -231,7 +231,8 @@ pub async fn run_op_then(
 }
 
 /// [`run_op_then`], sending `prepared` (connected and signed while the operation was being
-/// recorded) if it is this deposit's request: its id, account and coins.
+/// recorded, with the coins it was recorded with) if it is this deposit's request: its
+/// id and account.
 pub async fn run_op_prepared(
     w: &Arc<Wallet>,
     op: &Op,
@@ -278,13 +279,11 @@ pub async fn run_op_prepared(
             let (account, name) = entry.account.clone().ok_or_else(|| {
                 WalletError::new(ReasonCode::UNKNOWN_ACCOUNT, format!("no account at bank {}", op.bank))
             })?;
+            // This operation's request (so its coins are `coins`, taken from it above), into
+            // the account this wallet has there.
             let mine = |p: &pmtp_client::PreparedDeposit| {
                 let body = &p.request().body;
-                let mut theirs: Vec<Serial> = body.coins.iter().map(|c| c.serial()).collect();
-                let mut ours = serials.clone();
-                theirs.sort_unstable();
-                ours.sort_unstable();
-                body.request_id == op.request_id && body.account == account && theirs == ours
+                body.request_id == op.request_id && body.account == account
             };
             let deposit = || entry.client.deposit(&w.identity, account, &name, op.request_id, coins.clone());
             match prepared {
